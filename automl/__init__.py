@@ -1,0 +1,1 @@
+"""AutoML engine: leakage-aware splits, fold training, Optuna search, metrics and leaderboards."""

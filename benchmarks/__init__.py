@@ -1,0 +1,1 @@
+"""Benchmarks: measured speed of every hot path, as ratios against a baseline run in the same process."""

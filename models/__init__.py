@@ -1,0 +1,37 @@
+"""Model zoo: one registry of deep (timm, simple CNNs) and classical baselines, checkpoints, predictors,
+attributions and export.
+
+Public names are imported lazily. See ``docs/ARCHITECTURE.md`` for the contract.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "register_model": "models._registry",
+    "list_models": "models._registry",
+    "get_model_info": "models._registry",
+    "create_model": "models._registry",
+    "ModelInfo": "models._registry",
+    "PretrainedWeightsUnavailable": "models._pretrained",
+    "logits_to_probabilities": "models._common",
+    "pick_device": "models._common",
+    "ClassicalModel": "models.classical",
+    "save_checkpoint": "models.predictor",
+    "load_predictor": "models.predictor",
+    "Predictor": "models.predictor",
+    "InvalidInputError": "models.predictor",
+    "explain": "models.attribution",
+    "overlay": "models.attribution",
+    "Attribution": "models.attribution",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'models' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
