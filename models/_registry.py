@@ -1,0 +1,288 @@
+"""The model registry: one place that says which models exist and how to build them.
+
+timm-style: ``@register_model`` files a builder under its function name together with a
+:class:`ModelInfo`; :func:`create_model` is the one factory and :func:`list_models` answers what exists.
+The search space, the dashboard and the Gradio dropdown all read :func:`list_models`.
+
+Example:
+    >>> import models
+    >>> models.list_models(kind="deep")
+    ['efficientnet_b0', 'resnet18', 'simple_cnn', 'tiny_cnn', 'vit_small', 'vit_tiny']
+    >>> net = models.create_model("resnet18", num_classes=2, image_size=128, pretrained="auto")
+    >>> net.init   # "imagenet" if local/cached weights were found, else "random" (with a warning)
+
+Builders have the signature ``builder(*, num_classes, image_size, pretrained, weights_dir, **kw)``
+where ``pretrained`` is already validated; a builder may also receive the private keyword ``_layout``
+("imagenet" | "random") from :func:`build_for_checkpoint`: build that architecture without loading weights.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "ModelInfo",
+    "build_for_checkpoint",
+    "create_model",
+    "get_model_info",
+    "list_models",
+    "register_model",
+]
+
+logger = logging.getLogger(__name__)
+
+_PRETRAINED_CHOICES = ("no", "yes", "auto")
+_KINDS = ("deep", "classical")
+_FAMILIES = ("cnn", "resnet", "efficientnet", "vit", "classical")
+# Modules whose import registers the built-in models.
+_BUILTIN_MODULES = ("models.cnn", "models.timm_models", "models.classical")
+
+_model_entrypoints: dict[str, Callable[..., Any]] = {}
+_model_info: dict[str, ModelInfo] = {}
+_builtins_loaded = False
+
+
+def _no_gradcam_layer(model: Any) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the rest of the project needs to know about a registered model.
+
+    Attributes:
+        name: Registry name.
+        kind: ``"deep"`` (a :class:`models._common.StrokeNet`) or ``"classical"`` (a ``ClassicalModel``).
+        family: ``"cnn"``, ``"resnet"``, ``"efficientnet"``, ``"vit"`` or ``"classical"``.
+        supports_pretrained: Whether ImageNet weights exist (``pretrained="yes"`` allowed).
+        timm_name: timm architecture name (``"vit_tiny_patch16_224"``), ``None`` for non-timm models.
+        default_image_size: A sensible input side length for this model.
+        min_image_size: Smallest accepted input side length.
+        patch_size: ViT patch size (image sizes must be a multiple of it), ``None`` otherwise.
+        num_prefix_tokens: Tokens before the patch tokens in a ViT sequence (1: the class token), else 0.
+        param_space: Search-space hints for Optuna. Each entry is either
+            ``{"low": float, "high": float, "log": bool}`` (a float range) or a list of choices, e.g.
+            ``{"lr": {"low": 1e-5, "high": 1e-3, "log": True}, "batch_size": [16, 32]}``. Deep models
+            give ``lr``, ``batch_size``, ``weight_decay``; for pretrained models ``lr`` is the fine-tuning
+            range, ``lr_scratch`` the range for random init. Classical models give ``C`` (and ``gamma``).
+        description: One line for the UI.
+    """
+
+    name: str
+    kind: str
+    family: str
+    supports_pretrained: bool = False
+    timm_name: str | None = None
+    default_image_size: int = 128
+    min_image_size: int = 32
+    patch_size: int | None = None
+    num_prefix_tokens: int = 0
+    param_space: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+    gradcam_fn: Callable[[Any], Any] = field(default=_no_gradcam_layer, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.kind not in _KINDS:
+            raise ValueError(f"kind must be one of {_KINDS}, got {self.kind!r} for model {self.name!r}.")
+        if self.family not in _FAMILIES:
+            raise ValueError(f"family must be one of {_FAMILIES}, got {self.family!r} for model {self.name!r}.")
+
+    @property
+    def search_space(self) -> dict[str, Any]:
+        """Alias of :attr:`param_space`."""
+        return self.param_space
+
+    def gradcam_layer(self, model: Any) -> Any:
+        """The layer Grad-CAM should hook for ``model`` (a :class:`StrokeNet` of this architecture).
+
+        * CNNs: the last convolutional block's activation (before its pooling).
+        * ResNet: ``layer4`` (last residual stage, stride 32). EfficientNet: ``bn2`` (the activated
+          1x1 ``conv_head`` output, stride 32).
+        * ViT: ``blocks[-1].norm1``; its output is a token sequence ``(B, N, D)``: drop the first
+          :attr:`num_prefix_tokens` tokens and reshape the rest to the :meth:`vit_patch_grid`, i.e.
+          use :meth:`reshape_tokens`, to get a ``(B, D, h, w)`` map.
+        * Classical models: ``None`` (no layers).
+        """
+        return self.gradcam_fn(model)
+
+    def vit_patch_grid(self, image_size: int) -> tuple[int, int]:
+        """Patch-token grid ``(rows, cols)`` of a ViT fed ``image_size`` pixels.
+
+        Raises:
+            ValueError: If this is not a ViT, or ``image_size`` is not a multiple of the patch size.
+        """
+        if self.patch_size is None:
+            raise ValueError(f"{self.name!r} is not a ViT; it has no patch grid.")
+        if image_size % self.patch_size:
+            raise ValueError(f"image_size must be a multiple of {self.patch_size} for {self.name!r}, got {image_size}.")
+        side = image_size // self.patch_size
+        return side, side
+
+    def reshape_tokens(self, activations: Any, image_size: int | None = None) -> Any:
+        """ViT token activations ``(B, N, D)`` -> feature map ``(B, D, h, w)``; other tensors unchanged.
+
+        Args:
+            activations: Output of :meth:`gradcam_layer` (or its gradient).
+            image_size: Input side length; if ``None`` the grid is assumed square and inferred from ``N``.
+        """
+        if self.patch_size is None or getattr(activations, "ndim", 0) != 3:
+            return activations
+        tokens = activations[:, self.num_prefix_tokens :, :]
+        if image_size is not None:
+            rows, cols = self.vit_patch_grid(image_size)
+        else:
+            rows = cols = math.isqrt(tokens.shape[1])
+        if rows * cols != tokens.shape[1]:
+            raise ValueError(
+                f"Cannot reshape {tokens.shape[1]} patch tokens of {self.name!r} into a {rows}x{cols} grid."
+            )
+        return tokens.reshape(tokens.shape[0], rows, cols, tokens.shape[2]).permute(0, 3, 1, 2)
+
+
+def register_model(fn: Callable[..., Any] | None = None, /, **info: Any) -> Any:
+    """Register a model builder under its function name.
+
+    Use bare (``@register_model``: a deep ``"cnn"`` model without pretrained weights) or with
+    :class:`ModelInfo` fields (``@register_model(family="resnet", supports_pretrained=True, ...)``).
+
+    Raises:
+        ValueError: If the name is already registered or an info field is invalid.
+    """
+
+    def decorator(builder: Callable[..., Any]) -> Callable[..., Any]:
+        name = builder.__name__
+        if name in _model_entrypoints:
+            raise ValueError(f"A model named {name!r} is already registered.")
+        fields = {"kind": "deep", "family": "cnn", **info}
+        _model_info[name] = ModelInfo(name=name, **fields)
+        _model_entrypoints[name] = builder
+        return builder
+
+    if fn is not None:
+        return decorator(fn)
+    return decorator
+
+
+def _load_builtins() -> None:
+    global _builtins_loaded
+    if _builtins_loaded:
+        return
+    _builtins_loaded = True
+    for module in _BUILTIN_MODULES:
+        importlib.import_module(module)
+
+
+def list_models(kind: str | None = None) -> list[str]:
+    """Names of the registered models, sorted.
+
+    Args:
+        kind: ``None`` (all), ``"deep"`` or ``"classical"``.
+
+    Raises:
+        ValueError: If ``kind`` is unknown.
+    """
+    if kind is not None and kind not in _KINDS:
+        raise ValueError(f"kind must be None or one of {_KINDS}, got {kind!r}.")
+    _load_builtins()
+    return sorted(n for n, info in _model_info.items() if kind is None or info.kind == kind)
+
+
+def get_model_info(name: str) -> ModelInfo:
+    """The :class:`ModelInfo` of a registered model.
+
+    Raises:
+        ValueError: If ``name`` is not registered (the message lists the valid names).
+    """
+    _load_builtins()
+    if not isinstance(name, str) or name not in _model_info:
+        raise ValueError(f"Unknown model {name!r}. Registered models: {', '.join(list_models())}.")
+    return _model_info[name]
+
+
+def _validate_common(info: ModelInfo, num_classes: Any, image_size: Any) -> None:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}.")
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < info.min_image_size:
+        raise ValueError(
+            f"image_size must be an integer >= {info.min_image_size} for {info.name!r}, got {image_size!r}."
+        )
+    if info.patch_size is not None and image_size % info.patch_size:
+        raise ValueError(
+            f"image_size must be a multiple of {info.patch_size} for {info.name!r} "
+            f"(patch-{info.patch_size} ViT), got {image_size}."
+        )
+
+
+def create_model(
+    name: str,
+    *,
+    num_classes: int,
+    image_size: int = 128,
+    pretrained: str | bool = "no",
+    weights_dir: str | Path | None = None,
+    **kwargs: Any,
+) -> Any:
+    """Build a registered model.
+
+    Args:
+        name: Registry name (see :func:`list_models`).
+        num_classes: Number of classes (2 -> binary, one logit).
+        image_size: Input side length ``S``.
+        pretrained: ``"no"`` (random init), ``"yes"`` (ImageNet weights or
+            :class:`~models._pretrained.PretrainedWeightsUnavailable`), ``"auto"`` (ImageNet weights if
+            available, else random init with a warning). ``True``/``False`` mean ``"yes"``/``"no"``.
+            Models without ImageNet weights accept ``"no"`` and ``"auto"`` only.
+        weights_dir: Folder with local weight files (``<timm_name>.safetensors`` / ``.pth`` / ``.bin``);
+            ``$STROKECT_WEIGHTS`` is searched as well.
+        **kwargs: Builder options (timm: ``drop_rate``, ``drop_path_rate``; CNNs: ``drop_rate``;
+            classical: ``C``, ``gamma``). Options whose value is ``None`` are ignored.
+
+    Returns:
+        A :class:`~models._common.StrokeNet` (deep) or a :class:`~models.classical.ClassicalModel`.
+
+    Raises:
+        ValueError: For an unknown name or invalid argument.
+        PretrainedWeightsUnavailable: ``pretrained="yes"`` and no weights could be found.
+    """
+    info = get_model_info(name)
+    if isinstance(pretrained, bool):
+        pretrained = "yes" if pretrained else "no"
+    if pretrained not in _PRETRAINED_CHOICES:
+        raise ValueError(f"pretrained must be one of {_PRETRAINED_CHOICES}, got {pretrained!r}.")
+    if pretrained == "yes" and not info.supports_pretrained:
+        raise ValueError(
+            f"{name!r} has no ImageNet weights (it is trained from scratch); use pretrained='no' or 'auto'."
+        )
+    _validate_common(info, num_classes, image_size)
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    return _model_entrypoints[name](
+        num_classes=num_classes, image_size=image_size, pretrained=pretrained, weights_dir=weights_dir, **kwargs
+    )
+
+
+def build_for_checkpoint(name: str, *, num_classes: int, image_size: int, init: str) -> Any:
+    """Build the architecture a checkpoint was saved from, without loading any pretrained weights.
+
+    A model fine-tuned from ImageNet weights has 3 input channels and ImageNet normalisation; this
+    rebuilds that layout (``init="imagenet"``) so the checkpoint's ``state_dict`` fits, and sets
+    ``.init`` to the recorded value. Used by :func:`models.load_predictor`.
+
+    Raises:
+        ValueError: For an unknown name, invalid size or init.
+    """
+    info = get_model_info(name)
+    _validate_common(info, num_classes, image_size)
+    if info.kind == "classical":
+        raise ValueError(f"{name!r} is a classical model; rebuild it with ClassicalModel.from_state_arrays().")
+    if init not in ("imagenet", "random"):
+        raise ValueError(f"init must be 'imagenet' or 'random', got {init!r}.")
+    if init == "imagenet" and not info.supports_pretrained:
+        raise ValueError(f"{name!r} cannot have init='imagenet': it has no pretrained weights.")
+    return _model_entrypoints[name](
+        num_classes=num_classes, image_size=image_size, pretrained="no", weights_dir=None, _layout=init
+    )

@@ -1,0 +1,140 @@
+"""Export a trained deep model to ONNX, with its preprocessing metadata.
+
+Usage:
+    python -m models.export leaderboards/<study>/models/resnet18 resnet18.onnx [--opset 17]
+
+The ONNX graph takes ``input``: float32 ``(batch, 1, S, S)`` in ``[0, 1]`` — the same tensor the
+PyTorch model takes (channel replication and normalisation are inside the graph) — and returns
+``logits`` (``(batch, 1)`` binary, ``(batch, C)`` multiclass) and ``probabilities`` ``(batch, C)``.
+The batch axis is dynamic. Every ``card.json`` field is stored in the model's ``metadata_props``
+(values JSON-encoded) and ``card.json`` is written beside the ``.onnx`` file, so a consumer can
+reproduce the preprocessing (``data.load_image`` with the card's window -> ``data.resize_pad`` to
+``image_size`` -> ``data.to_uint8`` -> ``/ 255``) and apply the card's ``threshold``.
+
+Classical baselines are not exportable (they are small numpy pipelines; use the checkpoint).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from models._common import logits_to_probabilities
+from models.predictor import CARD_FILE, Predictor, load_predictor
+
+__all__ = ["export_onnx", "main"]
+
+logger = logging.getLogger(__name__)
+
+
+class _ExportWrapper(nn.Module):
+    """model(x) -> (logits, probabilities)."""
+
+    def __init__(self, model: nn.Module, num_classes: int) -> None:
+        super().__init__()
+        self.model = model
+        self.num_classes = num_classes
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.model(x)
+        return logits, logits_to_probabilities(logits, self.num_classes)
+
+
+def export_onnx(predictor_or_folder: Predictor | str | Path, out_path: str | Path, *, opset: int = 17) -> Path:
+    """Export a deep model checkpoint to ONNX.
+
+    Args:
+        predictor_or_folder: A :class:`~models.predictor.Predictor` or a checkpoint folder.
+        out_path: Target ``.onnx`` file; ``card.json`` is written in the same folder.
+        opset: ONNX opset version (>= 14).
+
+    Returns:
+        ``out_path``.
+
+    Raises:
+        ValueError: For a classical model, an invalid opset or checkpoint.
+    """
+    import onnx
+
+    if isinstance(predictor_or_folder, Predictor):
+        predictor = predictor_or_folder
+    else:
+        predictor = load_predictor(predictor_or_folder, device="cpu")
+    if predictor.kind != "deep":
+        raise ValueError(
+            f"{predictor.card['model']!r} is a classical baseline; only deep models can be exported to ONNX."
+        )
+    if isinstance(opset, bool) or not isinstance(opset, int) or opset < 14:
+        raise ValueError(f"opset must be an integer >= 14, got {opset!r}.")
+    out_path = Path(out_path)
+    if out_path.suffix.lower() != ".onnx":
+        raise ValueError(f"out_path must end with .onnx, got {out_path}.")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+
+    model = predictor.model
+    device = next(model.parameters()).device
+    wrapper = _ExportWrapper(model, predictor.num_classes).to("cpu").eval()
+    S = predictor.image_size
+    dummy = torch.rand(2, 1, S, S)
+    tmp_path = out_path.with_name(f".{out_path.name}.tmp")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", category=DeprecationWarning)
+            warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
+            # The TorchScript-based exporter: no onnxscript dependency, dynamic batch via dynamic_axes.
+            torch.onnx.export(
+                wrapper,
+                (dummy,),
+                str(tmp_path),
+                dynamo=False,
+                input_names=["input"],
+                output_names=["logits", "probabilities"],
+                dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}, "probabilities": {0: "batch"}},
+                opset_version=opset,
+            )
+        proto = onnx.load(str(tmp_path))
+        proto.doc_string = (
+            f"StrokeCT AutoML {predictor.card['model']} ({predictor.init}); input float32 (batch, 1, {S}, {S}) "
+            f"in [0, 1]; classes {predictor.classes}."
+        )
+        del proto.metadata_props[:]
+        for key, value in predictor.card.items():
+            entry = proto.metadata_props.add()
+            entry.key = str(key)
+            entry.value = value if isinstance(value, str) else json.dumps(value)
+        onnx.checker.check_model(proto)
+        onnx.save(proto, str(tmp_path))
+        tmp_path.replace(out_path)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+        model.to(device)
+    (out_path.parent / CARD_FILE).write_text(json.dumps(predictor.card, indent=2), encoding="utf-8")
+    logger.info("Exported %s to %s", predictor.card["model"], out_path)
+    return out_path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point; returns the exit code."""
+    parser = argparse.ArgumentParser(prog="python -m models.export", description=__doc__.split("\n\n")[0])
+    parser.add_argument("folder", help="checkpoint folder (model.safetensors + card.json)")
+    parser.add_argument("out", help="output .onnx file (card.json is written beside it)")
+    parser.add_argument("--opset", type=int, default=17, help="ONNX opset version (default 17)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        path = export_onnx(args.folder, args.out, opset=args.opset)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

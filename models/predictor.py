@@ -1,0 +1,503 @@
+"""Checkpoints and the predictor: a trained model as a folder, and that folder as ``predict(x)``.
+
+A checkpoint folder holds
+
+* ``model.safetensors``: the deep model's ``state_dict`` (normalisation buffers included) or, for a
+  classical baseline, its :meth:`~models.classical.ClassicalModel.state_arrays`;
+* ``card.json``: everything needed to rebuild and use the model, and to judge it (see :func:`save_checkpoint`).
+
+Nothing is pickled; loading never executes code from the folder.
+
+Example:
+    >>> import models
+    >>> predictor = models.load_predictor("leaderboards/demo/models/resnet18")
+    >>> predictor.predict("scan.dcm")
+    {'label': 'stroke', 'probabilities': {'normal': 0.12, 'stroke': 0.88}}
+
+Preprocessing is exactly the training path: ``data.load_image`` (window from the card) ->
+``data.resize_pad`` (the card's image size) -> ``data.to_uint8`` (the cache format) -> ``/ 255``, so a
+live image and its cached training copy give bit-identical model inputs. Any image of at least 1x1
+pixel is accepted (``resize_pad`` scales it to the model's size); what ``data.load_image`` rejects
+(empty, truncated, not an image, too large, DICOM without pixels) raises :class:`InvalidInputError`.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import io
+import json
+import logging
+import os
+import platform
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from models._common import logits_to_probabilities, pick_device
+
+__all__ = [
+    "CARD_FILE",
+    "WEIGHTS_FILE",
+    "InvalidInputError",
+    "Predictor",
+    "load_predictor",
+    "save_checkpoint",
+]
+
+logger = logging.getLogger(__name__)
+
+CARD_FILE = "card.json"
+WEIGHTS_FILE = "model.safetensors"
+CARD_FORMAT_VERSION = 1
+_REQUIRED_CARD_KEYS = ("model", "kind", "init", "classes", "image_size")
+_MODEL_OWNED_KEYS = ("model", "kind", "init", "num_classes", "image_size", "normalization")
+
+
+class InvalidInputError(ValueError):
+    """The input cannot be used as an image; the message is one human sentence for the UI."""
+
+
+# --- saving -----------------------------------------------------------------------------------------------
+def _library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__}
+    for module in ("timm", "sklearn", "safetensors", "pydicom", "PIL"):
+        try:
+            versions[module] = str(getattr(__import__(module), "__version__", "unknown"))
+        except ImportError:
+            continue
+    return versions
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return value.as_posix()
+    if isinstance(value, (set, frozenset)):
+        return sorted(value)
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    raise TypeError(f"card value of type {type(value).__name__} is not JSON serialisable: {value!r}")
+
+
+def _model_card_fields(model: Any) -> dict[str, Any]:
+    from models.classical import ClassicalModel
+
+    if isinstance(model, ClassicalModel):
+        return {
+            "model": model.model_name,
+            "kind": "classical",
+            "init": model.init,
+            "num_classes": model.num_classes,
+            "image_size": model.image_size,
+            "normalization": {"feature_size": model.feature_size, "scale": "x / 255"},
+        }
+    if isinstance(model, torch.nn.Module) and hasattr(model, "normalization") and hasattr(model, "model_name"):
+        return {
+            "model": model.model_name,
+            "kind": "deep",
+            "init": model.init,
+            "num_classes": model.num_classes,
+            "image_size": model.image_size,
+            "normalization": model.normalization,
+        }
+    raise ValueError(
+        f"save_checkpoint expects a model from models.create_model (StrokeNet or ClassicalModel), "
+        f"got {type(model).__name__}."
+    )
+
+
+def _write_weights(model: Any, path: Path, card: dict[str, Any]) -> None:
+    metadata = {"format": "pt" if card["kind"] == "deep" else "np", "model": card["model"]}
+    if card["kind"] == "deep":
+        from safetensors.torch import save_file
+
+        state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+        save_file(state, str(path), metadata=metadata)
+    else:
+        from safetensors.numpy import save_file as save_numpy
+
+        save_numpy({k: np.ascontiguousarray(v) for k, v in model.state_arrays().items()}, str(path), metadata=metadata)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def save_checkpoint(model: Any, folder: str | Path, *, card: dict[str, Any]) -> Path:
+    """Save a model as ``folder/model.safetensors`` + ``folder/card.json``.
+
+    Args:
+        model: A deep model (:class:`~models._common.StrokeNet`) or a fitted
+            :class:`~models.classical.ClassicalModel`.
+        folder: Target folder (created; an existing checkpoint in it is replaced, other files are kept).
+        card: Card fields. Required: ``classes`` (sorted, negative class first; ``len == num_classes``).
+            Usual: ``window`` (name or ``[level, width]``, default ``"brain"``), ``threshold`` (decision
+            threshold on ``P(classes[1])`` for binary tasks, default 0.5), ``train_config``, ``metrics``,
+            ``manifest_hash``. Filled from the model (and overriding the card): ``model``, ``kind``,
+            ``init``, ``num_classes``, ``image_size``, ``normalization``; added: ``versions``, ``created``,
+            ``format_version``.
+
+    Returns:
+        The folder.
+
+    Raises:
+        ValueError: Bad model, or a card that is missing ``classes``, inconsistent, or not JSON serialisable.
+
+    The write is atomic: a new folder is assembled next to the target and renamed into place; when
+    the folder already exists, each file is written to a temporary name and ``os.replace``-d, weights
+    first and ``card.json`` last, so a reader never sees a half-written file.
+    """
+    if not isinstance(card, dict):
+        raise ValueError(f"card must be a dict, got {type(card).__name__}.")
+    fields = _model_card_fields(model)
+    classes = card.get("classes")
+    if not isinstance(classes, (list, tuple)) or not all(isinstance(c, str) for c in classes):
+        raise ValueError(f"card['classes'] must be a list of class names, got {classes!r}.")
+    if len(classes) != fields["num_classes"]:
+        raise ValueError(
+            f"card['classes'] has {len(classes)} names but the model has num_classes={fields['num_classes']}."
+        )
+    if len(set(classes)) != len(classes):
+        raise ValueError(f"card['classes'] has duplicate names: {list(classes)}.")
+    for key in _MODEL_OWNED_KEYS:
+        if key in card and card[key] != fields[key]:
+            logger.warning("card[%r]=%r replaced by the model's value %r", key, card[key], fields[key])
+    threshold = float(card.get("threshold", 0.5) if card.get("threshold") is not None else 0.5)
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"card['threshold'] must be in [0, 1], got {threshold}.")
+    full_card = {
+        "model": fields["model"],
+        "kind": fields["kind"],
+        "init": fields["init"],
+        "classes": list(classes),
+        "num_classes": fields["num_classes"],
+        "image_size": fields["image_size"],
+        "window": card.get("window", "brain"),
+        "normalization": fields["normalization"],
+        "train_config": card.get("train_config", {}),
+        "metrics": card.get("metrics", {}),
+        "threshold": threshold,
+        "manifest_hash": card.get("manifest_hash"),
+        "versions": {**_library_versions(), **card.get("versions", {})},
+        "created": card.get("created") or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "format_version": CARD_FORMAT_VERSION,
+    }
+    for key, value in card.items():
+        full_card.setdefault(key, value)
+    if isinstance(full_card["window"], tuple):
+        full_card["window"] = list(full_card["window"])
+    try:
+        card_text = json.dumps(full_card, indent=2, default=_json_default, allow_nan=True)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"card is not JSON serialisable: {err}") from None
+
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    if not folder.exists():
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+        try:
+            _write_weights(model, tmp / WEIGHTS_FILE, full_card)
+            (tmp / CARD_FILE).write_text(card_text, encoding="utf-8")
+            for name in (WEIGHTS_FILE, CARD_FILE):
+                _fsync_file(tmp / name)
+            os.replace(tmp, folder)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    else:
+        if not folder.is_dir():
+            raise ValueError(f"Checkpoint folder {folder} exists and is not a folder.")
+        token = uuid.uuid4().hex[:8]
+        tmp_weights = folder / f".{WEIGHTS_FILE}.{token}.tmp"
+        tmp_card = folder / f".{CARD_FILE}.{token}.tmp"
+        try:
+            _write_weights(model, tmp_weights, full_card)
+            tmp_card.write_text(card_text, encoding="utf-8")
+            _fsync_file(tmp_weights)
+            _fsync_file(tmp_card)
+            os.replace(tmp_weights, folder / WEIGHTS_FILE)
+            os.replace(tmp_card, folder / CARD_FILE)
+        finally:
+            tmp_weights.unlink(missing_ok=True)
+            tmp_card.unlink(missing_ok=True)
+    logger.info("Saved %s checkpoint (%s) to %s", full_card["model"], full_card["init"], folder)
+    return folder
+
+
+# --- loading ----------------------------------------------------------------------------------------------
+def _read_card(folder: Path) -> dict[str, Any]:
+    path = folder / CARD_FILE
+    if not path.is_file():
+        raise ValueError(f"{path} is missing: {folder} is not a model folder saved by models.save_checkpoint.")
+    try:
+        card = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); the checkpoint is corrupt.") from None
+    if not isinstance(card, dict):
+        raise ValueError(f"{path} must hold a JSON object, got {type(card).__name__}.")
+    missing = [k for k in _REQUIRED_CARD_KEYS if k not in card]
+    if missing:
+        raise ValueError(f"{path} lacks the required key(s) {missing}.")
+    classes = card["classes"]
+    if not isinstance(classes, list) or len(classes) < 2 or not all(isinstance(c, str) for c in classes):
+        raise ValueError(f"{path}: 'classes' must be a list of at least 2 class names, got {classes!r}.")
+    card.setdefault("num_classes", len(classes))
+    if card["num_classes"] != len(classes):
+        raise ValueError(f"{path}: num_classes={card['num_classes']} but {len(classes)} class names.")
+    if card["kind"] not in ("deep", "classical"):
+        raise ValueError(f"{path}: 'kind' must be 'deep' or 'classical', got {card['kind']!r}.")
+    if not isinstance(card["image_size"], int) or card["image_size"] < 1:
+        raise ValueError(f"{path}: 'image_size' must be a positive integer, got {card['image_size']!r}.")
+    return card
+
+
+def _read_weights(path: Path, kind: str) -> dict[str, Any]:
+    if not path.is_file():
+        raise ValueError(f"{path} is missing: the checkpoint has no weights.")
+    try:
+        if kind == "deep":
+            from safetensors.torch import load_file
+
+            return load_file(str(path), device="cpu")
+        from safetensors.numpy import load_file as load_numpy
+
+        return load_numpy(str(path))
+    except Exception as err:  # noqa: BLE001 - safetensors raises several types for a damaged file
+        raise ValueError(f"{path} cannot be read as safetensors ({type(err).__name__}: {err}); it is corrupt.") from None
+
+
+def _rebuild_model(card: dict[str, Any], state: dict[str, Any], weights_path: Path) -> Any:
+    from models._registry import build_for_checkpoint, get_model_info
+
+    info = get_model_info(card["model"])
+    if info.kind != card["kind"]:
+        raise ValueError(f"{weights_path.parent / CARD_FILE}: model {card['model']!r} is {info.kind}, card says {card['kind']!r}.")
+    if info.kind == "classical":
+        from models.classical import ClassicalModel
+
+        try:
+            model = ClassicalModel.from_state_arrays(state)
+        except ValueError as err:
+            raise ValueError(f"{weights_path}: {err}") from None
+        if (model.model_name, model.num_classes, model.image_size) != (card["model"], card["num_classes"], card["image_size"]):
+            raise ValueError(f"{weights_path} does not match {CARD_FILE} (model, classes or image size differ).")
+        return model
+    model = build_for_checkpoint(
+        card["model"], num_classes=card["num_classes"], image_size=card["image_size"], init=card["init"]
+    )
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"{weights_path} does not fit a {card['model']} ({card['init']}) model: {first_line}") from None
+    return model.eval()
+
+
+def load_predictor(folder: str | Path, *, device: str | torch.device = "auto") -> Predictor:
+    """Load a checkpoint folder written by :func:`save_checkpoint`.
+
+    Args:
+        folder: The checkpoint folder.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"mps"`` (see :func:`models.pick_device`).
+
+    Raises:
+        ValueError: The folder, ``card.json`` or ``model.safetensors`` is missing or corrupt (the message
+            names the file).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"Model folder {folder} does not exist.")
+    card = _read_card(folder)
+    weights_path = folder / WEIGHTS_FILE
+    state = _read_weights(weights_path, card["kind"])
+    model = _rebuild_model(card, state, weights_path)
+    return Predictor(model, card, device=device)
+
+
+# --- predicting -------------------------------------------------------------------------------------------
+def _describe(x: Any) -> str:
+    if isinstance(x, (str, os.PathLike)):
+        return f"'{Path(x).name}'"
+    if isinstance(x, (bytes, bytearray, memoryview)):
+        return f"the uploaded data ({len(x)} bytes)"
+    return f"the {type(x).__name__} input"
+
+
+class Predictor:
+    """A loaded model that turns any image source into class probabilities.
+
+    Args:
+        model: The rebuilt model (deep or classical).
+        card: The checkpoint card.
+        device: Torch device preference for deep models.
+
+    Attributes:
+        model, card: As given. classes: Class names. image_size: Model input side ``S``.
+        window: CT window for DICOM input (name or ``(level, width)``). threshold: Binary decision threshold
+        on ``P(classes[1])``. kind: ``"deep"`` or ``"classical"``. init: The model's init. device: Torch device.
+    """
+
+    def __init__(self, model: Any, card: dict[str, Any], *, device: str | torch.device = "auto") -> None:
+        self.card = card
+        self.classes: list[str] = list(card["classes"])
+        self.num_classes = len(self.classes)
+        self.image_size: int = int(card["image_size"])
+        window = card.get("window") or "brain"
+        self.window: str | tuple[float, float] = tuple(window) if isinstance(window, list) else window
+        threshold = card.get("threshold")
+        self.threshold: float = 0.5 if threshold is None else float(threshold)
+        self.kind: str = card["kind"]
+        self.init: str = card.get("init", "")
+        self.device = pick_device(device)
+        if self.kind == "deep":
+            model = model.to(self.device).eval()
+        self.model = model
+
+    def __repr__(self) -> str:
+        return (
+            f"Predictor(model={self.card['model']!r}, init={self.init!r}, classes={self.classes}, "
+            f"image_size={self.image_size}, window={self.window!r}, threshold={self.threshold})"
+        )
+
+    # --- input --------------------------------------------------------------------------------------------
+    def preprocess_uint8(self, x: Any, *, window: str | tuple[float, float] | None = None) -> np.ndarray:
+        """Decode, window and resize one input to the cache format: uint8 ``(S, S)``.
+
+        Raises:
+            InvalidInputError: If the input cannot be read as an image.
+        """
+        import data
+
+        if isinstance(x, (bytearray, memoryview)):
+            x = bytes(x)
+        if isinstance(x, io.IOBase):
+            try:
+                x = x.read()
+            except (OSError, ValueError) as err:
+                raise InvalidInputError(f"Could not read the uploaded file: {err}.") from None
+        if isinstance(x, torch.Tensor):
+            x = x.detach().cpu().numpy()
+        if isinstance(x, (str, os.PathLike)) and not Path(x).is_file():
+            raise InvalidInputError(f"No such file: {Path(x).name}.")
+        try:
+            image = data.load_image(x, window=window if window is not None else self.window)
+            resized = data.resize_pad(image, self.image_size)
+            return data.to_uint8(resized)
+        except data.BadImageError as err:
+            reason = getattr(err, "reason", None) or str(err)
+            raise InvalidInputError(f"Could not read {_describe(x)} as an image: {reason}.") from None
+        except InvalidInputError:
+            raise
+        except (ValueError, TypeError, OSError, MemoryError, AttributeError, KeyError, IndexError) as err:
+            raise InvalidInputError(
+                f"Could not read {_describe(x)} as an image ({type(err).__name__}: {err})."
+            ) from None
+
+    def preprocess(self, x: Any, *, window: str | tuple[float, float] | None = None) -> torch.Tensor:
+        """One input -> the exact model input: float32 ``(1, 1, S, S)`` in ``[0, 1]`` (on the CPU).
+
+        Args:
+            x: Path, bytes, ``PIL.Image``, numpy array or ``pydicom.Dataset``.
+            window: CT window for DICOM (name or ``(level, width)``); default: the card's window.
+
+        Raises:
+            InvalidInputError: If the input cannot be read as an image.
+        """
+        pixels = self.preprocess_uint8(x, window=window)
+        return torch.from_numpy(pixels).to(torch.float32).div_(255.0)[None, None]
+
+    # --- inference ----------------------------------------------------------------------------------------
+    def predict_proba(self, images: np.ndarray | torch.Tensor, *, batch_size: int = 32) -> np.ndarray:
+        """Probabilities ``(N, C)`` for already preprocessed images.
+
+        Args:
+            images: uint8 ``(N, S, S)`` (the cache format) or float ``(N, 1, S, S)`` in ``[0, 1]``.
+            batch_size: Images per forward pass.
+
+        Raises:
+            ValueError: On a wrong shape or batch size.
+        """
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+        S = self.image_size
+        arr = images.detach().cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
+        if arr.ndim == 3 and tuple(arr.shape[1:]) == (S, S) and arr.dtype == np.uint8:
+            as_uint8 = True
+        elif arr.ndim == 4 and tuple(arr.shape[1:]) == (1, S, S):
+            as_uint8 = False
+        else:
+            raise ValueError(f"images must be uint8 (N, {S}, {S}) or float (N, 1, {S}, {S}), got {tuple(arr.shape)}.")
+        if self.kind == "classical":
+            if not as_uint8:
+                arr = np.clip(np.round(arr[:, 0].astype(np.float32) * 255.0), 0, 255).astype(np.uint8)
+            return np.asarray(self.model.predict_proba(arr), dtype=np.float64)
+        out = []
+        with torch.inference_mode():
+            for start in range(0, len(arr), batch_size):
+                chunk = torch.from_numpy(np.ascontiguousarray(arr[start : start + batch_size]))
+                x = chunk.to(torch.float32).div_(255.0)[:, None] if as_uint8 else chunk.to(torch.float32)
+                logits = self.model(x.to(self.device))
+                out.append(logits_to_probabilities(logits.float(), self.num_classes).cpu().numpy())
+        if not out:
+            return np.zeros((0, self.num_classes), dtype=np.float64)
+        return np.concatenate(out).astype(np.float64)
+
+    def _result(self, probabilities: np.ndarray) -> dict[str, Any]:
+        probs = {c: float(p) for c, p in zip(self.classes, probabilities)}
+        if self.num_classes == 2:
+            label = self.classes[1] if probabilities[1] >= self.threshold else self.classes[0]
+        else:
+            label = self.classes[int(np.argmax(probabilities))]
+        return {"label": label, "probabilities": probs}
+
+    def predict(self, x: Any, *, window: str | tuple[float, float] | None = None) -> dict[str, Any]:
+        """Classify one image.
+
+        Args:
+            x: Path, bytes, ``PIL.Image``, numpy array or ``pydicom.Dataset``.
+            window: CT window for DICOM input; default: the card's window.
+
+        Returns:
+            ``{"label": str, "probabilities": {class: float}}``; a binary label is ``classes[1]`` when
+            ``P(classes[1]) >= threshold``.
+
+        Raises:
+            InvalidInputError: If the input cannot be read as an image.
+        """
+        pixels = self.preprocess_uint8(x, window=window)
+        return self._result(self.predict_proba(pixels[None])[0])
+
+    def predict_many(
+        self,
+        xs: Iterable[Any],
+        *,
+        batch_size: int = 32,
+        window: str | tuple[float, float] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Classify many images, decoded one by one and run through the model in batches.
+
+        Raises:
+            InvalidInputError: If any input cannot be read (the message says which one, 0-based).
+        """
+        if isinstance(xs, (str, bytes, os.PathLike, np.ndarray)):
+            raise ValueError("predict_many expects a list of inputs; use predict() for one image and predict_proba() for preprocessed arrays.")
+        items = list(xs)
+        pixels = []
+        for i, x in enumerate(items):
+            try:
+                pixels.append(self.preprocess_uint8(x, window=window))
+            except InvalidInputError as err:
+                raise InvalidInputError(f"Input {i}: {err}") from None
+        if not pixels:
+            return []
+        probabilities = self.predict_proba(np.stack(pixels), batch_size=batch_size)
+        return [self._result(p) for p in probabilities]
