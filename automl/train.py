@@ -1,0 +1,886 @@
+"""Train one model on one cross-validation fold: the engine every Optuna trial calls.
+
+:func:`fit_fold` takes the cached ``uint8 (N, S, S)`` arrays of a fold and a :class:`TrainConfig`, and
+returns a :class:`FitResult` with the trained model (best-epoch weights), the per-epoch history and
+the validation probabilities. It reports each epoch to a ``report(epoch, metrics) -> bool`` callback,
+which is how the search prunes: when the callback returns ``True`` training stops and
+``FitResult.pruned`` is set (the caller then raises ``optuna.TrialPruned``).
+
+How a deep model is trained (the recipe of the CT literature):
+
+* **Loss**: binary tasks emit one logit and use ``BCEWithLogitsLoss`` (``pos_weight`` for imbalance;
+  ``"balanced"`` = n_negative / n_positive); multiclass tasks use softmax cross-entropy
+  (``"balanced"`` = scikit-learn's class weights ``N / (C * n_c)``).
+* **Optimiser / schedule**: AdamW or Adam; cosine annealing per epoch, ``ReduceLROnPlateau`` on the
+  validation AUC (factor 0.5, patience ``max(1, patience // 2)``) or a constant rate.
+* **Early stopping** on the validation AUC (the validation loss when the AUC is undefined, i.e. a
+  single-class validation fold) with ``patience`` epochs; the best epoch's weights are kept in memory
+  and restored at the end.
+* **Fine-tuning** of ImageNet-initialised models (``model.init == "imagenet"``):
+
+  - ``full``: every layer trains at ``lr`` from the first epoch.
+  - ``two_stage``: stage 1 (``head_fraction`` of the epochs, at least one) trains only the classifier
+    on a frozen backbone; stage 2 unfreezes everything at ``lr * unfreeze_lr_factor`` (0.1).
+  - ``gradual``: the head trains alone first, then one backbone stage at a time is unfrozen, from the
+    head backwards (``model.stages()``), every ``epochs // len(stages)`` epochs; the k-th stage
+    below the head trains at ``lr * layer_decay**k`` (layer-wise learning-rate decay, 0.5).
+
+  While only the head trains, the frozen backbone's features are computed **once per fold** (in
+  eval mode, without augmentation) and the head is trained on the cached features; that makes
+  head-only epochs one to two orders of magnitude cheaper than running the backbone every epoch
+  (``cache_features=False`` does the latter, for benchmarks). With random init only ``full`` makes
+  sense: any other strategy is logged and replaced by ``full`` (``FitResult.finetune_used``).
+* **Augmentation** (:mod:`automl.augment`) runs batched on the training device, on the cached tensors.
+* **Data**: the whole fold stays an in-memory ``uint8`` tensor (moved to the accelerator once when it
+  fits); each epoch draws a seeded permutation and converts one batch at a time. No DataLoader
+  workers, no decoding.
+* **Determinism**: on CPU the same ``seed`` gives the same weights and metrics (weight init, data
+  order, augmentation and dropout are all seeded). The global RNG state is restored afterwards.
+
+Classical baselines (``models.get_model_info(name).kind == "classical"``) are fitted once and
+reported once, with the same :class:`FitResult`.
+
+Example:
+    >>> from automl.train import TrainConfig, fit_fold
+    >>> config = TrainConfig(model="resnet18", lr=3e-4, epochs=6, finetune="two_stage", pretrained="auto")
+    >>> result = fit_fold(X[tr], y[tr], X[va], y[va], config=config, num_classes=2)
+    >>> result.best_metrics["val_auc"], result.val_probabilities.shape
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import models
+from automl.augment import augment_batch
+from automl.metrics import roc_auc
+
+__all__ = ["FitResult", "ReportCallback", "TrainConfig", "extract_head_inputs", "fit_fold"]
+
+logger = logging.getLogger(__name__)
+
+ReportCallback = Callable[[int, dict[str, Any]], "bool | None"]
+
+_OPTIMIZERS = ("adamw", "adam")
+_SCHEDULERS = ("cosine", "plateau", "none")
+_FINETUNES = ("full", "two_stage", "gradual")
+_PRETRAINED = ("no", "yes", "auto")
+_GAMMA_NAMES = ("scale", "auto")
+#: Fold arrays up to this size are moved to the accelerator once; larger ones are copied per batch.
+_DEVICE_DATA_LIMIT_BYTES = 1 << 30
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides how one model is trained on one fold.
+
+    Saved with every result (``to_dict()``) so any number can be traced back to its configuration.
+    ``hflip`` is on by default (stroke vs normal is left/right symmetric); it is wrong for lateralised
+    tasks such as left- vs right-hemisphere lesions, where it must be set to ``False``.
+
+    Raises:
+        ValueError: On any invalid field, naming the field and the value.
+    """
+
+    model: str = "simple_cnn"  # registry name, see models.list_models()
+    lr: float = 3e-4  # peak learning rate (search range 1e-5 .. 1e-3); must be > 0
+    batch_size: int = 32  # training mini-batch (capped by the training-set size)
+    epochs: int = 10  # maximum epochs (early stopping may end sooner)
+    weight_decay: float = 1e-4  # decoupled for AdamW, L2 for Adam
+    optimizer: str = "adamw"  # "adamw" | "adam"
+    scheduler: str = "cosine"  # "cosine" (per epoch) | "plateau" (on val AUC) | "none"
+    finetune: str = "full"  # "full" | "two_stage" | "gradual" (pretrained models only)
+    aug_strength: float = 0.5  # 0 = no augmentation at all (flips included) .. 1 = strongest
+    # Horizontal flips assume left/right symmetry of the label: right for stroke vs normal,
+    # WRONG for lateralised tasks (e.g. left- vs right-hemisphere lesions) -> set False.
+    hflip: bool = True
+    patience: int | None = 5  # epochs without val-AUC improvement before stopping; None = never stop early
+    pos_weight: float | str | None = None  # None | "balanced" | float > 0 (binary positive-class weight)
+    pretrained: str = "auto"  # "no" | "yes" | "auto" (ImageNet weights if available, else random init)
+    weights_dir: str | None = None  # folder with <timm_name>.safetensors|.pth (else $STROKECT_WEIGHTS / hub cache)
+    seed: int = 0  # weight init, data order, augmentation, dropout
+    device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N" | "mps"
+    C: float = 1.0  # inverse regularisation strength of the classical baselines
+    gamma: float | str = "scale"  # RBF kernel width of svm_rbf: float > 0 | "scale" | "auto"
+    channels_last: bool | None = None  # None = auto (on for CUDA; off on CPU, where it measured slower)
+    num_threads: int | None = None  # torch intra-op threads during the fit; None = leave torch's setting
+    eval_batch_size: int | None = None  # validation batch; None = max(64, 2 * batch_size), at most 512
+    head_fraction: float = 1.0 / 3.0  # two_stage: share of the epochs that train only the head
+    unfreeze_lr_factor: float = 0.1  # two_stage: stage-2 learning rate = lr * this
+    layer_decay: float = 0.5  # gradual: learning-rate multiplier per stage below the head
+    cache_features: bool = True  # head-only epochs reuse frozen-backbone features computed once per fold
+    amp: bool | None = None  # bf16 autocast; None = auto (on for CUDA with bf16 support, off elsewhere)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model, str) or not self.model:
+            raise ValueError(f"model must be a non-empty registry name, got {self.model!r}.")
+        if not _is_number(self.lr) or not math.isfinite(self.lr) or self.lr <= 0:
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}.")
+        if not _is_int(self.batch_size) or self.batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {self.batch_size!r}.")
+        if not _is_int(self.epochs) or self.epochs < 1:
+            raise ValueError(f"epochs must be an integer >= 1, got {self.epochs!r}.")
+        if not _is_number(self.weight_decay) or not math.isfinite(self.weight_decay) or self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be a finite number >= 0, got {self.weight_decay!r}.")
+        for name, allowed in (
+            ("optimizer", _OPTIMIZERS),
+            ("scheduler", _SCHEDULERS),
+            ("finetune", _FINETUNES),
+            ("pretrained", _PRETRAINED),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}.")
+        if not _is_number(self.aug_strength) or not 0.0 <= self.aug_strength <= 1.0:
+            raise ValueError(f"aug_strength must lie in [0, 1], got {self.aug_strength!r}.")
+        if not isinstance(self.hflip, bool):
+            raise ValueError(f"hflip must be True or False, got {self.hflip!r}.")
+        if self.patience is not None and (not _is_int(self.patience) or self.patience < 1):
+            raise ValueError(f"patience must be None or an integer >= 1, got {self.patience!r}.")
+        if self.pos_weight is not None and self.pos_weight != "balanced":
+            if not _is_number(self.pos_weight) or not math.isfinite(self.pos_weight) or self.pos_weight <= 0:
+                raise ValueError(f"pos_weight must be None, 'balanced' or a number > 0, got {self.pos_weight!r}.")
+        if self.weights_dir is not None:
+            if not isinstance(self.weights_dir, (str, Path)):
+                raise ValueError(f"weights_dir must be a folder path or None, got {self.weights_dir!r}.")
+            self.weights_dir = str(self.weights_dir)
+        if not _is_int(self.seed) or self.seed < 0:
+            raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}.")
+        if not isinstance(self.device, str) or not self.device:
+            raise ValueError(f"device must be a string such as 'auto', 'cpu' or 'cuda', got {self.device!r}.")
+        if not _is_number(self.C) or not math.isfinite(self.C) or self.C <= 0:
+            raise ValueError(f"C must be a finite number > 0, got {self.C!r}.")
+        if self.gamma not in _GAMMA_NAMES and (
+            not _is_number(self.gamma) or not math.isfinite(self.gamma) or self.gamma <= 0
+        ):
+            raise ValueError(f"gamma must be a number > 0, 'scale' or 'auto', got {self.gamma!r}.")
+        for name in ("channels_last", "amp"):
+            if getattr(self, name) not in (None, True, False):
+                raise ValueError(f"{name} must be None (auto), True or False, got {getattr(self, name)!r}.")
+        if self.num_threads is not None and (not _is_int(self.num_threads) or self.num_threads < 1):
+            raise ValueError(f"num_threads must be None or an integer >= 1, got {self.num_threads!r}.")
+        if self.eval_batch_size is not None and (not _is_int(self.eval_batch_size) or self.eval_batch_size < 1):
+            raise ValueError(f"eval_batch_size must be None or an integer >= 1, got {self.eval_batch_size!r}.")
+        if not _is_number(self.head_fraction) or not 0.0 < self.head_fraction < 1.0:
+            raise ValueError(f"head_fraction must lie in (0, 1), got {self.head_fraction!r}.")
+        if not _is_number(self.unfreeze_lr_factor) or not 0.0 < self.unfreeze_lr_factor <= 1.0:
+            raise ValueError(f"unfreeze_lr_factor must lie in (0, 1], got {self.unfreeze_lr_factor!r}.")
+        if not _is_number(self.layer_decay) or not 0.0 < self.layer_decay <= 1.0:
+            raise ValueError(f"layer_decay must lie in (0, 1], got {self.layer_decay!r}.")
+        if not isinstance(self.cache_features, bool):
+            raise ValueError(f"cache_features must be True or False, got {self.cache_features!r}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-serialisable dict of every field."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """Inverse of :meth:`to_dict`.
+
+        Raises:
+            ValueError: On unknown keys (naming them) or invalid values.
+        """
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"Unknown TrainConfig field(s) {unknown}; known fields: {sorted(known)}.")
+        return cls(**values)
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit_fold` returns.
+
+    Attributes:
+        model: The trained model with its best-epoch weights, in eval mode (a ``StrokeNet`` on the
+            training device, or a classical model).
+        init: ``"imagenet"`` or ``"random"`` for deep models (the init actually used), ``"none"`` for
+            classical ones.
+        history: One dict per epoch: ``epoch`` (0-based, continuous across stages), ``stage``
+            (``"full"``, ``"head"``, ``"unfrozen"`` or ``"gradual_<k>"``), ``train_loss``, ``val_loss``,
+            ``val_auc``, ``lr`` (of the head's parameter group), ``seconds`` (the whole epoch), and
+            ``images_per_second`` (training images per second of the epoch's training part).
+        best_epoch: Index of the epoch whose weights were kept.
+        best_metrics: The history entry of ``best_epoch``.
+        val_probabilities: ``(N_val, C)`` float probabilities of the best epoch.
+        fit_seconds: Wall time of the whole fit (model creation to restored best weights).
+        images_per_second: Training images per second over the epochs that ran the whole network
+            (training steps only, validation excluded); over all epochs when none did (head-only or
+            classical fits).
+        pruned: ``True`` when ``report`` asked to stop.
+        finetune_used: The strategy actually applied (``"full"`` whenever the init is random).
+        device: The device trained on.
+    """
+
+    model: Any
+    init: str
+    history: list[dict[str, Any]]
+    best_epoch: int
+    best_metrics: dict[str, Any]
+    val_probabilities: np.ndarray
+    fit_seconds: float
+    images_per_second: float
+    pruned: bool = False
+    finetune_used: str = "full"
+    device: str = "cpu"
+
+
+# ----------------------------------------------------------------------------------------------------
+# validation of the fold arrays
+# ----------------------------------------------------------------------------------------------------
+
+
+def _check_fold(
+    X_train: Any, y_train: Any, X_val: Any, y_val: Any, num_classes: Any
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    if not _is_int(num_classes) or num_classes < 2:
+        raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}.")
+    arrays = []
+    for name, X, y in (("X_train", X_train, y_train), ("X_val", X_val, y_val)):
+        X = np.asarray(X)
+        if X.dtype != np.uint8 or X.ndim != 3 or X.shape[1] != X.shape[2]:
+            raise ValueError(f"{name} must be a uint8 array (N, S, S) from data.load_arrays, got {X.dtype} {X.shape}.")
+        y = np.asarray(y)
+        if y.ndim != 1 or len(y) != len(X):
+            raise ValueError(f"{name} has {len(X)} images but its labels have shape {y.shape}.")
+        if y.dtype.kind not in "iu":
+            raise ValueError(f"labels of {name} must be integer class indices, got dtype {y.dtype}.")
+        if len(y) and (y.min() < 0 or y.max() >= num_classes):
+            raise ValueError(
+                f"labels of {name} must lie in 0..{num_classes - 1}, got range {int(y.min())}..{int(y.max())}."
+            )
+        arrays += [np.ascontiguousarray(X), y.astype(np.int64)]
+    Xtr, ytr, Xva, yva = arrays
+    if len(Xtr) < 2:
+        raise ValueError(f"X_train needs at least 2 images, got {len(Xtr)}.")
+    if len(Xva) < 1:
+        raise ValueError("X_val is empty.")
+    if Xtr.shape[1:] != Xva.shape[1:]:
+        raise ValueError(f"X_train and X_val image sizes differ: {Xtr.shape[1:]} != {Xva.shape[1:]}.")
+    if len(np.unique(ytr)) < 2:
+        logger.warning("The training fold holds a single class (%s); the model cannot learn much.", np.unique(ytr))
+    return Xtr, ytr, Xva, yva
+
+
+def _pos_weight(config: TrainConfig, y: np.ndarray, num_classes: int) -> torch.Tensor | None:
+    """Loss weights: binary ``pos_weight`` (1,) or multiclass class weights (C,); ``None`` = unweighted."""
+    if config.pos_weight is None:
+        return None
+    counts = np.bincount(y, minlength=num_classes).astype(np.float64)
+    if num_classes == 2:
+        if config.pos_weight == "balanced":
+            if counts[1] == 0:
+                logger.warning("pos_weight='balanced' but the training fold has no positives; using 1.0.")
+                return torch.ones(1)
+            return torch.tensor([counts[0] / counts[1]], dtype=torch.float32)
+        return torch.tensor([float(config.pos_weight)], dtype=torch.float32)
+    if config.pos_weight != "balanced":
+        raise ValueError(
+            f"A numeric pos_weight ({config.pos_weight!r}) only applies to binary tasks; "
+            f"use 'balanced' or None for {num_classes} classes."
+        )
+    weights = np.where(counts > 0, counts.sum() / (num_classes * np.maximum(counts, 1)), 0.0)
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def _unweighted_loss(logits: torch.Tensor, y: torch.Tensor, num_classes: int) -> float:
+    """Mean negative log-likelihood (the unweighted training loss), comparable across pos_weight settings."""
+    logits = logits.float()
+    if num_classes == 2:
+        return float(F.binary_cross_entropy_with_logits(logits[:, 0], y.float()))
+    return float(F.cross_entropy(logits, y))
+
+
+def _auc(y: np.ndarray, P: np.ndarray) -> float:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        value = roc_auc(y, P)
+    if caught:
+        logger.warning("%s", caught[0].message)
+    return value
+
+
+# ----------------------------------------------------------------------------------------------------
+# head-input caching (frozen-backbone reuse)
+# ----------------------------------------------------------------------------------------------------
+
+
+def extract_head_inputs(
+    model: nn.Module,
+    X: np.ndarray | torch.Tensor,
+    *,
+    batch_size: int = 128,
+    device: torch.device | str | None = None,
+    channels_last: bool = False,
+) -> torch.Tensor | None:
+    """Run the (frozen) model once over ``X`` and return what its ``head()`` receives.
+
+    The model runs in eval mode under ``torch.no_grad``; a forward pre-hook on ``model.head()``
+    captures the head's input. The capture is checked on the first batch: ``head(features)`` must
+    reproduce the model's output, otherwise the model does not end in a plain head call and ``None``
+    is returned (the caller then runs the backbone every epoch).
+
+    Args:
+        model: A deep model with a ``head()`` method (``models.create_model``).
+        X: ``uint8 (N, S, S)`` images (numpy or torch).
+        batch_size: Inference batch size.
+        device: Device to run on (default: the model's).
+        channels_last: Feed the batches in ``channels_last`` memory format.
+
+    Returns:
+        Float tensor ``(N, ...)`` of head inputs on ``device``, or ``None`` (see above).
+    """
+    head = model.head()
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    Xt = torch.from_numpy(np.ascontiguousarray(X)) if isinstance(X, np.ndarray) else X
+    captured: list[torch.Tensor] = []
+
+    def hook(_module: nn.Module, args: tuple[Any, ...]) -> None:
+        captured.append(args[0].detach() if args and isinstance(args[0], torch.Tensor) else None)
+
+    was_training = model.training
+    model.eval()
+    handle = head.register_forward_pre_hook(hook)
+    features: list[torch.Tensor] = []
+    try:
+        with torch.no_grad():
+            for start in range(0, len(Xt), batch_size):
+                xb = _to_float(Xt[start : start + batch_size], device, channels_last)
+                captured.clear()
+                out = model(xb)
+                if len(captured) != 1 or captured[0] is None:
+                    logger.info("head() of %s is not called once per forward; no feature cache.", type(model).__name__)
+                    return None
+                if start == 0:
+                    replay = head(captured[0])
+                    if replay.shape != out.shape or not torch.allclose(replay, out, rtol=1e-4, atol=1e-5):
+                        logger.info("head(features) does not reproduce the model output; no feature cache.")
+                        return None
+                features.append(captured[0])
+    finally:
+        handle.remove()
+        model.train(was_training)
+    return torch.cat(features)
+
+
+def _to_float(x_uint8: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    """uint8 (B, S, S) -> float (B, 1, S, S) in [0, 1] on ``device``."""
+    x = x_uint8.to(device, non_blocking=True).float().div_(255.0).unsqueeze(1)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+# ----------------------------------------------------------------------------------------------------
+# the deep trainer
+# ----------------------------------------------------------------------------------------------------
+
+
+class _Stop(Exception):
+    """Raised inside the epoch loop when ``report`` prunes the fit."""
+
+
+class _DeepFit:
+    """State of one deep fit: data on the device, loss, RNGs, best weights and the epoch history."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        config: TrainConfig,
+        num_classes: int,
+        data: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+        device: torch.device,
+        report: ReportCallback | None,
+    ) -> None:
+        Xtr, ytr, Xva, yva = data
+        self.model, self.config, self.num_classes, self.device, self.report = model, config, num_classes, device, report
+        self.channels_last = config.channels_last if config.channels_last is not None else device.type == "cuda"
+        self.amp = (
+            config.amp
+            if config.amp is not None
+            else device.type == "cuda" and torch.cuda.is_bf16_supported()
+        )
+        fits = Xtr.nbytes + Xva.nbytes <= _DEVICE_DATA_LIMIT_BYTES
+        data_device = device if device.type != "cpu" and fits else torch.device("cpu")
+        self.Xtr = torch.from_numpy(Xtr).to(data_device)
+        self.Xva = torch.from_numpy(Xva).to(data_device)
+        self.ytr_np, self.yva_np = ytr, yva
+        target_dtype = torch.float32 if num_classes == 2 else torch.long
+        self.ytr = torch.from_numpy(ytr).to(device, target_dtype)
+        self.yva = torch.from_numpy(yva).to(device)
+        if num_classes == 2:
+            self.ytr = self.ytr.unsqueeze(1)
+        weight = _pos_weight(config, ytr, num_classes)
+        weight = weight.to(device) if weight is not None else None
+        self.criterion: nn.Module = (
+            nn.BCEWithLogitsLoss(pos_weight=weight) if num_classes == 2 else nn.CrossEntropyLoss(weight=weight)
+        )
+        n = len(Xtr)
+        self.batch_size = min(config.batch_size, n)
+        # Skip a trailing batch of one image: BatchNorm cannot train on it.
+        self.n_per_epoch = n - 1 if n % self.batch_size == 1 and n > 1 else n
+        self.eval_batch_size = config.eval_batch_size or min(512, max(64, 2 * config.batch_size))
+        self.order_gen = torch.Generator().manual_seed(config.seed)
+        self.aug_gen = torch.Generator(device=device).manual_seed(config.seed + 1)
+        self.frozen: list[nn.Module] = []  # modules kept in eval mode while frozen (BatchNorm statistics)
+        self.history: list[dict[str, Any]] = []
+        self.best_score = -math.inf
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.best_probs: np.ndarray | None = None
+        self.best_epoch = -1
+        self.full_images = 0
+        self.full_seconds = 0.0
+        self.all_images = 0
+        self.all_seconds = 0.0
+
+    # -- one epoch of training ------------------------------------------------------------------------
+
+    def _batches(self) -> list[torch.Tensor]:
+        perm = torch.randperm(len(self.Xtr), generator=self.order_gen)[: self.n_per_epoch]
+        return list(perm.to(self.Xtr.device).split(self.batch_size))
+
+    def _autocast(self) -> Any:
+        return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.amp else contextlib.nullcontext()
+
+    def _step(
+        self, optimizer: torch.optim.Optimizer, forward: Callable[[], torch.Tensor], yb: torch.Tensor
+    ) -> torch.Tensor:
+        with self._autocast():
+            loss = self.criterion(forward(), yb)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+
+    def train_epoch_full(self, optimizer: torch.optim.Optimizer) -> tuple[float, int, float]:
+        """One epoch through the whole network (frozen parts in eval mode); returns (loss, images, seconds)."""
+        t0 = time.perf_counter()
+        self.model.train()
+        for module in self.frozen:
+            module.eval()
+        total = torch.zeros((), device=self.device)
+        strength, config = float(self.config.aug_strength), self.config
+        for idx in self._batches():
+            xb = _to_float(self.Xtr[idx], self.device, False)
+            if strength > 0:
+                xb = augment_batch(xb, strength=strength, hflip=config.hflip, generator=self.aug_gen)
+            if self.channels_last:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            yb = self.ytr[idx.to(self.ytr.device)]
+            total += self._step(optimizer, lambda: self.model(xb), yb) * len(idx)
+        return float(total) / self.n_per_epoch, self.n_per_epoch, time.perf_counter() - t0
+
+    def train_epoch_head(self, optimizer: torch.optim.Optimizer, features: torch.Tensor) -> tuple[float, int, float]:
+        """One epoch of the head alone on cached backbone features."""
+        t0 = time.perf_counter()
+        head = self.model.head()
+        head.train()
+        total = torch.zeros((), device=self.device)
+        for idx in self._batches():
+            idx = idx.to(features.device)
+            yb = self.ytr[idx.to(self.ytr.device)]
+            total += self._step(optimizer, lambda: head(features[idx]), yb) * len(idx)
+        return float(total) / self.n_per_epoch, self.n_per_epoch, time.perf_counter() - t0
+
+    # -- validation -----------------------------------------------------------------------------------
+
+    def _val_logits(self, head_features: torch.Tensor | None) -> torch.Tensor:
+        self.model.eval()
+        out = []
+        with torch.inference_mode(), self._autocast():
+            if head_features is not None:
+                head = self.model.head()
+                for chunk in head_features.split(self.eval_batch_size):
+                    out.append(head(chunk).float())
+            else:
+                for start in range(0, len(self.Xva), self.eval_batch_size):
+                    xb = _to_float(self.Xva[start : start + self.eval_batch_size], self.device, self.channels_last)
+                    out.append(self.model(xb).float())
+        return torch.cat(out)
+
+    def evaluate(self, head_features: torch.Tensor | None = None) -> tuple[np.ndarray, float, float]:
+        """Validation probabilities (N, C), loss and AUC; ``head_features`` = cached validation features."""
+        logits = self._val_logits(head_features)
+        probs = models.logits_to_probabilities(logits, self.num_classes).cpu().numpy().astype(np.float64)
+        loss = _unweighted_loss(logits, self.yva, self.num_classes)
+        return probs, loss, _auc(self.yva_np, probs)
+
+    # -- the epoch loop shared by every stage ---------------------------------------------------------
+
+    def run_stage(
+        self,
+        stage: str | Callable[[], str],
+        n_epochs: int,
+        optimizer: torch.optim.Optimizer,
+        train_epoch: Callable[[], tuple[float, int, float]],
+        evaluate: Callable[[], tuple[np.ndarray, float, float]],
+        *,
+        full_network: bool,
+        on_epoch_start: Callable[[int], bool] | None = None,
+    ) -> None:
+        """Train ``n_epochs`` with scheduler, early stopping and reporting; raises :class:`_Stop` on pruning.
+
+        ``stage`` names the epochs (or is called each epoch for the name). ``on_epoch_start(i)`` may
+        change what trains; returning ``True`` resets the patience counter.
+        """
+        config = self.config
+        if config.scheduler == "cosine":
+            scheduler: Any = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, n_epochs))
+        elif config.scheduler == "plateau":
+            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                optimizer, mode="max", factor=0.5, patience=max(1, (config.patience or 4) // 2)
+            )
+        else:
+            scheduler = None
+        stale = 0
+        for i in range(n_epochs):
+            if on_epoch_start is not None and on_epoch_start(i):
+                stale = 0
+            t0 = time.perf_counter()
+            lr = float(optimizer.param_groups[0]["lr"])
+            train_loss, images, train_seconds = train_epoch()
+            probs, val_loss, val_auc = evaluate()
+            seconds = time.perf_counter() - t0
+            self.all_images += images
+            self.all_seconds += train_seconds
+            if full_network:
+                self.full_images += images
+                self.full_seconds += train_seconds
+            epoch = len(self.history)
+            metrics = {
+                "epoch": epoch,
+                "stage": stage if isinstance(stage, str) else stage(),
+                "train_loss": train_loss,
+                "val_loss": val_loss,
+                "val_auc": val_auc,
+                "lr": lr,
+                "seconds": seconds,
+                "images_per_second": images / train_seconds if train_seconds > 0 else math.inf,
+            }
+            self.history.append(metrics)
+            score = val_auc if math.isfinite(val_auc) else -val_loss
+            if score > self.best_score:
+                self.best_score, self.best_epoch, self.best_probs = score, epoch, probs
+                self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+                stale = 0
+            else:
+                stale += 1
+            logger.debug("epoch %d (%s): %s", epoch, stage, metrics)
+            if self.report is not None and self.report(epoch, dict(metrics)):
+                logger.info("Fit pruned by the report callback after epoch %d.", epoch)
+                raise _Stop
+            if scheduler is not None:
+                if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                    scheduler.step(score)
+                else:
+                    scheduler.step()
+            if config.patience is not None and stale >= config.patience:
+                logger.info("Early stopping in stage %s after epoch %d (best epoch %d).", stage, epoch, self.best_epoch)
+                break
+
+    def restore_best(self) -> None:
+        if self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
+
+    # -- building blocks of the strategies ------------------------------------------------------------
+
+    def optimizer(self, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
+        cls = torch.optim.AdamW if self.config.optimizer == "adamw" else torch.optim.Adam
+        return cls(groups, lr=groups[0]["lr"], weight_decay=self.config.weight_decay)
+
+    def set_trainable(self, trainable: list[nn.Module] | None) -> None:
+        """Freeze every parameter except those of ``trainable`` (``None`` = unfreeze all)."""
+        if trainable is None:
+            self.model.requires_grad_(True)
+            self.frozen = []
+            return
+        self.model.requires_grad_(False)
+        for module in trainable:
+            module.requires_grad_(True)
+        inside = {id(m) for t in trainable for m in t.modules()}
+        self.frozen = [
+            m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._NormBase) and id(m) not in inside
+        ]
+
+    def train_head(self, n_epochs: int, stage: str) -> None:
+        """Head-only epochs: cached features when possible, else the frozen backbone every epoch."""
+        head = self.model.head()
+        self.set_trainable([head])
+        optimizer = self.optimizer([{"params": list(head.parameters()), "lr": self.config.lr}])
+        train_feats = val_feats = None
+        if self.config.cache_features:
+            t0 = time.perf_counter()
+            options = {"batch_size": self.eval_batch_size, "device": self.device, "channels_last": self.channels_last}
+            train_feats = extract_head_inputs(self.model, self.Xtr, **options)
+            if train_feats is not None:
+                val_feats = extract_head_inputs(self.model, self.Xva, **options)
+                logger.info(
+                    "Cached frozen-backbone features %s in %.2f s.", tuple(train_feats.shape), time.perf_counter() - t0
+                )
+        if train_feats is not None and val_feats is not None:
+            self.run_stage(
+                stage, n_epochs, optimizer,
+                lambda: self.train_epoch_head(optimizer, train_feats),
+                lambda: self.evaluate(val_feats),
+                full_network=False,
+            )
+        else:
+            self.run_stage(
+                stage, n_epochs, optimizer, lambda: self.train_epoch_full(optimizer), self.evaluate, full_network=False
+            )
+
+    # -- strategies -----------------------------------------------------------------------------------
+
+    def fit_full(self, n_epochs: int, lr: float, stage: str = "full") -> None:
+        self.set_trainable(None)
+        optimizer = self.optimizer([{"params": [p for p in self.model.parameters()], "lr": lr}])
+        self.run_stage(
+            stage, n_epochs, optimizer, lambda: self.train_epoch_full(optimizer), self.evaluate, full_network=True
+        )
+
+    def fit_two_stage(self) -> None:
+        epochs = self.config.epochs
+        head_epochs = max(1, round(epochs * self.config.head_fraction)) if epochs > 1 else 1
+        self.train_head(head_epochs, "head")
+        if epochs - head_epochs > 0:
+            self.restore_best()
+            self.fit_full(epochs - head_epochs, self.config.lr * self.config.unfreeze_lr_factor, stage="unfrozen")
+
+    def fit_gradual(self) -> None:
+        stages = list(self.model.stages())
+        head = self.model.head()
+        if stages and stages[-1] is head:
+            stages = stages[:-1]
+        epochs, config = self.config.epochs, self.config
+        n_phases = len(stages) + 1
+        phase_len = max(1, epochs // n_phases)
+        head_epochs = min(phase_len, epochs)
+        self.train_head(head_epochs, "gradual_0")
+        remaining = epochs - head_epochs
+        if remaining <= 0:
+            return
+        self.restore_best()
+        # Parameter groups: head at lr, the k-th stage below the head at lr * decay**k; parameters in no
+        # stage (none for the models of the zoo) join the first stage.
+        seen = {id(p) for p in head.parameters()}
+        groups = [{"params": list(head.parameters()), "lr": config.lr}]
+        stage_groups: list[tuple[nn.Module, list[nn.Parameter]]] = []
+        for k, module in enumerate(reversed(stages), start=1):
+            params = [p for p in module.parameters() if id(p) not in seen]
+            seen.update(id(p) for p in params)
+            stage_groups.append((module, params))
+            groups.append({"params": params, "lr": config.lr * config.layer_decay**k})
+        rest = [p for p in self.model.parameters() if id(p) not in seen]
+        if rest and stage_groups:
+            stage_groups[-1][1].extend(rest)
+            groups[-1]["params"].extend(rest)
+        groups = [g for g in groups if g["params"]]
+        optimizer = self.optimizer(groups)
+        n_unfrozen = 0  # backbone stages unfrozen so far, counted from the head
+
+        def on_epoch_start(i: int) -> bool:
+            # Phase k >= 1 (k stages unfrozen) starts at epoch (k - 1) * phase_len of this loop.
+            nonlocal n_unfrozen
+            target = min(len(stage_groups), 1 + i // phase_len)
+            if target == n_unfrozen:
+                return False
+            n_unfrozen = target
+            self.set_trainable([head] + [module for module, _ in stage_groups[:n_unfrozen]])
+            for _, params in stage_groups[:n_unfrozen]:
+                for p in params:
+                    p.requires_grad_(True)
+            logger.info("gradual: %d of %d backbone stages unfrozen.", n_unfrozen, len(stage_groups))
+            return True
+
+        self.run_stage(
+            lambda: f"gradual_{n_unfrozen}", remaining, optimizer, lambda: self.train_epoch_full(optimizer),
+            self.evaluate, full_network=True, on_epoch_start=on_epoch_start,
+        )
+
+
+def _fit_deep(
+    data: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    config: TrainConfig,
+    num_classes: int,
+    report: ReportCallback | None,
+    t_start: float,
+) -> FitResult:
+    device = models.pick_device(config.device)
+    image_size = int(data[0].shape[1])
+    torch.manual_seed(config.seed)
+    model = models.create_model(
+        config.model,
+        num_classes=num_classes,
+        image_size=image_size,
+        pretrained=config.pretrained,
+        weights_dir=config.weights_dir,
+    )
+    init = str(getattr(model, "init", "random"))
+    finetune = config.finetune
+    if finetune != "full" and init != "imagenet":
+        logger.info("finetune=%r needs an ImageNet-initialised model; %s has init=%r, using 'full'.",
+                    finetune, config.model, init)
+        finetune = "full"
+    model = model.to(device)
+    fit = _DeepFit(model, config, num_classes, data, device, report)
+    if fit.channels_last:
+        model.to(memory_format=torch.channels_last)
+    pruned = False
+    try:
+        if finetune == "full":
+            fit.fit_full(config.epochs, config.lr)
+        elif finetune == "two_stage":
+            fit.fit_two_stage()
+        else:
+            fit.fit_gradual()
+    except _Stop:
+        pruned = True
+    fit.restore_best()
+    model.requires_grad_(True)
+    if fit.channels_last:
+        model.to(memory_format=torch.contiguous_format)  # safetensors needs contiguous weights
+    model.eval()
+    assert fit.best_probs is not None  # at least one epoch always runs
+    if fit.full_seconds > 0:
+        ips = fit.full_images / fit.full_seconds
+    else:
+        ips = fit.all_images / fit.all_seconds if fit.all_seconds > 0 else math.nan
+    return FitResult(
+        model=model,
+        init=init,
+        history=fit.history,
+        best_epoch=fit.best_epoch,
+        best_metrics=dict(fit.history[fit.best_epoch]),
+        val_probabilities=fit.best_probs,
+        fit_seconds=time.perf_counter() - t_start,
+        images_per_second=ips,
+        pruned=pruned,
+        finetune_used=finetune,
+        device=str(device),
+    )
+
+
+# ----------------------------------------------------------------------------------------------------
+# classical baselines
+# ----------------------------------------------------------------------------------------------------
+
+
+def _fit_classical(
+    data: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    config: TrainConfig,
+    num_classes: int,
+    report: ReportCallback | None,
+    t_start: float,
+) -> FitResult:
+    Xtr, ytr, Xva, yva = data
+    info = models.get_model_info(config.model)
+    kwargs: dict[str, Any] = {"C": config.C, "seed": config.seed}
+    if "gamma" in info.param_space:  # only kernel models take a kernel width
+        kwargs["gamma"] = config.gamma
+    model = models.create_model(
+        config.model, num_classes=num_classes, image_size=int(Xtr.shape[1]), **kwargs
+    )
+    t0 = time.perf_counter()
+    model.fit(Xtr, ytr)
+    train_seconds = time.perf_counter() - t0
+    probs = np.asarray(model.predict_proba(Xva), dtype=np.float64)
+    clipped = np.clip(probs[np.arange(len(yva)), yva], 1e-7, 1.0)
+    metrics = {
+        "epoch": 0,
+        "stage": "classical",
+        "train_loss": math.nan,
+        "val_loss": float(-np.log(clipped).mean()),
+        "val_auc": _auc(yva, probs),
+        "lr": math.nan,
+        "seconds": time.perf_counter() - t0,
+        "images_per_second": len(Xtr) / train_seconds if train_seconds > 0 else math.inf,
+    }
+    pruned = bool(report(0, dict(metrics))) if report is not None else False
+    return FitResult(
+        model=model,
+        init="none",
+        history=[metrics],
+        best_epoch=0,
+        best_metrics=dict(metrics),
+        val_probabilities=probs,
+        fit_seconds=time.perf_counter() - t_start,
+        images_per_second=metrics["images_per_second"],
+        pruned=pruned,
+        finetune_used="none",
+        device="cpu",
+    )
+
+
+# ----------------------------------------------------------------------------------------------------
+# public entry point
+# ----------------------------------------------------------------------------------------------------
+
+
+def fit_fold(
+    X_train: np.ndarray,
+    y_train: np.ndarray,
+    X_val: np.ndarray,
+    y_val: np.ndarray,
+    *,
+    config: TrainConfig,
+    num_classes: int,
+    report: ReportCallback | None = None,
+) -> FitResult:
+    """Train ``config.model`` on one fold and evaluate it on the fold's validation part every epoch.
+
+    Args:
+        X_train: ``uint8 (N, S, S)`` training images (``data.load_arrays``).
+        y_train: Integer class indices ``(N,)``.
+        X_val: ``uint8 (M, S, S)`` validation images.
+        y_val: Integer class indices ``(M,)``.
+        config: The training configuration.
+        num_classes: Number of classes ``C`` (2 for binary tasks: one logit).
+        report: Optional ``report(epoch, metrics) -> bool`` called after every epoch (once for classical
+            models) with ``epoch, stage, train_loss, val_loss, val_auc, lr, seconds, images_per_second``;
+            returning ``True`` stops training and sets ``FitResult.pruned``.
+
+    Returns:
+        The :class:`FitResult`; its model holds the best epoch's weights.
+
+    Raises:
+        ValueError: On malformed arrays/labels or an invalid configuration.
+        models.PretrainedWeightsUnavailable: ``pretrained="yes"`` without local weights.
+    """
+    if not isinstance(config, TrainConfig):
+        raise ValueError(f"config must be a TrainConfig, got {type(config).__name__}.")
+    t_start = time.perf_counter()
+    data = _check_fold(X_train, y_train, X_val, y_val, num_classes)
+    info = models.get_model_info(config.model)
+    threads = torch.get_num_threads()
+    if config.num_threads is not None:
+        torch.set_num_threads(config.num_threads)
+    cuda_devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    try:
+        with torch.random.fork_rng(devices=cuda_devices):
+            if info.kind == "classical":
+                return _fit_classical(data, config, num_classes, report, t_start)
+            return _fit_deep(data, config, num_classes, report, t_start)
+    finally:
+        if config.num_threads is not None:
+            torch.set_num_threads(threads)

@@ -1,0 +1,759 @@
+"""Attributions: why did the model say "stroke"? Heat maps through Captum, plus ViT attention rollout.
+
+One entry point, :func:`explain`, works on any registered deep model (a bare ``nn.Module`` from
+:func:`models.create_model` or a :class:`models.Predictor`) and returns an :class:`Attribution`
+whose ``heatmap`` has the size of the image the model saw. :func:`overlay` turns it into an RGB
+picture for the dashboard and the Gradio demo.
+
+Methods (all gradient / perturbation methods are Captum's; only attention rollout is written here
+because Captum has none):
+
+==========================  =======  ====================================================================
+method                      signed   what it is
+==========================  =======  ====================================================================
+``integrated_gradients``    yes      ``captum.attr.IntegratedGradients``; ``n_steps`` (32),
+                                     ``internal_batch_size`` (8: never more than 8 interpolated images in
+                                     memory), ``baseline`` ``"black"`` or ``"blurred"`` (Gaussian blur of
+                                     the input, ``blur_sigma`` = S/16 by default). Completeness error is
+                                     returned as ``Attribution.convergence_delta``.
+``saliency``                no       ``captum.attr.Saliency`` (absolute input gradient; ``abs=False`` for
+                                     the signed gradient).
+``gradient_shap``           yes      ``captum.attr.GradientShap`` with three baselines (black, blurred,
+                                     uniform noise), ``n_samples`` (16) evaluated ``internal_batch_size``
+                                     (8) at a time, ``stdevs`` (0.0), ``seed`` (0).
+``occlusion``               yes      ``captum.attr.Occlusion`` with a black patch; square window S/8 and
+                                     stride S/16 by default (``window_size``, ``stride``),
+                                     ``perturbations_per_eval`` (16).
+``grad_cam``                no       ``captum.attr.LayerGradCam`` on the layer the registry names
+                                     (:meth:`models.ModelInfo.gradcam_layer`), ReLU, upsampled with
+                                     ``LayerAttribution.interpolate`` (bilinear) to S x S. For ViTs the
+                                     token output of that layer is reshaped to the patch grid (prefix /
+                                     class tokens dropped) by a small module Captum hooks.
+``attention_rollout``       no       ViT only. Abnar & Zuidema (2020): per block the head-averaged
+                                     attention plus identity, row-normalised, multiplied through the blocks;
+                                     the class token's row over the patch tokens, upsampled to S x S.
+                                     ``head_fusion`` ``"mean"|"max"|"min"``, ``discard_ratio`` (0.0).
+                                     Class-agnostic: ``target`` is recorded but does not change the map.
+==========================  =======  ====================================================================
+
+Sizes: the heat map always has the size of the **model input** S x S. Given a tensor or array that
+already is the model input (``(S, S)``, ``(1, S, S)`` or ``(1, 1, S, S)`` float in [0, 1]; uint8 is
+divided by 255), that is the size of the image given. Given a raw image (path, bytes, PIL, DICOM, or
+an array of any size) together with a predictor, the image is first preprocessed exactly like for a
+prediction, and the heat map is S x S of the preprocessed image, which is returned as
+``Attribution.image`` so that :func:`overlay` draws on the right picture.
+
+Targets: ``None`` explains the predicted class; an int is a class index; a string is a class name,
+or ``"positive"`` / ``"negative"`` for a binary model. Binary models output one logit ``z``; the
+positive class is explained through ``z`` and the negative class through ``-z`` (the logit of the
+negative class), so both directions are meaningful.
+
+Resources: the model's own device is used (GPU when the model lives there); the model is put in
+``eval()`` and its parameters stop requiring gradients for the duration of the call (only input or
+layer gradients are needed, so no weight gradients are computed); training mode and
+``requires_grad`` flags are restored afterwards. No copy of the model is made. Calls are serialised
+by a lock because of that temporary state (safe under Gradio's threads).
+
+Example::
+
+    from models import load_predictor
+    from models.attribution import explain, overlay
+
+    predictor = load_predictor("leaderboards/demo/models/resnet18")
+    att = explain(predictor, "scan.png", method="grad_cam")
+    rgb = overlay(att.image, att.heatmap)            # (S, S, 3) uint8
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["METHODS", "Attribution", "applicable_methods", "explain", "overlay"]
+
+logger = logging.getLogger(__name__)
+
+#: Every method :func:`explain` knows, in the order the UI lists them.
+METHODS: tuple[str, ...] = (
+    "grad_cam",
+    "integrated_gradients",
+    "saliency",
+    "gradient_shap",
+    "occlusion",
+    "attention_rollout",
+)
+
+#: Methods whose maps are signed (positive = evidence for the target, negative = against it).
+_SIGNED = {"integrated_gradients": True, "gradient_shap": True, "occlusion": True,
+           "saliency": False, "grad_cam": False, "attention_rollout": False}
+
+#: Options each method accepts (anything else is a ValueError naming the option).
+_OPTIONS: dict[str, set[str]] = {
+    "integrated_gradients": {"n_steps", "internal_batch_size", "baseline", "blur_sigma", "ig_method"},
+    "saliency": {"abs"},
+    "gradient_shap": {"n_samples", "stdevs", "seed", "blur_sigma", "internal_batch_size"},
+    "occlusion": {"window_size", "stride", "perturbations_per_eval"},
+    "grad_cam": set(),
+    "attention_rollout": {"head_fusion", "discard_ratio"},
+}
+
+_MIN_SIZE = 8
+_LOCK = threading.RLock()
+
+
+@dataclass
+class Attribution:
+    """One explanation of one image.
+
+    Attributes:
+        heatmap: float32 (S, S) attribution map on the model input. Signed methods keep the sign
+            (positive = evidence for ``target``); see ``signed``.
+        image: float32 (S, S) in [0, 1]: the model input the map belongs to (draw overlays on this).
+        target: Class index that was explained.
+        target_name: Class name of ``target``.
+        method: The method name (one of :data:`METHODS`).
+        seconds: Wall time of the call (input preparation, target forward pass, attribution), in seconds.
+        signed: Whether the map is signed (integrated gradients, gradient SHAP, occlusion).
+        probability: The model's probability for ``target`` on this image.
+        model: Registry name of the model when known.
+        params: The resolved method options (for reproducibility and display).
+        convergence_delta: Integrated gradients only: ``sum(attributions) - (f(x) - f(baseline))``
+            in logit units (Captum's completeness error); ``None`` for other methods.
+    """
+
+    heatmap: np.ndarray
+    image: np.ndarray
+    target: int
+    target_name: str
+    method: str
+    seconds: float
+    signed: bool
+    probability: float
+    model: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    convergence_delta: float | None = None
+
+
+# ---------------------------------------------------------------------------------------- helpers
+class _TargetForward(nn.Module):
+    """Forward returning one column per class: binary one-logit models give ``[-z, z]``."""
+
+    def __init__(self, model: nn.Module, binary: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.binary = binary
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.model(x)
+        if z.ndim == 1:
+            z = z[:, None]
+        if self.binary:
+            return torch.cat([-z, z], dim=1)
+        return z
+
+
+class _TokenGrid(nn.Module):
+    """(B, P + h*w, D) tokens -> (B, D, h, w) patch grid, dropping the P prefix (class/register) tokens.
+
+    The reshape is the registry's :meth:`models.ModelInfo.reshape_tokens`. Captum's ``LayerGradCam``
+    hooks this module, so its output is an ordinary channels-first activation map for which
+    Grad-CAM's channel weighting is defined.
+    """
+
+    def __init__(self, info: Any, image_size: int) -> None:
+        super().__init__()
+        self.info = info
+        self.image_size = image_size
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.info.reshape_tokens(tokens, self.image_size)
+
+
+@dataclass
+class _Resolved:
+    model: nn.Module
+    name: str | None
+    x: torch.Tensor  # (1, 1, S, S) on the model's device
+    classes: list[str] | None
+    threshold: float | None
+
+
+def _is_predictor(obj: Any) -> bool:
+    return hasattr(obj, "preprocess") and hasattr(obj, "model") and hasattr(obj, "classes")
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    for b in model.buffers():
+        return b.device
+    return torch.device("cpu")
+
+
+def _backbone(model: nn.Module) -> nn.Module:
+    return getattr(model, "backbone", model)
+
+
+def _is_vit(model: nn.Module) -> bool:
+    bb = _backbone(model)
+    return hasattr(bb, "blocks") and hasattr(bb, "patch_embed") and hasattr(bb, "num_prefix_tokens")
+
+
+def _expected_size(model: nn.Module) -> int | None:
+    size = getattr(model, "image_size", None)
+    if isinstance(size, int):
+        return size
+    if _is_vit(model):
+        bb = _backbone(model)
+        if not getattr(bb, "dynamic_img_size", False):
+            img = getattr(bb.patch_embed, "img_size", None)
+            if img is not None:
+                return int(img[0]) if isinstance(img, (tuple, list)) else int(img)
+    return None
+
+
+def _to_input(image: Any, expected: int | None) -> torch.Tensor:
+    """Validate a model-input image and return a float32 (1, 1, S, S) CPU tensor in [0, 1]."""
+    if isinstance(image, np.ndarray):
+        arr = image
+        if arr.dtype == np.uint8:
+            arr = arr.astype(np.float32) / 255.0
+        elif not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)
+                  or arr.dtype == bool):
+            raise ValueError(f"image array has unsupported dtype {arr.dtype}; expected float in [0, 1] or uint8.")
+        t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+    elif isinstance(image, torch.Tensor):
+        t = image.detach()
+        if t.dtype == torch.uint8:
+            t = t.float() / 255.0
+        elif not t.is_floating_point():
+            raise ValueError(f"image tensor has unsupported dtype {t.dtype}; expected float in [0, 1] or uint8.")
+        # clone outside inference mode: inference tensors cannot take part in autograd
+        t = t.to("cpu", torch.float32).clone()
+    else:
+        raise ValueError(
+            f"image must be a numpy array or torch tensor when explaining a bare model, got "
+            f"{type(image).__name__}; pass a Predictor to explain files, bytes, PIL or DICOM images."
+        )
+    shape = tuple(t.shape)
+    if t.ndim == 2:
+        t = t[None, None]
+    elif t.ndim == 3:
+        if shape[0] != 1:
+            raise ValueError(f"image of shape {shape}: a 3-D input must be (1, S, S) (one grey channel).")
+        t = t[None]
+    elif t.ndim == 4:
+        if shape[0] != 1 or shape[1] != 1:
+            raise ValueError(f"image of shape {shape}: a 4-D input must be (1, 1, S, S) (one image, one channel).")
+    else:
+        raise ValueError(f"image of shape {shape}: expected (S, S), (1, S, S) or (1, 1, S, S).")
+    h, w = t.shape[-2:]
+    if h != w:
+        raise ValueError(f"image of shape {shape} is not square; the model takes S x S inputs.")
+    if h < _MIN_SIZE:
+        raise ValueError(f"image of shape {shape} is smaller than {_MIN_SIZE} px.")
+    if expected is not None and h != expected:
+        raise ValueError(f"image of shape {shape} does not match the model's input size {expected}x{expected}.")
+    if not torch.isfinite(t).all():
+        raise ValueError("image holds NaN or infinite values.")
+    lo, hi = float(t.min()), float(t.max())
+    if lo < -1e-4 or hi > 1 + 1e-4:
+        raise ValueError(f"image values must lie in [0, 1] (got min {lo:.4g}, max {hi:.4g}).")
+    return t.clamp_(0.0, 1.0)
+
+
+def _resolve(model_or_predictor: Any, image: Any, *, model_name: str | None, classes: Sequence[str] | None,
+             window: str | tuple[float, float] | None) -> _Resolved:
+    threshold = None
+    if _is_predictor(model_or_predictor):
+        pred = model_or_predictor
+        card = getattr(pred, "card", None) or {}
+        name = model_name or card.get("model")
+        model = pred.model
+        if not isinstance(model, nn.Module):
+            raise ValueError(
+                f"explain needs a deep model; {name or type(model).__name__!r} is a classical model "
+                f"(no gradients or layers to attribute)."
+            )
+        classes = list(classes) if classes is not None else list(pred.classes)
+        threshold = getattr(pred, "threshold", None)
+        size = getattr(pred, "image_size", None)
+        if isinstance(image, torch.Tensor):
+            x = _to_input(image, size)
+        else:
+            x = pred.preprocess(image, window=window)
+            x = _to_input(x, size)
+    elif isinstance(model_or_predictor, nn.Module):
+        model = model_or_predictor
+        name = model_name or getattr(model, "model_name", None) or getattr(model, "name", None)
+        name = name if isinstance(name, str) else None
+        classes = list(classes) if classes is not None else None
+        x = _to_input(image, _expected_size(model))
+    else:
+        raise ValueError(
+            f"explain needs a deep model (torch.nn.Module) or a Predictor, got {type(model_or_predictor).__name__}."
+        )
+    return _Resolved(model=model, name=name, x=x.to(_model_device(model)), classes=classes,
+                     threshold=None if threshold is None else float(threshold))
+
+
+@contextlib.contextmanager
+def _frozen_eval(model: nn.Module) -> Iterator[None]:
+    """eval() and no parameter gradients for the duration; both restored afterwards."""
+    was_training = model.training
+    params = list(model.parameters())
+    flags = [p.requires_grad for p in params]
+    model.eval()
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(params, flags):
+            p.requires_grad_(flag)
+        model.train(was_training)
+
+
+def _resolve_target(target: Any, logits: torch.Tensor, binary: bool, classes: list[str] | None,
+                    threshold: float | None) -> tuple[int, list[str]]:
+    n = 2 if binary else logits.shape[1]
+    names = classes if classes is not None and len(classes) == n else (
+        ["negative", "positive"] if binary else [str(i) for i in range(n)])
+    if target is None:
+        if binary:
+            p = float(torch.sigmoid(logits[0, 1]))
+            return int(p >= (0.5 if threshold is None else threshold)), names
+        return int(logits[0].argmax()), names
+    if isinstance(target, (bool, np.bool_)):
+        raise ValueError(f"target must be a class index or name, got {target!r}.")
+    if isinstance(target, (int, np.integer)):
+        if not 0 <= int(target) < n:
+            raise ValueError(f"target {int(target)} is out of range for a model with {n} classes {names}.")
+        return int(target), names
+    if isinstance(target, str):
+        if target in names:
+            return names.index(target), names
+        if binary and target in ("positive", "negative"):
+            return int(target == "positive"), names
+        allowed = names + (["positive", "negative"] if binary else [])
+        raise ValueError(f"Unknown target {target!r}; expected one of {allowed} or a class index.")
+    raise ValueError(f"target must be None, a class index or a class name, got {type(target).__name__}.")
+
+
+def _blur(x: torch.Tensor, sigma: float | None) -> torch.Tensor:
+    from torchvision.transforms.functional import gaussian_blur
+
+    size = x.shape[-1]
+    sigma = float(size / 16.0 if sigma is None else sigma)
+    if not sigma > 0:
+        raise ValueError(f"blur_sigma must be > 0, got {sigma}.")
+    kernel = 2 * int(np.ceil(3 * sigma)) + 1
+    kernel = min(kernel, 2 * (size - 1) - 1 if size > 2 else 1)  # reflect padding must fit
+    kernel = max(kernel if kernel % 2 else kernel - 1, 1)
+    return gaussian_blur(x, [kernel, kernel], [sigma, sigma])
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}.")
+    return int(value)
+
+
+def _model_info(name: str | None, method: str) -> Any:
+    from models import get_model_info
+
+    if name is None:
+        raise ValueError(
+            f"method {method!r} needs the model's registry name: pass model_name=... "
+            f"(models from models.create_model and predictors know it)."
+        )
+    return get_model_info(name)
+
+
+def _vit_grid(model: nn.Module, size: int) -> tuple[int, tuple[int, int]]:
+    bb = _backbone(model)
+    prefix = int(bb.num_prefix_tokens)
+    patch = bb.patch_embed.patch_size
+    ph, pw = (patch if isinstance(patch, (tuple, list)) else (patch, patch))
+    return prefix, (size // int(ph), size // int(pw))
+
+
+# ---------------------------------------------------------------------------------------- methods
+def _integrated_gradients(fwd: nn.Module, x: torch.Tensor, target: int, opts: dict[str, Any]):
+    from captum.attr import IntegratedGradients
+
+    n_steps = _positive_int("n_steps", opts.get("n_steps", 32))
+    batch = _positive_int("internal_batch_size", opts.get("internal_batch_size", 8))
+    baseline = opts.get("baseline", "black")
+    if baseline == "black":
+        base = torch.zeros_like(x)
+    elif baseline == "blurred":
+        base = _blur(x, opts.get("blur_sigma"))
+    else:
+        raise ValueError(f"Unknown integrated_gradients baseline {baseline!r}; expected 'black' or 'blurred'.")
+    ig_method = opts.get("ig_method", "gausslegendre")
+    attr, delta = IntegratedGradients(fwd).attribute(
+        x.requires_grad_(), baselines=base, target=target, n_steps=n_steps, method=ig_method,
+        internal_batch_size=batch, return_convergence_delta=True)
+    params = {"n_steps": n_steps, "internal_batch_size": batch, "baseline": baseline, "ig_method": ig_method}
+    return attr, params, float(delta.reshape(-1)[0])
+
+
+def _saliency(fwd: nn.Module, x: torch.Tensor, target: int, opts: dict[str, Any]):
+    from captum.attr import Saliency
+
+    absolute = bool(opts.get("abs", True))
+    attr = Saliency(fwd).attribute(x.requires_grad_(), target=target, abs=absolute)
+    return attr, {"abs": absolute}, None
+
+
+def _gradient_shap(fwd: nn.Module, x: torch.Tensor, target: int, opts: dict[str, Any]):
+    from captum.attr import GradientShap
+
+    n_samples = _positive_int("n_samples", opts.get("n_samples", 16))
+    batch = _positive_int("internal_batch_size", opts.get("internal_batch_size", 8))
+    stdevs = float(opts.get("stdevs", 0.0))
+    if stdevs < 0:
+        raise ValueError(f"stdevs must be >= 0, got {stdevs}.")
+    seed = int(opts.get("seed", 0))
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    noise = torch.rand(x.shape, generator=gen).to(x.device)
+    baselines = torch.cat([torch.zeros_like(x), _blur(x, opts.get("blur_sigma")), noise], dim=0)
+    # Captum draws the baselines and path points from numpy's global RNG and the input noise from
+    # torch's: seed both for reproducible maps, and leave the caller's RNG states as they were.
+    devices = [x.device] if x.device.type == "cuda" else []
+    np_state = np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            np.random.seed(seed)
+            # Captum evaluates all n_samples in one batch; chunks of internal_batch_size keep memory
+            # bounded, and the sample-weighted mean of the chunks is the same expectation.
+            explainer, x, attr, done = GradientShap(fwd), x.requires_grad_(), None, 0
+            while done < n_samples:
+                chunk = min(batch, n_samples - done)
+                part = explainer.attribute(x, baselines=baselines, target=target, n_samples=chunk, stdevs=stdevs)
+                attr = part * chunk if attr is None else attr + part * chunk
+                done += chunk
+            attr = attr / n_samples
+    finally:
+        np.random.set_state(np_state)
+    return attr, {"n_samples": n_samples, "stdevs": stdevs, "seed": seed, "internal_batch_size": batch,
+                  "baselines": ["black", "blurred", "noise"]}, None
+
+
+def _occlusion(fwd: nn.Module, x: torch.Tensor, target: int, opts: dict[str, Any]):
+    from captum.attr import Occlusion
+
+    size = x.shape[-1]
+    window = _positive_int("window_size", opts.get("window_size", max(1, round(size / 8))))
+    stride = _positive_int("stride", opts.get("stride", max(1, round(size / 16))))
+    per_eval = _positive_int("perturbations_per_eval", opts.get("perturbations_per_eval", 16))
+    if window > size:
+        raise ValueError(f"occlusion window_size {window} is larger than the image ({size} px).")
+    with torch.inference_mode():
+        attr = Occlusion(fwd).attribute(x, sliding_window_shapes=(1, window, window), strides=(1, stride, stride),
+                                        baselines=0.0, target=target, perturbations_per_eval=per_eval)
+    return attr, {"window_size": window, "stride": stride, "perturbations_per_eval": per_eval}, None
+
+
+def _grad_cam(fwd: nn.Module, x: torch.Tensor, target: int, opts: dict[str, Any], *, model: nn.Module,
+              name: str | None):
+    from captum.attr import LayerAttribution, LayerGradCam
+
+    size = x.shape[-1]
+    info = _model_info(name, "grad_cam")
+    layer = info.gradcam_layer(model)
+    if layer is None:
+        raise ValueError(f"method 'grad_cam' does not apply to model {name!r} (the registry names no layer).")
+    handle = None
+    if info.family == "vit":
+        prefix = info.num_prefix_tokens
+        to_grid = _TokenGrid(info, size)
+
+        def _route_through_grid(module: nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor:
+            # tokens -> grid (hooked by Captum) -> tokens again: the rest of the network now depends
+            # on the grid tensor, so Captum's gradient w.r.t. it is the gradient w.r.t. the tokens.
+            if not isinstance(output, torch.Tensor) or output.ndim != 3:
+                return output
+            patches = to_grid(output).flatten(2).transpose(1, 2)
+            return torch.cat([output[:, :prefix], patches], dim=1)
+
+        handle = layer.register_forward_hook(_route_through_grid)
+        cam_layer: nn.Module = to_grid
+    else:
+        cam_layer = layer
+    try:
+        cam = LayerGradCam(fwd, cam_layer).attribute(x, target=target, relu_attributions=True)
+    finally:
+        if handle is not None:
+            handle.remove()
+    if cam.ndim != 4:
+        raise ValueError(
+            f"method 'grad_cam' does not apply to model {name!r}: layer output has shape {tuple(cam.shape)}, "
+            f"expected a (B, C, h, w) map."
+        )
+    grid_shape = tuple(cam.shape[-2:])
+    cam = LayerAttribution.interpolate(cam, (size, size), interpolate_mode="bilinear")
+    return cam, {"layer": type(layer).__name__, "grid": list(grid_shape)}, None
+
+
+def _attention_rollout(fwd: nn.Module, x: torch.Tensor, target: int, opts: dict[str, Any], *, model: nn.Module,
+                       name: str | None):
+    from captum.attr import LayerAttribution
+
+    if not _is_vit(model):
+        raise ValueError(f"method 'attention_rollout' does not apply to model {name or type(model).__name__!r} "
+                         f"(vision transformers only).")
+    fusion = opts.get("head_fusion", "mean")
+    if fusion not in ("mean", "max", "min"):
+        raise ValueError(f"Unknown head_fusion {fusion!r}; expected 'mean', 'max' or 'min'.")
+    discard = float(opts.get("discard_ratio", 0.0))
+    if not 0.0 <= discard < 1.0:
+        raise ValueError(f"discard_ratio must be in [0, 1), got {discard}.")
+    bb = _backbone(model)
+    attns = [getattr(blk, "attn", None) for blk in bb.blocks]
+    if not attns or any(a is None or not hasattr(a, "fused_attn") or not hasattr(a, "attn_drop") for a in attns):
+        raise ValueError(f"method 'attention_rollout' does not apply to model {name!r}: its blocks are not timm "
+                         f"Attention modules exposing attention weights.")
+    maps: list[torch.Tensor] = []
+    fused = [a.fused_attn for a in attns]
+    # timm computes attention with F.scaled_dot_product_attention unless fused_attn is False; only the
+    # unfused path materialises the softmax weights, which pass through attn_drop (identity in eval).
+    hooks = [a.attn_drop.register_forward_hook(lambda m, i, o: maps.append(o.detach())) for a in attns]
+    try:
+        for a in attns:
+            a.fused_attn = False
+        with torch.inference_mode():
+            fwd(x)
+    finally:
+        for a, f in zip(attns, fused):
+            a.fused_attn = f
+        for h in hooks:
+            h.remove()
+    if len(maps) != len(attns):
+        raise ValueError(f"method 'attention_rollout': captured {len(maps)} attention maps for {len(attns)} blocks.")
+    prefix, grid = _vit_grid(model, x.shape[-1])
+    n_tokens = maps[0].shape[-1]
+    eye = torch.eye(n_tokens, device=x.device)
+    rollout = eye.clone()
+    for att in maps:  # (1, heads, N, N)
+        fused_att = {"mean": att.mean(1), "max": att.amax(1), "min": att.amin(1)}[fusion][0]
+        if discard > 0:
+            flat = fused_att.flatten()
+            k = int(flat.numel() * discard)
+            if k > 0:
+                idx = flat.topk(k, largest=False).indices
+                idx = idx[idx != 0]  # never drop the class token's self-attention
+                flat = flat.clone()
+                flat[idx] = 0
+                fused_att = flat.view_as(fused_att)
+        a = 0.5 * fused_att + 0.5 * eye
+        a = a / a.sum(dim=-1, keepdim=True)
+        rollout = a @ rollout
+    rows = rollout[0] if prefix > 0 else rollout.mean(0)
+    patch = rows[prefix:]
+    h, w = grid
+    if patch.numel() != h * w:
+        raise ValueError(f"attention_rollout: {patch.numel()} patch tokens do not form a {h}x{w} grid.")
+    patch = patch / patch.max().clamp_min(1e-12)
+    heat = LayerAttribution.interpolate(patch.reshape(1, 1, h, w), (x.shape[-1], x.shape[-1]),
+                                        interpolate_mode="bilinear")
+    return heat, {"head_fusion": fusion, "discard_ratio": discard, "grid": [h, w]}, None
+
+
+_IMPL = {
+    "integrated_gradients": _integrated_gradients,
+    "saliency": _saliency,
+    "gradient_shap": _gradient_shap,
+    "occlusion": _occlusion,
+    "grad_cam": _grad_cam,
+    "attention_rollout": _attention_rollout,
+}
+
+
+def applicable_methods(model_name: str) -> list[str]:
+    """Methods of :data:`METHODS` that apply to a registered model (what a UI should offer).
+
+    Args:
+        model_name: Registry name (see :func:`models.list_models`).
+
+    Returns:
+        The applicable method names; empty for classical models.
+    """
+    from models import get_model_info
+
+    info = get_model_info(model_name)
+    if info.kind != "deep":
+        return []
+    methods = [m for m in METHODS if m != "attention_rollout" or info.family == "vit"]
+    return methods
+
+
+def explain(
+    model_or_predictor: Any,
+    image: Any,
+    *,
+    method: str,
+    target: int | str | None = None,
+    model_name: str | None = None,
+    classes: Sequence[str] | None = None,
+    ct_window: str | tuple[float, float] | None = None,
+    **opts: Any,
+) -> Attribution:
+    """Explain one image with one attribution method.
+
+    Args:
+        model_or_predictor: A deep model from :func:`models.create_model` (takes (B, 1, S, S) in
+            [0, 1]) or a :class:`models.Predictor`.
+        image: For a bare model: the model input as an array/tensor (S, S), (1, S, S) or
+            (1, 1, S, S), float in [0, 1] or uint8. For a predictor: additionally anything
+            ``Predictor.preprocess`` accepts (path, bytes, PIL image, array of any size, DICOM);
+            tensors are taken as already preprocessed.
+        method: One of :data:`METHODS`.
+        target: Class to explain: ``None`` (the predicted class), an index, a class name, or for
+            binary models ``"positive"`` / ``"negative"``.
+        model_name: Registry name of a bare model (needed by ``grad_cam`` to pick its layer; read
+            from ``model.model_name`` when present and from the predictor's card otherwise).
+        classes: Class names of a bare model (a predictor knows them).
+        ct_window: CT window for DICOM input through a predictor (name or ``(level, width)``;
+            default: the predictor's window, as for a prediction).
+        **opts: Method options, see the module docstring (e.g. ``n_steps=64``, ``baseline="blurred"``).
+
+    Returns:
+        The :class:`Attribution` (heat map of the model-input size S x S).
+
+    Raises:
+        ValueError: Unknown method or option, a method that does not apply to the model (e.g.
+            attention rollout on a CNN), a bad target, or an input of the wrong size, shape, dtype or
+            range (a predictor's bad files raise :class:`models.InvalidInputError`, also a ValueError).
+    """
+    if method not in _IMPL:
+        raise ValueError(f"Unknown attribution method {method!r}; expected one of {list(METHODS)}.")
+    unknown = sorted(set(opts) - _OPTIONS[method])
+    if unknown:
+        raise ValueError(f"Unknown option(s) {unknown} for method {method!r}; accepted: {sorted(_OPTIONS[method])}.")
+    start = time.perf_counter()
+    res = _resolve(model_or_predictor, image, model_name=model_name, classes=classes, window=ct_window)
+    model, x = res.model, res.x
+    if method == "attention_rollout" and not _is_vit(model):
+        raise ValueError(f"method 'attention_rollout' does not apply to model {res.name or type(model).__name__!r} "
+                         f"(vision transformers only).")
+    with _LOCK, _frozen_eval(model):
+        with torch.inference_mode():
+            logits = model(x)
+        if logits.ndim == 1:
+            logits = logits[:, None]
+        binary = logits.shape[1] == 1
+        fwd = _TargetForward(model, binary)
+        scores = torch.cat([-logits, logits], dim=1) if binary else logits
+        index, names = _resolve_target(target, scores, binary, res.classes, res.threshold)
+        probs = torch.sigmoid(scores[0]) if binary else torch.softmax(scores[0], dim=0)
+        probability = float(probs[index])
+        impl = _IMPL[method]
+        if method in ("grad_cam", "attention_rollout"):
+            attr, params, delta = impl(fwd, x.clone(), index, opts, model=model, name=res.name)
+        else:
+            attr, params, delta = impl(fwd, x.clone(), index, opts)
+    heat = attr.detach().reshape(attr.shape[-2:]).to("cpu", torch.float32).numpy()
+    if not np.isfinite(heat).all():
+        logger.warning("%s on %s produced non-finite values; replaced by 0.", method, res.name)
+        heat = np.nan_to_num(heat, nan=0.0, posinf=0.0, neginf=0.0)
+    seconds = time.perf_counter() - start
+    logger.debug("%s on %s (target %s) took %.3f s", method, res.name, names[index], seconds)
+    return Attribution(
+        heatmap=np.ascontiguousarray(heat, dtype=np.float32),
+        image=x.detach().reshape(x.shape[-2:]).to("cpu", torch.float32).numpy().copy(),
+        target=index,
+        target_name=names[index],
+        method=method,
+        seconds=seconds,
+        signed=_SIGNED[method] if method != "saliency" else not params.get("abs", True),
+        probability=probability,
+        model=res.name,
+        params=params,
+        convergence_delta=delta,
+    )
+
+
+# ---------------------------------------------------------------------------------------- display
+def _colormap(name: str):
+    import matplotlib
+
+    try:
+        return matplotlib.colormaps[name]
+    except KeyError:
+        raise ValueError(f"Unknown colormap {name!r}; use a matplotlib colormap name such as 'jet', 'inferno', "
+                         f"'RdBu_r'.") from None
+
+
+def overlay(
+    image: np.ndarray,
+    heatmap: np.ndarray,
+    *,
+    alpha: float = 0.45,
+    colormap: str | None = None,
+    signed: bool = False,
+    clip_percentile: float = 99.0,
+) -> np.ndarray:
+    """Blend a heat map over a grey image for display.
+
+    Normalisation (the same for every method, so maps are comparable):
+
+    - absolute (``signed=False``): ``|heatmap|`` is divided by its ``clip_percentile``-th
+      percentile and clipped to [0, 1]; colour map ``"jet"`` by default. The opacity of the colour
+      grows with the value (``alpha * value``), so unimportant regions show the scan itself.
+    - signed (``signed=True``): the heat map is divided by the ``clip_percentile``-th percentile of
+      its absolute value and clipped to [-1, 1], then mapped with a diverging colour map centred on
+      0 (``"RdBu_r"`` by default: red = evidence for the target, blue = against); opacity
+      ``alpha * |value|``.
+
+    Args:
+        image: Grey image (H, W), float in [0, 1] or uint8 (e.g. ``Attribution.image``).
+        heatmap: Attribution map (H, W) (e.g. ``Attribution.heatmap``).
+        alpha: Maximum opacity of the colour layer, in [0, 1].
+        colormap: A matplotlib colour map name; default ``"jet"`` (absolute) / ``"RdBu_r"`` (signed).
+        signed: Keep the sign (see above). Use ``Attribution.signed`` to follow the method.
+        clip_percentile: Percentile of ``|heatmap|`` that maps to full colour, in (0, 100].
+
+    Returns:
+        RGB uint8 array (H, W, 3).
+
+    Raises:
+        ValueError: Shapes differ, are not 2-D, or an argument is out of range.
+    """
+    img = np.asarray(image)
+    heat = np.asarray(heatmap, dtype=np.float64)
+    if img.ndim != 2 or heat.ndim != 2:
+        raise ValueError(f"image and heatmap must be 2-D, got shapes {img.shape} and {heat.shape}.")
+    if img.shape != heat.shape:
+        raise ValueError(f"image shape {img.shape} and heatmap shape {heat.shape} differ.")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}.")
+    if not 0.0 < clip_percentile <= 100.0:
+        raise ValueError(f"clip_percentile must be in (0, 100], got {clip_percentile}.")
+    cmap = _colormap(colormap or ("RdBu_r" if signed else "jet"))
+    grey = img.astype(np.float64) / 255.0 if img.dtype == np.uint8 else np.clip(img.astype(np.float64), 0.0, 1.0)
+    heat = np.nan_to_num(heat, nan=0.0, posinf=0.0, neginf=0.0)
+    magnitude = np.abs(heat)
+    scale = float(np.percentile(magnitude, clip_percentile)) if magnitude.size else 0.0
+    if scale <= 0:
+        scale = float(magnitude.max()) or 1.0
+    if signed:
+        norm = np.clip(heat / scale, -1.0, 1.0)
+        colours = cmap((norm + 1.0) / 2.0)[..., :3]
+        weight = alpha * np.abs(norm)
+    else:
+        norm = np.clip(magnitude / scale, 0.0, 1.0)
+        colours = cmap(norm)[..., :3]
+        weight = alpha * norm
+    base = np.repeat(grey[..., None], 3, axis=2)
+    out = (1.0 - weight[..., None]) * base + weight[..., None] * colours
+    return np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8)
