@@ -1,0 +1,377 @@
+"""Reading side of a study folder: everything the UI shows comes through here.
+
+A study folder ``leaderboards/<study>/`` is written by :mod:`automl.search` /
+:mod:`automl.leaderboard` (layout in ``docs/ARCHITECTURE.md``). This module only *reads* it:
+tables are parsed with pandas, JSON with :mod:`json`, and every problem (missing file, corrupt
+file, missing column) is raised as one :class:`StudyError` whose message names the file, so a UI
+can show the sentence instead of a traceback.
+
+Example::
+
+    from automl.results import list_studies, load_study
+
+    study = load_study(list_studies("leaderboards")[0])
+    study.leaderboard.head()
+    study.test_predictions(study.best_model)
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "StudyError",
+    "StudyResults",
+    "list_studies",
+    "load_study",
+    "probability_columns",
+    "study_fingerprint",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Columns a leaderboard must have for the reader to make sense of it.
+_LEADERBOARD_REQUIRED = ("trial", "model", "state", "cv_auc_mean")
+#: Columns every prediction file must have (plus one ``prob_<class>`` per class).
+_PREDICTION_REQUIRED = ("path", "y")
+_SAFE_MODEL = re.compile(r"^[A-Za-z0-9_.\-]+$")
+
+
+class StudyError(ValueError):
+    """A study folder is missing, incomplete or corrupt. The message names the file."""
+
+    def __init__(self, message: str, *, path: str | Path | None = None) -> None:
+        super().__init__(message)
+        self.path = None if path is None else Path(path)
+
+
+def probability_columns(classes: list[str]) -> list[str]:
+    """Return the ``prob_<class>`` column names of a prediction table, in class order."""
+    return [f"prob_{c}" for c in classes]
+
+
+def list_studies(root: str | Path = "leaderboards") -> list[Path]:
+    """List the study folders under ``root``.
+
+    A study folder is a direct sub-folder holding a ``config.json`` or a ``leaderboard.csv``.
+
+    Args:
+        root: The leaderboards folder. A missing folder yields an empty list.
+
+    Returns:
+        Study folders sorted by name.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return sorted(
+        p for p in root.iterdir()
+        if p.is_dir() and ((p / "config.json").is_file() or (p / "leaderboard.csv").is_file())
+    )
+
+
+def study_fingerprint(study_dir: str | Path) -> float:
+    """Latest modification time of the study's files (a cache key that changes when a file does).
+
+    Args:
+        study_dir: The study folder.
+
+    Returns:
+        The largest ``st_mtime`` of the folder's top-level files and ``predictions/`` files,
+        0.0 when the folder does not exist.
+    """
+    study_dir = Path(study_dir)
+    if not study_dir.is_dir():
+        return 0.0
+    mtimes = [study_dir.stat().st_mtime]
+    for folder in (study_dir, study_dir / "predictions", study_dir / "models"):
+        if folder.is_dir():
+            mtimes.extend(p.stat().st_mtime for p in folder.iterdir())
+    return max(mtimes)
+
+
+def _read_json(path: Path, *, what: str) -> dict[str, Any]:
+    if not path.is_file():
+        raise StudyError(f"{path.name} is missing in {path.parent} ({what}).", path=path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise StudyError(f"{path} is not valid JSON ({what}): {exc}", path=path) from exc
+    if not isinstance(data, dict):
+        raise StudyError(f"{path} should hold a JSON object ({what}), found {type(data).__name__}.", path=path)
+    return data
+
+
+def _read_csv(path: Path, *, what: str, required: tuple[str, ...] = ()) -> pd.DataFrame:
+    if not path.is_file():
+        raise StudyError(f"{path.name} is missing in {path.parent} ({what}).", path=path)
+    try:
+        frame = pd.read_csv(path)
+    except (OSError, UnicodeDecodeError, ValueError, pd.errors.ParserError) as exc:
+        # pandas.errors.EmptyDataError is a ValueError
+        raise StudyError(f"{path} could not be read as CSV ({what}): {exc}", path=path) from exc
+    missing = [c for c in required if c not in frame.columns]
+    if missing:
+        raise StudyError(
+            f"{path} lacks the column(s) {missing} ({what}); found {list(frame.columns)}.", path=path
+        )
+    return frame
+
+
+def _as_bool(series: pd.Series) -> pd.Series:
+    if series.dtype == bool:
+        return series
+    return series.astype(str).str.strip().str.lower().isin({"true", "1", "yes"})
+
+
+@dataclass
+class StudyResults:
+    """A loaded study folder (see :func:`load_study`).
+
+    Small files (``config.json``, ``leaderboard.csv``) are read at load time; everything else is
+    read on first access and kept. Each accessor raises :class:`StudyError` naming the file
+    when it is missing or corrupt.
+
+    Attributes:
+        dir: The study folder.
+        config: ``config.json`` (the search configuration, classes, storage URL, versions).
+        leaderboard: ``leaderboard.csv``, one row per trial, sorted by ``rank`` when present.
+        classes: Class names, negative class first (``config["classes"]``).
+    """
+
+    dir: Path
+    config: dict[str, Any]
+    leaderboard: pd.DataFrame
+    classes: list[str]
+    _frames: dict[str, pd.DataFrame] = field(default_factory=dict, repr=False)
+
+    # ------------------------------------------------------------------ files read on demand
+    @cached_property
+    def report(self) -> dict[str, Any]:
+        """``report.json``: best model, threshold, leakage audit, DeLong and subject-level results."""
+        return _read_json(self.dir / "report.json", what="study report")
+
+    @cached_property
+    def split(self) -> pd.DataFrame:
+        """``split.csv``: path, label, y, subject, part ("cv"|"test"), fold (-1 for test)."""
+        return _read_csv(self.dir / "split.csv", what="data split", required=("path", "y", "part", "fold"))
+
+    @cached_property
+    def manifest(self) -> pd.DataFrame:
+        """``manifest.csv``: the scanned data manifest (path, label, y, subject, QC statistics)."""
+        return _read_csv(self.dir / "manifest.csv", what="data manifest", required=("path", "label"))
+
+    @cached_property
+    def bad_files(self) -> pd.DataFrame:
+        """``bad_files.csv`` (empty frame when the file is absent: no bad files)."""
+        path = self.dir / "bad_files.csv"
+        if not path.is_file():
+            return pd.DataFrame(columns=["path", "reason"])
+        return _read_csv(path, what="unreadable input files", required=("path", "reason"))
+
+    @cached_property
+    def quality(self) -> dict[str, Any]:
+        """``quality.json``: :meth:`data.QualityReport.to_dict` of the dataset."""
+        return _read_json(self.dir / "quality.json", what="data quality report")
+
+    @cached_property
+    def attribution(self) -> pd.DataFrame | None:
+        """``attribution.csv`` (localisation and sanity scores), or ``None`` when not computed."""
+        path = self.dir / "attribution.csv"
+        if not path.is_file():
+            return None
+        return _read_csv(path, what="attribution scores", required=("method", "model"))
+
+    @property
+    def name(self) -> str:
+        """The study name (``config["study"]``, else the folder name)."""
+        return str(self.config.get("study") or self.dir.name)
+
+    @property
+    def data_dir(self) -> Path | None:
+        """The dataset folder the study was run on (``config["data_dir"]``), if recorded."""
+        value = self.config.get("data_dir") or self.config.get("data")
+        return Path(value) if value else None
+
+    @property
+    def storage_url(self) -> str:
+        """Optuna storage of the study: the config's URL, else the folder's ``study.journal``."""
+        url = self.config.get("storage_url") or self.config.get("storage")
+        if url:
+            return str(url)
+        return str(self.dir / "study.journal")
+
+    # ------------------------------------------------------------------ predictions
+    def _predictions(self, filename: str, what: str) -> pd.DataFrame:
+        if filename not in self._frames:
+            required = _PREDICTION_REQUIRED + tuple(probability_columns(self.classes))
+            frame = _read_csv(self.dir / "predictions" / filename, what=what, required=required)
+            probs = frame[probability_columns(self.classes)].to_numpy(dtype=float)
+            if not np.isfinite(probs).all():
+                raise StudyError(
+                    f"{self.dir / 'predictions' / filename} holds non-finite probabilities ({what}).",
+                    path=self.dir / "predictions" / filename,
+                )
+            self._frames[filename] = frame
+        return self._frames[filename]
+
+    def _check_model(self, model: str) -> str:
+        if not isinstance(model, str) or not _SAFE_MODEL.match(model):
+            raise StudyError(f"Invalid model name {model!r}.")
+        return model
+
+    def oof(self, trial: int) -> pd.DataFrame:
+        """Out-of-fold predictions of one trial (``predictions/oof_trial_<NNNN>.csv``).
+
+        Args:
+            trial: The trial number (leaderboard column ``trial``).
+        """
+        if isinstance(trial, bool) or not isinstance(trial, (int, np.integer)) or trial < 0:
+            raise StudyError(f"Invalid trial number {trial!r}: expected a non-negative int.")
+        return self._predictions(f"oof_trial_{int(trial):04d}.csv", f"out-of-fold predictions of trial {trial}")
+
+    def test_predictions(self, model: str) -> pd.DataFrame:
+        """Test-part predictions of a refitted model (``predictions/test_<model>.csv``)."""
+        model = self._check_model(model)
+        return self._predictions(f"test_{model}.csv", f"test predictions of {model}")
+
+    def oof_predictions(self, model: str) -> pd.DataFrame:
+        """Out-of-fold predictions of a refitted configuration (``predictions/oof_<model>.csv``)."""
+        model = self._check_model(model)
+        return self._predictions(f"oof_{model}.csv", f"out-of-fold predictions of {model}")
+
+    # ------------------------------------------------------------------ models
+    def refitted_models(self) -> list[str]:
+        """Names of the refitted models that have a predictor folder, best leaderboard rank first."""
+        folder = self.dir / "models"
+        on_disk = {p.name for p in folder.iterdir() if (p / "card.json").is_file()} if folder.is_dir() else set()
+        ordered: list[str] = []
+        board = self.leaderboard
+        if "refit" in board.columns:
+            for name in board.loc[_as_bool(board["refit"]), "model"].astype(str):
+                if name in on_disk and name not in ordered:
+                    ordered.append(name)
+        ordered.extend(sorted(on_disk - set(ordered)))
+        return ordered
+
+    def model_dir(self, model: str) -> Path:
+        """The predictor folder of a refitted model (``models/<model>/``)."""
+        model = self._check_model(model)
+        path = self.dir / "models" / model
+        if not (path / "card.json").is_file():
+            raise StudyError(
+                f"No refitted model {model!r} in {self.dir / 'models'} (card.json missing); "
+                f"available: {self.refitted_models()}.",
+                path=path,
+            )
+        return path
+
+    def card(self, model: str) -> dict[str, Any]:
+        """The model card (``models/<model>/card.json``)."""
+        return _read_json(self.model_dir(model) / "card.json", what=f"model card of {model}")
+
+    def refit_row(self, model: str) -> pd.Series | None:
+        """The leaderboard row of a refitted model (``refit`` true), or ``None``."""
+        board = self.leaderboard
+        if "refit" not in board.columns:
+            return None
+        rows = board[_as_bool(board["refit"]) & (board["model"].astype(str) == model)]
+        return None if rows.empty else rows.iloc[0]
+
+    @property
+    def best_model(self) -> str | None:
+        """The study's best model (``report.json``), else the first refitted model, else ``None``."""
+        try:
+            best = self.report.get("best_model")
+        except StudyError:
+            best = None
+        if best:
+            return str(best)
+        models = self.refitted_models()
+        return models[0] if models else None
+
+    def threshold(self, model: str) -> float:
+        """Decision threshold chosen for a refitted model on out-of-fold predictions.
+
+        Looked up in the leaderboard's refit row, then the model card, then ``report.json`` (for the
+        best model); 0.5 when none records one.
+        """
+        row = self.refit_row(model)
+        if row is not None and "threshold" in row.index and pd.notna(row["threshold"]):
+            return float(row["threshold"])
+        try:
+            value = self.card(model).get("threshold")
+            if value is not None:
+                return float(value)
+        except StudyError:
+            pass
+        try:
+            if self.report.get("best_model") == model and self.report.get("threshold") is not None:
+                return float(self.report["threshold"])
+        except StudyError:
+            pass
+        return 0.5
+
+    def load_optuna_study(self) -> Any:
+        """Load the Optuna study from :attr:`storage_url` (journal file or RDB URL)."""
+        import optuna
+
+        url = self.storage_url
+        try:
+            if "://" in url and not url.startswith(("journal://", "file://")):
+                storage: Any = url
+            else:
+                path = Path(re.sub(r"^(journal|file)://", "", url))
+                if not path.is_absolute():
+                    path = self.dir / path if (self.dir / path).exists() else path
+                if not path.is_file():
+                    raise StudyError(f"Optuna journal {path} is missing.", path=path)
+                from optuna.storages import JournalStorage
+                from optuna.storages.journal import JournalFileBackend
+
+                storage = JournalStorage(JournalFileBackend(str(path)))
+            return optuna.load_study(study_name=self.config.get("study_name") or self.name, storage=storage)
+        except StudyError:
+            raise
+        except Exception as exc:  # optuna raises KeyError, ValueError, SQLAlchemy errors, ...
+            raise StudyError(f"Could not load the Optuna study from {url}: {exc}") from exc
+
+
+def load_study(study_dir: str | Path) -> StudyResults:
+    """Load a study folder written by :mod:`automl.search`.
+
+    Args:
+        study_dir: ``leaderboards/<study>`` folder.
+
+    Returns:
+        The :class:`StudyResults`; other files are read on first access.
+
+    Raises:
+        StudyError: When the folder, ``config.json`` or ``leaderboard.csv`` is missing or corrupt,
+            or the config names no classes. The message names the file.
+    """
+    study_dir = Path(study_dir).expanduser()
+    if not study_dir.is_dir():
+        raise StudyError(f"Study folder {study_dir} does not exist.", path=study_dir)
+    config = _read_json(study_dir / "config.json", what="search configuration")
+    classes = config.get("classes")
+    if not isinstance(classes, list) or len(classes) < 2 or not all(isinstance(c, str) for c in classes):
+        raise StudyError(
+            f"{study_dir / 'config.json'} should list at least two class names under 'classes', found {classes!r}.",
+            path=study_dir / "config.json",
+        )
+    leaderboard = _read_csv(study_dir / "leaderboard.csv", what="leaderboard", required=_LEADERBOARD_REQUIRED)
+    if "rank" in leaderboard.columns:
+        leaderboard = leaderboard.sort_values("rank", kind="stable", na_position="last").reset_index(drop=True)
+    if "refit" in leaderboard.columns:
+        leaderboard["refit"] = _as_bool(leaderboard["refit"])
+    logger.debug("loaded study %s (%d trials)", study_dir, len(leaderboard))
+    return StudyResults(dir=study_dir, config=config, leaderboard=leaderboard, classes=[str(c) for c in classes])

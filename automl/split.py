@@ -1,0 +1,190 @@
+"""Leakage-aware data splits: an untouched test part, then cross-validation folds, grouped by subject.
+
+The split is made once per study and deterministically from ``seed``:
+
+1. **Test part** — ``StratifiedGroupKFold(n_splits=round(1 / test_size), shuffle=True,
+   random_state=seed)`` over the whole manifest, and its first fold is kept aside. Every slice of a
+   subject lands on the same side, and the class ratio is kept as closely as the groups allow.
+2. **CV folds** — ``StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)`` on the
+   rest. No subject is ever in two folds, nor in both the CV data and the test part.
+
+``grouped=False`` replaces both splitters by their slice-level ``StratifiedKFold`` twins. That is
+the split a careless study would make; the search uses it only for the leakage audit.
+
+Example:
+    >>> split = make_split(manifest, test_size=0.2, n_folds=5, seed=0)
+    >>> for train_idx, val_idx in split.folds: ...
+    >>> split.to_frame().to_csv("split.csv", index=False)
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Split", "make_split", "slice_level_folds", "check_split"]
+
+
+@dataclass
+class Split:
+    """Indices into the manifest rows for the test part and the CV folds.
+
+    Attributes:
+        test_index: Rows of the untouched test part (sorted).
+        cv_index: Rows used for cross-validation (sorted); the union of all ``val_idx``.
+        folds: ``[(train_idx, val_idx), ...]``, indices into the **manifest** (not into ``cv_index``).
+        grouped: Whether subjects were kept together.
+        seed: Seed of the splitters.
+        table: The manifest columns kept for :meth:`to_frame` (path, label, y, subject).
+    """
+
+    test_index: np.ndarray
+    cv_index: np.ndarray
+    folds: list[tuple[np.ndarray, np.ndarray]]
+    grouped: bool = True
+    seed: int = 0
+    table: pd.DataFrame = field(default_factory=pd.DataFrame, repr=False)
+
+    @property
+    def n_folds(self) -> int:
+        return len(self.folds)
+
+    def fold_of(self) -> np.ndarray:
+        """Return, for every manifest row, its validation fold (``-1`` for the test part)."""
+        fold = np.full(len(self.table), -1, dtype=int)
+        for k, (_, val_idx) in enumerate(self.folds):
+            fold[val_idx] = k
+        return fold
+
+    def to_frame(self) -> pd.DataFrame:
+        """Return the ``split.csv`` table: ``path, label, y, subject, part ("cv"|"test"), fold``."""
+        frame = self.table[["path", "label", "y", "subject"]].copy().reset_index(drop=True)
+        part = np.full(len(frame), "cv", dtype=object)
+        part[self.test_index] = "test"
+        frame["part"] = part
+        frame["fold"] = self.fold_of()
+        return frame
+
+
+def _table_of(manifest: Any) -> pd.DataFrame:
+    table = getattr(manifest, "table", manifest)
+    if not isinstance(table, pd.DataFrame):
+        raise ValueError(f"make_split expects a data.Manifest or a DataFrame, got {type(manifest).__name__}")
+    missing = {"path", "label", "y", "subject"} - set(table.columns)
+    if missing:
+        raise ValueError(f"manifest table lacks column(s) {sorted(missing)}")
+    return table.reset_index(drop=True)
+
+
+def _check_feasible(y: np.ndarray, groups: np.ndarray, n_splits: int, what: str) -> None:
+    for cls in np.unique(y):
+        n_groups = len(np.unique(groups[y == cls]))
+        if n_groups < n_splits:
+            raise ValueError(
+                f"class y={cls} has only {n_groups} subject(s), fewer than the {n_splits} {what} requested; "
+                "use fewer folds, a larger test part, or more data"
+            )
+
+
+def make_split(
+    manifest: Any,
+    *,
+    test_size: float = 0.2,
+    n_folds: int = 5,
+    seed: int = 0,
+    grouped: bool = True,
+) -> Split:
+    """Split a manifest into an untouched test part and ``n_folds`` cross-validation folds.
+
+    Args:
+        manifest: A ``data.Manifest`` (or its ``table``) with columns ``path, label, y, subject``.
+        test_size: Fraction of the data kept for the test part, in (0, 0.5]. The test part is one
+            fold of a ``round(1 / test_size)``-fold grouped stratified split, so the fraction is
+            approximate when subjects have different numbers of slices.
+        n_folds: Number of CV folds, at least 2.
+        seed: Seed of both splitters; the same manifest and seed give the same split.
+        grouped: Keep all slices of a subject on one side (``StratifiedGroupKFold``). ``False`` gives
+            slice-level ``StratifiedKFold`` folds (leakage audit only).
+
+    Returns:
+        The :class:`Split`.
+
+    Raises:
+        ValueError: On invalid arguments or when a class has too few subjects for the folds.
+    """
+    if not 0.0 < float(test_size) <= 0.5:
+        raise ValueError(f"test_size must be in (0, 0.5], got {test_size}")
+    if int(n_folds) != n_folds or n_folds < 2:
+        raise ValueError(f"n_folds must be an integer >= 2, got {n_folds}")
+    table = _table_of(manifest)
+    y = table["y"].to_numpy(dtype=int)
+    groups = table["subject"].astype(str).to_numpy() if grouped else np.arange(len(table)).astype(str)
+    n_test_splits = max(2, int(round(1.0 / float(test_size))))
+    _check_feasible(y, groups, n_test_splits, "test-part splits (1/test_size)")
+
+    all_idx = np.arange(len(table))
+    outer = (
+        StratifiedGroupKFold(n_splits=n_test_splits, shuffle=True, random_state=seed)
+        if grouped
+        else StratifiedKFold(n_splits=n_test_splits, shuffle=True, random_state=seed)
+    )
+    cv_index, test_index = next(iter(outer.split(all_idx, y, groups if grouped else None)))
+    cv_index, test_index = np.sort(cv_index), np.sort(test_index)
+
+    _check_feasible(y[cv_index], groups[cv_index], n_folds, "CV folds")
+    inner = (
+        StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+        if grouped
+        else StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    )
+    folds = [
+        (cv_index[np.sort(tr)], cv_index[np.sort(va)])
+        for tr, va in inner.split(cv_index, y[cv_index], groups[cv_index] if grouped else None)
+    ]
+    split = Split(test_index=test_index, cv_index=cv_index, folds=folds, grouped=grouped, seed=seed, table=table)
+    if grouped:
+        check_split(split)
+    logger.info(
+        "split: %d test, %d CV images in %d %s folds (seed %d)",
+        len(test_index), len(cv_index), n_folds, "subject-grouped" if grouped else "slice-level", seed,
+    )
+    return split
+
+
+def slice_level_folds(split: Split, *, seed: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Return slice-level ``StratifiedKFold`` folds over the same CV rows as ``split``.
+
+    The test part is left as it is; only the CV rows are re-split without regard to subjects. This is
+    what the leakage audit compares the grouped folds against.
+    """
+    y = split.table["y"].to_numpy(dtype=int)
+    cv = split.cv_index
+    skf = StratifiedKFold(n_splits=split.n_folds, shuffle=True, random_state=split.seed if seed is None else seed)
+    return [(cv[np.sort(tr)], cv[np.sort(va)]) for tr, va in skf.split(cv, y[cv])]
+
+
+def check_split(split: Split) -> None:
+    """Assert that no subject appears in two folds or in both the CV data and the test part.
+
+    Raises:
+        AssertionError: Naming the shared subject(s).
+    """
+    subjects = split.table["subject"].astype(str).to_numpy()
+    test_subjects = set(subjects[split.test_index])
+    cv_subjects = set(subjects[split.cv_index])
+    shared = test_subjects & cv_subjects
+    assert not shared, f"subject(s) in both CV and test: {sorted(shared)[:5]}"
+    seen: dict[str, int] = {}
+    for k, (tr, va) in enumerate(split.folds):
+        assert not set(subjects[tr]) & set(subjects[va]), f"fold {k}: subject in train and validation"
+        for s in set(subjects[va]):
+            assert s not in seen, f"subject {s!r} in validation folds {seen[s]} and {k}"
+            seen[s] = k
+    covered = np.sort(np.concatenate([va for _, va in split.folds]))
+    assert np.array_equal(covered, split.cv_index), "validation folds do not cover the CV rows exactly once"

@@ -1,0 +1,265 @@
+"""The Streamlit dashboard run headless through ``streamlit.testing.v1.AppTest``, and the HTML report."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from sklearn.metrics import confusion_matrix
+from streamlit.testing.v1 import AppTest
+
+from automl.results import load_study
+from ui import report
+from ui.dashboard import TABS
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+APP = REPO_ROOT / "app.py" if (REPO_ROOT / "app.py").is_file() else REPO_ROOT / "ui" / "dashboard.py"
+DISCLAIMER = report.DISCLAIMER
+
+
+@pytest.fixture
+def app_env(monkeypatch: pytest.MonkeyPatch):
+    """Point the app at a leaderboards folder; never start Gradio or the demo search."""
+
+    def configure(root: Path) -> AppTest:
+        monkeypatch.setenv("STROKECT_LEADERBOARDS", str(root))
+        monkeypatch.setenv("STROKECT_NO_AUTOSTART", "1")
+        monkeypatch.setenv("STROKECT_NO_GRADIO", "1")
+        return AppTest.from_file(str(APP), default_timeout=180)
+
+    return configure
+
+
+def _run_tab(at: AppTest, tab: str) -> AppTest:
+    at.session_state["tab"] = tab
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def _errors(at: AppTest) -> list[str]:
+    return [e.value for e in at.error if DISCLAIMER not in e.value and "Leakage audit" not in e.value]
+
+
+_SMOKE = pytest.param("smoke", marks=pytest.mark.slow)  # the real smoke search takes ~1 min on 2 cores
+_FIXTURES = {"handmade": "handmade_study", "handmade3": "handmade_study3", "smoke": "smoke_study"}
+
+
+@pytest.fixture(params=["handmade", "handmade3", _SMOKE])
+def any_study(request: pytest.FixtureRequest) -> Path:
+    return request.getfixturevalue(_FIXTURES[request.param])
+
+
+@pytest.fixture(params=["handmade", _SMOKE])
+def binary_study(request: pytest.FixtureRequest) -> Path:
+    return request.getfixturevalue(_FIXTURES[request.param])
+
+
+def test_every_tab_renders_without_error(app_env, any_study: Path) -> None:
+    at = app_env(any_study.parent)
+    for tab in TABS:
+        _run_tab(at, tab)
+        assert _errors(at) == [], (tab, _errors(at))
+    assert any(DISCLAIMER in e.value for e in at.sidebar.error), "'not for clinical use' must be visible"
+
+
+def test_leaderboard_rows(app_env, binary_study: Path) -> None:
+    at = _run_tab(app_env(binary_study.parent), "Leaderboard")
+    board = pd.read_csv(binary_study / "leaderboard.csv")
+    shown = at.dataframe[0].value
+    assert len(shown) == len(board)
+    assert set(shown["trial"]) == set(board["trial"])
+    assert "init" in shown.columns and "delong_p" in shown.columns
+    # the best trial of each architecture carries the star
+    done = board[board["cv_auc_mean"].notna()]
+    best = set(done.loc[done.groupby("model")["cv_auc_mean"].idxmax(), "trial"])
+    assert set(shown.loc[shown["best"] == "★", "trial"]) == best
+
+
+def test_leakage_banner_green_below_gap(app_env, handmade_study: Path) -> None:
+    at = _run_tab(app_env(handmade_study.parent), "Leaderboard")
+    assert any("Leakage audit" in s.value for s in at.success)  # gap 0.03 <= 0.05: green
+    assert not any("Leakage audit" in e.value for e in at.error)
+
+
+def test_leakage_banner_red_above_gap(app_env, handmade_study: Path) -> None:
+    import json
+
+    path = handmade_study / "report.json"
+    data = json.loads(path.read_text())
+    data["leakage_audit"].update(slice_auc=0.95, gap=0.15, flagged=True)
+    path.write_text(json.dumps(data))
+    at = _run_tab(app_env(handmade_study.parent), "Leaderboard")
+    assert any("Leakage audit" in e.value and "+0.150" in e.value for e in at.error)
+    assert not any("Leakage audit" in s.value for s in at.success)
+
+
+def _counts(at: AppTest) -> dict[str, int]:
+    labels = {"True positives": "tp", "False negatives": "fn", "False positives": "fp", "True negatives": "tn"}
+    return {labels[m.label]: int(m.value) for m in at.metric if m.label in labels}
+
+
+@pytest.mark.parametrize("part", ["Test part", "Out-of-fold"])
+def test_threshold_slider_updates_confusion_counts(app_env, binary_study: Path, part: str) -> None:
+    study = load_study(binary_study)
+    model = study.best_model
+    frame = study.test_predictions(model) if part == "Test part" else study.oof_predictions(model)
+    y, p = frame["y"].to_numpy(), frame[f"prob_{study.classes[1]}"].to_numpy()
+
+    at = app_env(binary_study.parent)
+    at.session_state["tab"] = "Confusion matrix"
+    at.run()
+    at.radio(key="cm_part").set_value(part).run()
+    slider = at.slider(key=f"threshold_{model}")
+    assert slider.value == pytest.approx(study.threshold(model), abs=1e-3)  # default: the chosen threshold
+    seen = []
+    for threshold in (0.2, 0.5, 0.8):
+        at.slider(key=f"threshold_{model}").set_value(threshold).run()
+        assert not at.exception
+        tn, fp, fn, tp = confusion_matrix(y, (p >= threshold).astype(int), labels=[0, 1]).ravel()
+        assert _counts(at) == {"tp": tp, "fn": fn, "fp": fp, "tn": tn}
+        sensitivity = next(m.value for m in at.metric if m.label == "Sensitivity")
+        assert sensitivity == f"{tp / (tp + fn):.1%}"
+        seen.append((tp, fp))
+    assert len(set(seen)) > 1, "the threshold must change the counts"
+
+
+def test_multiclass_confusion_is_argmax(app_env, handmade_study3: Path) -> None:
+    at = _run_tab(app_env(handmade_study3.parent), "Confusion matrix")
+    assert not at.slider, "no threshold slider for 3 classes"
+    assert any("argmax" in c.value for c in at.caption)
+    assert _errors(at) == []
+
+
+def test_empty_leaderboards_shows_demo_prompt(app_env, tmp_path: Path) -> None:
+    root = tmp_path / "leaderboards"
+    root.mkdir()
+    at = app_env(root)
+    at.run()
+    assert not at.exception
+    assert any("No study found" in i.value and "demo" in i.value for i in at.info)
+    assert any(b.label == "Build the demo study now" for b in at.button)
+    assert any(DISCLAIMER in e.value for e in at.sidebar.error)
+    assert list(root.iterdir()) == [], "with STROKECT_NO_AUTOSTART=1 nothing is started"
+
+
+@pytest.mark.parametrize(
+    ("filename", "content"),
+    [("leaderboard.csv", "garbage\n"), ("config.json", "{oops")],
+)
+def test_broken_study_shows_error_not_traceback(app_env, handmade_study: Path, filename: str, content: str) -> None:
+    (handmade_study / filename).write_text(content)
+    at = app_env(handmade_study.parent)
+    at.run()
+    assert not at.exception
+    assert any(filename in e.value for e in at.error)
+
+
+@pytest.mark.parametrize(
+    ("filename", "tab"),
+    [("quality.json", "Data"), ("split.csv", "Data"), ("study.journal", "Search"),
+     ("predictions/test_tiny_cnn.csv", "ROC / PR / calibration"), ("predictions/oof_tiny_cnn.csv", "Confusion matrix")],
+)
+def test_missing_file_is_reported_in_its_tab(app_env, handmade_study: Path, filename: str, tab: str) -> None:
+    (handmade_study / filename).unlink()
+    at = app_env(handmade_study.parent)
+    at.session_state["tab"] = tab
+    at.run()
+    if tab == "Confusion matrix":
+        at.radio(key="cm_part").set_value("Out-of-fold").run()
+    assert not at.exception
+    name = Path(filename).name
+    assert any(name in m.value for m in list(at.error) + list(at.warning)), [e.value for e in at.error]
+    _run_tab(at, "Leaderboard")  # the other tabs keep working
+    assert _errors(at) == []
+
+
+def test_switching_tabs_does_not_recompute(app_env, handmade_study: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ui import charts
+
+    calls = []
+    original = charts.leaderboard_chart
+    monkeypatch.setattr(charts, "leaderboard_chart", lambda *a, **k: calls.append(1) or original(*a, **k))
+    at = app_env(handmade_study.parent)
+    for tab in ("Leaderboard", "Data", "Leaderboard", "Confusion matrix", "Leaderboard"):
+        _run_tab(at, tab)
+    assert len(calls) == 1
+
+
+def test_attribution_tab_explains_and_scores_lesion(app_env, handmade_study: Path) -> None:
+    at = app_env(handmade_study.parent)
+    at.session_state["tab"] = "Attributions"
+    at.run()
+    at.radio(key="att_source").set_value("Test part").run()
+    # pick a lesion image: the phantom masks give a localisation score in the figure titles
+    select = at.selectbox(key="att_image_Test part")
+    stroke = next(i for i, label in enumerate(select.options) if "true Stroke" in label)
+    select.set_value(stroke).run()
+    at.multiselect(key="att_methods").set_value(["grad_cam", "saliency"]).run()
+    assert not at.exception and _errors(at) == []
+    assert any("grad_cam" in m.value and "saliency" in m.value for m in at.markdown)
+    assert any("lesion mask" in c.value for c in at.caption)
+
+
+def test_report_contains_tables_and_figures(handmade_study: Path, tmp_path: Path) -> None:
+    out = report.write_report(handmade_study, tmp_path / "r.html")
+    text = out.read_text()
+    assert DISCLAIMER in text
+    assert text.count("plotly.js v") == 1, "plotly.js embedded exactly once"
+    assert text.count('class="plotly-graph-div"') == 7
+    assert "Leakage audit" in text
+    board = pd.read_csv(handmade_study / "leaderboard.csv")
+    assert text.count("<tr") >= len(board) + 1  # header + one row per trial
+
+
+def test_report_cli_errors(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as info:
+        report.main([str(tmp_path / "nope")])
+    assert info.value.code == 2
+
+
+
+def test_demo_autostarts_with_progress(app_env, handmade_study: Path, tmp_path: Path,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without STROKECT_NO_AUTOSTART the demo search starts by itself, reports progress, then shows the study."""
+    import shutil
+
+    import automl.search
+
+    root = tmp_path / "empty_leaderboards"
+    root.mkdir()
+    calls = []
+
+    def fake_run_search(config, *, on_progress=None, **kwargs):  # the real one is tested by automl's tests
+        calls.append(config)
+        on_progress({"event": "phase", "phase": "search", "message": "2 trial(s) to go"})
+        on_progress({"event": "epoch", "trial": 0, "fold": 1, "n_folds": 2, "epoch": 1, "n_epochs": 1,
+                     "val_auc": 0.7, "running_auc": 0.7})
+        on_progress({"event": "trial_end", "trial": 0, "state": "COMPLETE", "value": 0.71, "best": 0.71,
+                     "n_done": 1, "n_total": 2})
+        shutil.copytree(handmade_study, Path(config.out) / config.study)
+        return Path(config.out) / config.study
+
+    monkeypatch.setattr(automl.search, "run_search", fake_run_search)
+    at = app_env(root)
+    monkeypatch.delenv("STROKECT_NO_AUTOSTART")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert len(calls) == 1 and calls[0].preset == "demo" and calls[0].study == "demo"
+    assert Path(calls[0].out) == root
+    assert at.sidebar.selectbox(key="study").value == "demo"  # reran onto the new study
+    at.run()
+    assert len(calls) == 1, "later starts reuse the demo study"
+
+
+def test_typed_study_path(app_env, handmade_study: Path, handmade_study3: Path) -> None:
+    at = app_env(handmade_study.parent)
+    at.run()
+    at.sidebar.selectbox(key="study").set_value("Other folder…").run()
+    assert any("Type the path" in i.value for i in at.info)
+    at.sidebar.text_input(key="study_path").input(str(handmade_study3)).run()
+    assert not at.exception
+    assert at.sidebar.selectbox(key="model").options  # models of the typed study
+    assert "handmade3" in at.title[0].value
+    at.sidebar.text_input(key="study_path").input(str(handmade_study3.parent / "nope")).run()
+    assert any("does not exist" in e.value for e in at.error)

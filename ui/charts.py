@@ -1,0 +1,459 @@
+"""Plotly figure builders for the dashboard and the HTML report.
+
+Every builder is a pure function: plain arrays / DataFrames read from a study folder in, a
+:class:`plotly.graph_objects.Figure` out. Curves come from scikit-learn (``roc_curve``,
+``precision_recall_curve``, ``calibration_curve``, ``confusion_matrix``); calibration error from
+:mod:`automl.metrics`. Nothing here trains a model or reads a file.
+
+Example::
+
+    from ui import charts
+    y, p = charts.binary_series(study.test_predictions("resnet18"), study.classes)
+    charts.roc_chart({"resnet18": (y, p)}).show()
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import plotly.express as px
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+from sklearn.calibration import calibration_curve
+from sklearn.metrics import (
+    auc,
+    average_precision_score,
+    confusion_matrix,
+    precision_recall_curve,
+    roc_auc_score,
+    roc_curve,
+)
+
+from automl import metrics as _metrics
+
+__all__ = [
+    "attribution_figure",
+    "binary_series",
+    "class_count_chart",
+    "confusion_chart",
+    "cv_roc_chart",
+    "distribution_chart",
+    "figure_to_html",
+    "leaderboard_chart",
+    "pr_chart",
+    "reliability_chart",
+    "roc_chart",
+    "sample_grid",
+]
+
+logger = logging.getLogger(__name__)
+
+_PALETTE = px.colors.qualitative.Plotly
+_TEMPLATE = "plotly_white"
+Curves = Mapping[str, tuple[Any, Any]]
+
+
+def _color(i: int) -> str:
+    return _PALETTE[i % len(_PALETTE)]
+
+
+def _rgba(hex_color: str, alpha: float) -> str:
+    h = hex_color.lstrip("#")
+    r, g, b = (int(h[k:k + 2], 16) for k in (0, 2, 4))
+    return f"rgba({r},{g},{b},{alpha})"
+
+
+def _check_binary(name: str, y: Any, score: Any) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(y).astype(int).ravel()
+    score = np.asarray(score, dtype=float).ravel()
+    if y.shape != score.shape:
+        raise ValueError(f"{name!r}: y has {y.size} values but the scores have {score.size}.")
+    if y.size == 0:
+        raise ValueError(f"{name!r}: no predictions.")
+    if not set(np.unique(y)) <= {0, 1}:
+        raise ValueError(f"{name!r}: y must be binary 0/1, found {sorted(set(np.unique(y)))[:5]}.")
+    if not np.isfinite(score).all():
+        raise ValueError(f"{name!r}: scores hold non-finite values.")
+    return y, score
+
+
+def binary_series(
+    predictions: pd.DataFrame, classes: Sequence[str], positive: str | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """One-vs-rest target and score of a prediction table.
+
+    Args:
+        predictions: A table with ``y`` (class index) and ``prob_<class>`` columns.
+        classes: Class names in index order.
+        positive: The class treated as positive; default ``classes[1]`` for binary tasks,
+            ``classes[-1]`` otherwise.
+
+    Returns:
+        ``(y, score)``: ``y`` is 1 where the true class is ``positive``; ``score`` its probability.
+    """
+    classes = list(classes)
+    positive = positive if positive is not None else classes[1 if len(classes) == 2 else -1]
+    if positive not in classes:
+        raise ValueError(f"Unknown positive class {positive!r}; classes are {classes}.")
+    column = f"prob_{positive}"
+    if column not in predictions.columns or "y" not in predictions.columns:
+        raise ValueError(f"Prediction table needs 'y' and {column!r}; found {list(predictions.columns)}.")
+    y = (predictions["y"].to_numpy(dtype=int) == classes.index(positive)).astype(int)
+    return y, predictions[column].to_numpy(dtype=float)
+
+
+# ---------------------------------------------------------------------------- leaderboard
+def leaderboard_chart(leaderboard: pd.DataFrame, *, max_rows: int = 30) -> go.Figure:
+    """CV AUC (mean ± std) of every finished trial and test AUC (95% bootstrap CI) of refitted ones.
+
+    Args:
+        leaderboard: ``leaderboard.csv`` as read by :func:`automl.results.load_study`.
+        max_rows: Show at most this many trials (best rank first).
+
+    Returns:
+        A figure with the traces ``"CV AUC (mean ± std)"`` and, when any test AUC exists,
+        ``"Test AUC (95% CI)"``.
+    """
+    if max_rows < 1:
+        raise ValueError(f"max_rows must be >= 1, got {max_rows}.")
+    board = leaderboard[leaderboard["cv_auc_mean"].notna()].copy()
+    if "rank" in board.columns:
+        board = board.sort_values("rank", kind="stable")
+    board = board.head(max_rows)
+    init = board["init"].astype(str) if "init" in board.columns else pd.Series("?", index=board.index)
+    labels = [f"{m} #{int(t)}" for m, t in zip(board["model"], board["trial"])]
+    std = board["cv_auc_std"].fillna(0.0) if "cv_auc_std" in board.columns else np.zeros(len(board))
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(
+        x=labels, y=board["cv_auc_mean"], mode="markers", name="CV AUC (mean ± std)",
+        error_y=dict(type="data", array=np.asarray(std, dtype=float), visible=True),
+        marker=dict(size=9, color=_color(0)),
+        customdata=np.stack([init, np.asarray(std, dtype=float)], axis=1) if len(board) else None,
+        hovertemplate="%{x}<br>CV AUC %{y:.3f} ± %{customdata[1]:.3f}<br>init %{customdata[0]}<extra></extra>",
+    ))
+    if "test_auc" in board.columns and board["test_auc"].notna().any():
+        test = board[board["test_auc"].notna()]
+        test_labels = [f"{m} #{int(t)}" for m, t in zip(test["model"], test["trial"])]
+        lo = test["test_auc"] - test.get("test_auc_ci_low", test["test_auc"])
+        hi = test.get("test_auc_ci_high", test["test_auc"]) - test["test_auc"]
+        fig.add_trace(go.Scatter(
+            x=test_labels, y=test["test_auc"], mode="markers", name="Test AUC (95% CI)",
+            marker=dict(size=11, symbol="diamond", color=_color(1)),
+            error_y=dict(type="data", symmetric=False, array=hi.fillna(0).to_numpy(float),
+                         arrayminus=lo.fillna(0).to_numpy(float), visible=True),
+            hovertemplate="%{x}<br>test AUC %{y:.3f}<extra></extra>",
+        ))
+    fig.add_hline(y=0.5, line_dash="dot", line_color="grey", annotation_text="chance")
+    fig.update_layout(template=_TEMPLATE, title="AUC by trial", yaxis_title="AUC", xaxis_title="model #trial",
+                      legend=dict(orientation="h", y=1.02, x=0, yanchor="bottom"))
+    fig.update_xaxes(categoryorder="array", categoryarray=labels)
+    return fig
+
+
+# ---------------------------------------------------------------------------- ROC / PR
+def roc_chart(curves: Curves, *, title: str = "ROC curve") -> go.Figure:
+    """ROC curves with the AUC in each legend entry.
+
+    Args:
+        curves: ``{name: (y, score)}`` with binary ``y`` (1 = positive class).
+        title: Figure title.
+
+    Returns:
+        One trace per curve named ``"<name> (AUC 0.873)"`` plus the chance diagonal.
+    """
+    if not curves:
+        raise ValueError("roc_chart needs at least one curve.")
+    fig = go.Figure()
+    for i, (name, (y, score)) in enumerate(curves.items()):
+        y, score = _check_binary(name, y, score)
+        if len(np.unique(y)) < 2:
+            logger.warning("ROC of %s skipped: only one class present", name)
+            continue
+        fpr, tpr, thr = roc_curve(y, score)
+        value = roc_auc_score(y, score)
+        fig.add_trace(go.Scatter(
+            x=fpr, y=tpr, mode="lines", name=f"{name} (AUC {value:.3f})", line=dict(color=_color(i), width=2),
+            customdata=np.clip(thr, 0, 1), hovertemplate="FPR %{x:.3f}<br>TPR %{y:.3f}<br>threshold %{customdata:.3f}",
+        ))
+    if not fig.data:
+        raise ValueError(f"No ROC curve can be drawn: every series of {list(curves)} holds a single class.")
+    _diagonal(fig)
+    fig.update_layout(template=_TEMPLATE, title=title, xaxis_title="False positive rate (1 - specificity)",
+                      yaxis_title="True positive rate (sensitivity)", legend=dict(x=0.55, y=0.05))
+    fig.update_xaxes(range=[0, 1], constrain="domain")
+    fig.update_yaxes(range=[0, 1.02], scaleanchor="x", scaleratio=1)
+    return fig
+
+
+def _diagonal(fig: go.Figure) -> None:
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="chance", showlegend=False,
+                             line=dict(color="grey", dash="dash", width=1), hoverinfo="skip"))
+
+
+def cv_roc_chart(y: Any, score: Any, folds: Any, *, name: str = "model", title: str | None = None) -> go.Figure:
+    """Out-of-fold ROC: one thin curve per fold, the mean curve and a ± 1 std band.
+
+    The mean follows scikit-learn's cross-validated ROC example: each fold's TPR is interpolated on a
+    common FPR grid, then averaged.
+
+    Args:
+        y: Binary targets of the out-of-fold predictions.
+        score: Positive-class probabilities.
+        folds: Fold index of each prediction.
+        name: Model name used in the legend.
+        title: Figure title (default ``"Out-of-fold ROC — <name>"``).
+
+    Returns:
+        Traces ``"fold k (AUC …)"`` per fold, ``"± 1 std"`` and ``"<name> mean (AUC m ± s)"``.
+    """
+    y, score = _check_binary(name, y, score)
+    folds = np.asarray(folds).ravel()
+    if folds.shape != y.shape:
+        raise ValueError(f"folds has {folds.size} values but y has {y.size}.")
+    grid = np.linspace(0, 1, 101)
+    tprs, aucs = [], []
+    fig = go.Figure()
+    for k in np.unique(folds):
+        m = folds == k
+        if len(np.unique(y[m])) < 2:
+            logger.warning("fold %s of %s has one class only: skipped in the ROC", k, name)
+            continue
+        fpr, tpr, _ = roc_curve(y[m], score[m])
+        value = auc(fpr, tpr)
+        aucs.append(value)
+        interp = np.interp(grid, fpr, tpr)
+        interp[0] = 0.0
+        tprs.append(interp)
+        fig.add_trace(go.Scatter(x=fpr, y=tpr, mode="lines", name=f"fold {k} (AUC {value:.3f})",
+                                 line=dict(width=1), opacity=0.45))
+    if not tprs:
+        raise ValueError(f"{name!r}: no fold holds both classes; cannot draw a ROC curve.")
+    mean_tpr = np.mean(tprs, axis=0)
+    mean_tpr[-1] = 1.0
+    std_tpr = np.std(tprs, axis=0)
+    upper, lower = np.minimum(mean_tpr + std_tpr, 1), np.maximum(mean_tpr - std_tpr, 0)
+    band = _rgba(_color(0), 0.2)
+    fig.add_trace(go.Scatter(x=np.r_[grid, grid[::-1]], y=np.r_[upper, lower[::-1]], fill="toself",
+                             fillcolor=band, line=dict(width=0), name="± 1 std", hoverinfo="skip"))
+    fig.add_trace(go.Scatter(x=grid, y=mean_tpr, mode="lines", line=dict(color=_color(0), width=3),
+                             name=f"{name} mean (AUC {auc(grid, mean_tpr):.3f} ± {np.std(aucs):.3f})"))
+    _diagonal(fig)
+    fig.update_layout(template=_TEMPLATE, title=title or f"Out-of-fold ROC — {name}",
+                      xaxis_title="False positive rate", yaxis_title="True positive rate", legend=dict(x=0.55, y=0.05))
+    fig.update_xaxes(range=[0, 1], constrain="domain")
+    fig.update_yaxes(range=[0, 1.02], scaleanchor="x", scaleratio=1)
+    return fig
+
+
+def pr_chart(curves: Curves, *, title: str = "Precision–recall curve") -> go.Figure:
+    """Precision–recall curves with average precision (AP) in each legend entry.
+
+    Args:
+        curves: ``{name: (y, score)}`` with binary ``y``.
+        title: Figure title.
+
+    Returns:
+        One trace per curve named ``"<name> (AP 0.812)"`` plus the prevalence line of the first curve.
+    """
+    if not curves:
+        raise ValueError("pr_chart needs at least one curve.")
+    fig = go.Figure()
+    prevalence = None
+    for i, (name, (y, score)) in enumerate(curves.items()):
+        y, score = _check_binary(name, y, score)
+        if y.sum() == 0:
+            logger.warning("PR of %s skipped: no positive sample", name)
+            continue
+        precision, recall, _ = precision_recall_curve(y, score)
+        ap = average_precision_score(y, score)
+        prevalence = prevalence if prevalence is not None else float(y.mean())
+        fig.add_trace(go.Scatter(x=recall, y=precision, mode="lines", line=dict(color=_color(i), width=2, shape="hv"),
+                                 name=f"{name} (AP {ap:.3f})"))
+    if prevalence is None:
+        raise ValueError(f"No precision-recall curve can be drawn: no series of {list(curves)} has a positive sample.")
+    else:
+        fig.add_hline(y=prevalence, line_dash="dash", line_color="grey",
+                      annotation_text=f"prevalence {prevalence:.2f}")
+    fig.update_layout(template=_TEMPLATE, title=title, xaxis_title="Recall (sensitivity)",
+                      yaxis_title="Precision (PPV)", legend=dict(x=0.02, y=0.05))
+    fig.update_xaxes(range=[0, 1])
+    fig.update_yaxes(range=[0, 1.02])
+    return fig
+
+
+def reliability_chart(curves: Curves, *, n_bins: int = 10, title: str = "Reliability diagram") -> go.Figure:
+    """Reliability diagram (observed frequency vs mean predicted probability) with ECE and Brier.
+
+    Args:
+        curves: ``{name: (y, score)}`` with binary ``y``.
+        n_bins: Number of equal-width probability bins (as for the ECE).
+        title: Figure title.
+
+    Returns:
+        One trace per curve named ``"<name> (ECE 0.041, Brier 0.118)"`` plus the diagonal.
+    """
+    if not curves:
+        raise ValueError("reliability_chart needs at least one curve.")
+    if n_bins < 2:
+        raise ValueError(f"n_bins must be >= 2, got {n_bins}.")
+    fig = go.Figure()
+    for i, (name, (y, score)) in enumerate(curves.items()):
+        y, score = _check_binary(name, y, score)
+        prob_true, prob_pred = calibration_curve(y, score, n_bins=n_bins, strategy="uniform")
+        ece = float(_metrics.expected_calibration_error(y, score, n_bins=n_bins))
+        brier = float(_metrics.brier_score(y, score))
+        fig.add_trace(go.Scatter(x=prob_pred, y=prob_true, mode="lines+markers", line=dict(color=_color(i)),
+                                 name=f"{name} (ECE {ece:.3f}, Brier {brier:.3f})"))
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfect calibration",
+                             line=dict(color="grey", dash="dash", width=1)))
+    fig.update_layout(template=_TEMPLATE, title=title, xaxis_title="Mean predicted probability",
+                      yaxis_title="Observed frequency of the positive class", legend=dict(x=0.02, y=0.98))
+    fig.update_xaxes(range=[0, 1])
+    fig.update_yaxes(range=[0, 1.02])
+    return fig
+
+
+# ---------------------------------------------------------------------------- confusion matrix
+def confusion_chart(y_true: Any, y_pred: Any, classes: Sequence[str], *, title: str = "Confusion matrix") -> go.Figure:
+    """Confusion-matrix heat map: counts and row rates (share of each true class) in every cell.
+
+    Args:
+        y_true: True class indices.
+        y_pred: Predicted class indices.
+        classes: Class names in index order.
+        title: Figure title.
+
+    Returns:
+        A figure with one ``go.Heatmap``; ``z`` holds the row rates, ``customdata`` the counts
+        (rows = true class, columns = predicted class, in ``classes`` order).
+    """
+    classes = [str(c) for c in classes]
+    y_true, y_pred = np.asarray(y_true).astype(int).ravel(), np.asarray(y_pred).astype(int).ravel()
+    if y_true.shape != y_pred.shape:
+        raise ValueError(f"y_true has {y_true.size} values but y_pred has {y_pred.size}.")
+    cm = confusion_matrix(y_true, y_pred, labels=list(range(len(classes))))
+    totals = cm.sum(axis=1, keepdims=True)
+    rates = np.divide(cm, totals, out=np.zeros_like(cm, dtype=float), where=totals > 0)
+    text = [[f"{cm[i, j]}<br>{rates[i, j]:.0%}" for j in range(len(classes))] for i in range(len(classes))]
+    fig = go.Figure(go.Heatmap(
+        z=rates, x=[f"pred {c}" for c in classes], y=[f"true {c}" for c in classes], customdata=cm,
+        text=text, texttemplate="%{text}", textfont=dict(size=16), colorscale="Blues", zmin=0, zmax=1,
+        colorbar=dict(title="row rate"),
+        hovertemplate="%{y} / %{x}<br>count %{customdata}<br>rate %{z:.1%}<extra></extra>",
+    ))
+    fig.update_layout(template=_TEMPLATE, title=title)
+    fig.update_yaxes(autorange="reversed")
+    return fig
+
+
+# ---------------------------------------------------------------------------- data
+def class_count_chart(table: pd.DataFrame, *, label: str = "label", by: str | None = "part") -> go.Figure:
+    """Bar chart of images per class (stacked by ``by``, e.g. the cv/test part, when present).
+
+    Args:
+        table: One row per image (``split.csv`` or ``manifest.csv``).
+        label: Class column.
+        by: Optional column to stack by; ignored when absent.
+    """
+    if label not in table.columns:
+        raise ValueError(f"Column {label!r} not in the table; found {list(table.columns)}.")
+    keys = [label] + ([by] if by and by in table.columns else [])
+    counts = table.groupby(keys, dropna=False).size().reset_index(name="images")
+    fig = px.bar(counts, x=label, y="images", color=keys[1] if len(keys) > 1 else None, text="images",
+                 template=_TEMPLATE, title="Images per class")
+    fig.update_layout(barmode="stack")
+    return fig
+
+
+def distribution_chart(table: pd.DataFrame, column: str, *, by: str = "label", nbins: int = 40,
+                       title: str | None = None) -> go.Figure:
+    """Overlaid histograms of a per-image statistic (intensity mean, sharpness, …) per class."""
+    if column not in table.columns:
+        raise ValueError(f"Column {column!r} not in the table; found {list(table.columns)}.")
+    fig = px.histogram(table, x=column, color=by if by in table.columns else None, nbins=nbins,
+                       barmode="overlay", opacity=0.6, template=_TEMPLATE, title=title or f"{column} per class")
+    return fig
+
+
+def sample_grid(images: Sequence[np.ndarray], titles: Sequence[str], *, ncols: int = 6,
+                title: str = "Samples") -> go.Figure:
+    """Grid of grayscale images (all the same size), one facet per image with its title.
+
+    Args:
+        images: 2-D arrays (uint8 or float in [0, 1]) of identical shape.
+        titles: One title per image.
+        ncols: Images per row.
+        title: Figure title.
+    """
+    if not images:
+        raise ValueError("sample_grid needs at least one image.")
+    if len(titles) != len(images):
+        raise ValueError(f"{len(images)} images but {len(titles)} titles.")
+    if ncols < 1:
+        raise ValueError(f"ncols must be >= 1, got {ncols}.")
+    stack = np.stack([_to_uint8(im) for im in images])
+    fig = px.imshow(stack, facet_col=0, facet_col_wrap=min(ncols, len(images)), binary_string=True,
+                    title=title, facet_col_spacing=0.01, facet_row_spacing=0.06)
+    for annotation in fig.layout.annotations:
+        index = int(annotation.text.split("=")[-1])
+        annotation.text = titles[index]
+    fig.update_xaxes(showticklabels=False)
+    fig.update_yaxes(showticklabels=False)
+    rows = int(np.ceil(len(images) / ncols))
+    fig.update_layout(height=max(250, 170 * rows + 60), margin=dict(l=10, r=10, t=60, b=10))
+    return fig
+
+
+def _to_uint8(image: np.ndarray) -> np.ndarray:
+    image = np.asarray(image)
+    if image.ndim != 2:
+        raise ValueError(f"Expected a 2-D grayscale image, got shape {image.shape}.")
+    if image.dtype == np.uint8:
+        return image
+    return (np.clip(image.astype(float), 0, 1) * 255).round().astype(np.uint8)
+
+
+# ---------------------------------------------------------------------------- attributions
+def attribution_figure(image: np.ndarray, overlays: Mapping[str, np.ndarray], *, mask: np.ndarray | None = None,
+                       scores: Mapping[str, str] | None = None, title: str = "Attributions") -> go.Figure:
+    """Original image next to one attribution overlay per method (or model), with the lesion outline.
+
+    Args:
+        image: The 2-D grayscale input (uint8 or float in [0, 1]).
+        overlays: ``{panel name: RGB uint8 (H, W, 3)}`` from :func:`models.attribution.overlay`.
+        mask: Optional boolean lesion mask (same H, W): drawn as a green outline on every panel.
+        scores: Optional ``{panel name: text}`` appended to the panel title (e.g. localisation score).
+        title: Figure title.
+    """
+    gray = _to_uint8(image)
+    panels = {"original": np.repeat(gray[..., None], 3, axis=2)}
+    for name, rgb in overlays.items():
+        rgb = np.asarray(rgb)
+        if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.shape[:2] != gray.shape:
+            raise ValueError(f"Overlay {name!r} has shape {rgb.shape}; expected {gray.shape + (3,)}.")
+        panels[name] = rgb.astype(np.uint8)
+    if mask is not None and np.asarray(mask).shape != gray.shape:
+        raise ValueError(f"Mask shape {np.asarray(mask).shape} differs from the image shape {gray.shape}.")
+    scores = scores or {}
+    names = [n if n not in scores else f"{n}<br>{scores[n]}" for n in panels]
+    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=names, horizontal_spacing=0.02)
+    for col, rgb in enumerate(panels.values(), start=1):
+        fig.add_trace(go.Image(z=rgb, hoverinfo="skip"), row=1, col=col)
+        if mask is not None and np.asarray(mask).any():
+            fig.add_trace(go.Contour(
+                z=np.asarray(mask, dtype=float), showscale=False, contours=dict(start=0.5, end=0.5, coloring="lines"),
+                colorscale=[[0, "lime"], [1, "lime"]], line=dict(width=2), hoverinfo="skip", name="lesion", showlegend=False,
+            ), row=1, col=col)
+    fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False)
+    fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False)
+    fig.update_layout(template=_TEMPLATE, title=dict(text=title, y=0.98), height=380,
+                      margin=dict(l=10, r=10, t=110, b=10))
+    return fig
+
+
+def figure_to_html(fig: go.Figure, *, include_plotlyjs: bool | str = True, full_html: bool = True) -> str:
+    """Standalone HTML of a figure (plotly.js embedded by default, so it opens offline)."""
+    return fig.to_html(include_plotlyjs=include_plotlyjs, full_html=full_html)

@@ -1,0 +1,792 @@
+"""Live predictions with Gradio: upload a CT slice, get class probabilities, the decision at the
+study's threshold, an attribution overlay and the image the model actually saw.
+
+Run it::
+
+    python app.py                                     # http://127.0.0.1:7860 (GRADIO_SERVER_PORT)
+    GRADIO_SERVER_NAME=0.0.0.0 python app.py          # listen on every interface (a Space does this)
+    python -m ui.gradio_app --study leaderboards/demo --port 7861
+
+Call it from Python (the one-argument call works: window and model have defaults)::
+
+    from gradio_client import Client, handle_file
+    Client("http://127.0.0.1:7860/").predict(handle_file("scan.dcm"), api_name="/predict")
+    # -> {"label": "Stroke", "confidences": [{"label": "Stroke", "confidence": 0.93}, ...]}
+
+One module builds the Blocks (:func:`build_app`); ``app.py`` serves it alone through :func:`launch`
+and the Streamlit dashboard embeds the very same Blocks object. Without any study,
+:func:`launch` first builds the demo study from the synthetic phantom
+(``automl.search.run_search(SearchConfig(preset="demo", study="demo"))``), as the dashboard does.
+
+Endpoints:
+
+* ``/predict`` (public): ``(image, window="<study window>", model="<best model>")`` ->
+  ``{"label", "confidences"}`` (a ``gr.Label`` value). ``label`` is the **decision at the study's
+  threshold** (binary: ``classes[1]`` when ``P(classes[1]) >= threshold``; multiclass: the most
+  probable class), ``confidences`` every class, most probable first. No attribution, so it is fast.
+* ``/analyze`` (public, what the UI runs): ``(image, window, model, method)`` -> label, decision
+  Markdown, attribution overlay, preprocessed image.
+
+What a stranger may upload (``gr.File``: the one input that takes DICOM as well as raster images;
+the file type is judged from the content, so extensionless DICOM works):
+
+=====================================  =========  ==================================================
+input                                  outcome    why
+=====================================  =========  ==================================================
+PNG / JPEG / TIFF / BMP, grey or RGB   accepted   colour -> ITU-R 601 luma (``data.load_image``)
+16-bit PNG / TIFF                      accepted   scaled by 65535 (CT exports are often 16-bit)
+RGBA / LA                              accepted   alpha composited on black (the padding colour)
+CMYK JPEG                              accepted   converted to RGB, then luma
+animated GIF                           accepted   first frame only; the decision panel says so
+DICOM (CT)                             accepted   HU -> the selected window preset
+smaller than 16 px on a side (1x1)     rejected   a 1-pixel image resized to S x S is a constant;
+                                                  any prediction on it would be meaningless
+empty file                             rejected   "empty file"
+truncated / corrupt JPEG or PNG        rejected   the decoder's reason
+text (or anything) named ``.png``      rejected   "not an image"
+more than 50 MP (20000 x 20000 bomb)   rejected   from the header, before any pixel is decoded
+DICOM without pixel data               rejected   the decoder's reason
+unsupported DICOM transfer syntax      rejected   the decoder's reason (names the syntax)
+larger than ``STROKECT_MAX_FILE_MB``   rejected   upload route answers HTTP 413 (``max_file_size``;
+(default 20 MB)                                   ``gradio_client`` refuses before uploading), and
+                                                  the handler checks the size again
+=====================================  =========  ==================================================
+
+Rejections raise ``gr.Error(message)``: a red toast in the UI and ``AppError(message)`` through
+``gradio_client``; the message never contains a server path. Unexpected exceptions are logged with
+their traceback and answered with a generic sentence; the server keeps serving.
+
+Privacy and resources:
+
+* An uploaded file is deleted a few seconds (``_Uploads.grace_seconds``) after the last request
+  using it finishes, whatever the outcome (reference-counted: identical uploads share one path), so re-running with other settings needs the file again (examples stay). Files the
+  browser needs to display (overlay, preprocessed image) and uploads that were never used by a
+  request are removed by Gradio's ``delete_cache`` after 15 minutes, and all on shutdown.
+* The handlers take the raw upload payload (``preprocess=False``) and validate every value
+  themselves; Gradio still checks that the path lies in its upload folder, and the handler
+  additionally refuses anything that is neither an upload nor an example.
+* ``share`` is never used, ``allowed_paths`` is empty, the server binds 127.0.0.1 unless
+  ``GRADIO_SERVER_NAME`` says otherwise.
+* Predictors are loaded once per process and model (a dict guarded by a lock) and shared by all
+  sessions. The queue runs at most :data:`CONCURRENCY_LIMIT` (2) predictions at a time and holds
+  at most :data:`QUEUE_MAX_SIZE` waiting ones. ``torch.set_num_threads`` is lowered to
+  ``cpu_count // CONCURRENCY_LIMIT`` (at least 1) so that two concurrent requests do not
+  oversubscribe the cores: on a 2-vCPU Space each request gets one intra-op thread.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import threading
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "CONCURRENCY_LIMIT",
+    "DISCLAIMER",
+    "MAX_FILE_MB_ENV",
+    "MIN_SIDE",
+    "QUEUE_MAX_SIZE",
+    "InputRejected",
+    "build_app",
+    "decide",
+    "launch",
+    "main",
+    "max_file_bytes",
+    "resolve_server",
+]
+
+logger = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+#: Default folder of studies (``<repo>/leaderboards``).
+DEFAULT_LEADERBOARDS = REPO_ROOT / "leaderboards"
+DISCLAIMER = "Research/teaching only, not for clinical use."
+#: Environment variable holding the upload limit in MB (default :data:`DEFAULT_MAX_FILE_MB`).
+MAX_FILE_MB_ENV = "STROKECT_MAX_FILE_MB"
+DEFAULT_MAX_FILE_MB = 20.0
+#: Smallest accepted image side in pixels (a 1x1 "scan" is rejected, see the module docstring).
+MIN_SIDE = 16
+#: Predictions running at the same time (Gradio queue ``default_concurrency_limit``).
+CONCURRENCY_LIMIT = 2
+#: Requests waiting in the queue before new ones are refused ("queue is full").
+QUEUE_MAX_SIZE = 32
+#: Gradio ``delete_cache`` (every 5 minutes, files older than 15 minutes).
+DELETE_CACHE = (300, 900)
+#: Examples per class taken from the study's test part.
+EXAMPLES_PER_CLASS = 2
+DEFAULT_PORT = 7860
+NO_ATTRIBUTION = "none"
+
+_FILE_TYPES = [".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".dcm", ".dicom"]
+_METHOD_LABELS = {
+    "grad_cam": "Grad-CAM (fastest)",
+    "integrated_gradients": "Integrated gradients",
+    "saliency": "Saliency (input gradient)",
+    "gradient_shap": "Gradient SHAP",
+    "occlusion": "Occlusion (slow)",
+    "attention_rollout": "Attention rollout (ViT)",
+    NO_ATTRIBUTION: "None (prediction only)",
+}
+_GENERIC_FAILURE = "The file could not be analysed (unexpected error, logged on the server). Try another file."
+
+
+class InputRejected(ValueError):
+    """An input that is refused with a user-facing message (no server paths in it)."""
+
+
+# ------------------------------------------------------------------------------------ settings
+def max_file_bytes() -> int:
+    """The upload limit in bytes, from ``$STROKECT_MAX_FILE_MB`` (default 20 MB).
+
+    Raises:
+        ValueError: If the variable is set to something other than a positive number.
+    """
+    raw = os.environ.get(MAX_FILE_MB_ENV, "").strip()
+    if not raw:
+        return int(DEFAULT_MAX_FILE_MB * 1024 * 1024)
+    try:
+        mb = float(raw)
+    except ValueError:
+        raise ValueError(f"{MAX_FILE_MB_ENV} must be a number of megabytes, got {raw!r}.") from None
+    if not math.isfinite(mb) or mb <= 0:
+        raise ValueError(f"{MAX_FILE_MB_ENV} must be a positive number of megabytes, got {raw!r}.")
+    return max(1, int(mb * 1024 * 1024))
+
+
+def resolve_server(server_name: str | None = None, server_port: int | None = None) -> tuple[str, int]:
+    """Host and port to serve on: arguments, else ``GRADIO_SERVER_NAME``/``GRADIO_SERVER_PORT``,
+    else ``127.0.0.1:7860``.
+
+    Raises:
+        ValueError: If the port is not an integer in 1..65535.
+    """
+    name = server_name or os.environ.get("GRADIO_SERVER_NAME") or "127.0.0.1"
+    raw = server_port if server_port is not None else os.environ.get("GRADIO_SERVER_PORT") or DEFAULT_PORT
+    try:
+        port = int(raw)
+    except (TypeError, ValueError):
+        raise ValueError(f"GRADIO_SERVER_PORT / server_port must be an integer, got {raw!r}.") from None
+    if not 0 < port < 65536:
+        raise ValueError(f"GRADIO_SERVER_PORT / server_port must be in 1..65535, got {port}.")
+    return name, port
+
+
+def _limit_torch_threads(concurrency: int) -> None:
+    """Lower torch's intra-op threads so ``concurrency`` requests share the cores (never raise it)."""
+    import torch
+
+    share = max(1, (os.cpu_count() or 1) // max(1, concurrency))
+    if torch.get_num_threads() > share:
+        logger.info("torch.set_num_threads(%d): %d concurrent requests on %s CPUs", share, concurrency,
+                    os.cpu_count())
+        torch.set_num_threads(share)
+
+
+# ---------------------------------------------------------------------------------- predictors
+class _PredictorCache:
+    """Predictors loaded once per process and model folder, shared by every session."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._items: dict[str, Any] = {}
+
+    def get(self, folder: Path) -> Any:
+        key = str(Path(folder).resolve())
+        with self._lock:  # loading is rare; holding the lock makes concurrent first calls load once
+            predictor = self._items.get(key)
+            if predictor is None:
+                from models import load_predictor
+
+                logger.info("Loading predictor %s", folder)
+                predictor = load_predictor(folder)
+                self._items[key] = predictor
+            return predictor
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+
+_PREDICTORS = _PredictorCache()
+
+
+# ------------------------------------------------------------------------------------- study
+@dataclass
+class _StudyView:
+    """What the app needs from a study, read once at build time."""
+
+    study: Any  # automl.results.StudyResults
+    models: list[str]
+    default_model: str
+    default_window: str
+    examples: list[tuple[Path, str]] = field(default_factory=list)
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.study.classes)
+
+    def methods(self, model: str) -> list[str]:
+        """Attribution methods offered for ``model`` (``"none"`` last; only ``"none"`` for classical)."""
+        from models.attribution import applicable_methods
+
+        try:
+            methods = list(applicable_methods(self._registry_name(model)))
+        except ValueError:  # not in the registry (e.g. a renamed folder): offer what any CNN supports
+            methods = []
+        return [*methods, NO_ATTRIBUTION]
+
+    def _registry_name(self, model: str) -> str:
+        try:
+            return str(self.study.card(model).get("model") or model)
+        except Exception:  # noqa: BLE001 - a bad card only costs the method list
+            return model
+
+    def test_metrics(self, model: str) -> dict[str, float]:
+        """Test-part metrics of the refitted ``model`` from the leaderboard (missing ones omitted)."""
+        row = self.study.refit_row(model)
+        out: dict[str, float] = {}
+        if row is None:
+            return out
+        for key in ("test_sensitivity", "test_specificity", "test_auc", "test_balanced_accuracy"):
+            if key in row.index:
+                try:
+                    value = float(row[key])
+                except (TypeError, ValueError):
+                    continue
+                if math.isfinite(value):
+                    out[key] = value
+        return out
+
+
+def _pick_study(study_dir: str | Path | None, leaderboards_root: str | Path) -> Path | None:
+    """The study to serve: ``study_dir`` itself, else the most recently updated one under the root."""
+    if study_dir is not None:
+        return Path(study_dir)
+    from automl.results import list_studies, study_fingerprint
+
+    studies = list_studies(leaderboards_root)
+    if not studies:
+        return None
+    return max(studies, key=study_fingerprint)
+
+
+def _study_examples(study: Any, *, per_class: int = EXAMPLES_PER_CLASS) -> list[tuple[Path, str]]:
+    """A few test-part images of each class (they exist on disk), plus the pydicom CT sample."""
+    out: list[tuple[Path, str]] = []
+    data_dir = study.data_dir
+    if data_dir is not None:
+        try:
+            split = study.split
+        except ValueError as exc:  # StudyError
+            logger.warning("No examples from the study: %s", exc)
+            split = None
+        if split is not None and data_dir.is_dir():
+            test = split[split["part"].astype(str) == "test"]
+            label_col = "label" if "label" in test.columns else None
+            for y, group in test.sort_values("path").groupby("y", sort=True):
+                label = str(group[label_col].iloc[0]) if label_col else study.classes[int(y)]
+                for rel in group["path"].astype(str).head(per_class):
+                    path = data_dir / rel
+                    if path.is_file():
+                        out.append((path, f"{label}: {Path(rel).name}"))
+        elif data_dir is not None and not data_dir.is_dir():
+            logger.warning("The study's data folder %s is gone; no phantom examples.", data_dir)
+    try:
+        from pydicom.data import get_testdata_file
+
+        dicom = get_testdata_file("CT_small.dcm")
+        if dicom:
+            out.append((Path(dicom), "DICOM CT sample (pydicom CT_small.dcm): try the window presets"))
+    except Exception as exc:  # noqa: BLE001 - an optional example
+        logger.debug("pydicom CT sample unavailable: %s", exc)
+    return out
+
+
+def _study_view(study_dir: Path) -> _StudyView:
+    from automl.results import load_study
+
+    study = load_study(study_dir)
+    models = study.refitted_models()
+    if not models:
+        raise ValueError(
+            f"Study {study_dir} has no refitted model (models/<model>/card.json); "
+            "run the search to completion first (python -m automl.search ...)."
+        )
+    best = study.best_model
+    default_model = best if best in models else models[0]
+    from data import WINDOWS
+
+    window = str(study.config.get("window") or "brain")
+    if window not in WINDOWS:
+        window = "brain"
+    return _StudyView(study=study, models=models, default_model=default_model, default_window=window,
+                      examples=_study_examples(study))
+
+
+# ----------------------------------------------------------------------------------- inference
+@dataclass
+class _Analysis:
+    probabilities: dict[str, float]
+    label: str  # the decision at the study threshold (binary) or the most probable class
+    seen: np.ndarray  # uint8 (S, S): the model input
+    overlay: np.ndarray | None
+    decision_md: str
+
+
+def _sanitize(message: str, path: Path, display_name: str) -> str:
+    """Replace server paths in a library message by the user's file name."""
+    for p in {str(path), str(path.resolve()), path.as_posix()}:
+        message = message.replace(p, display_name)
+    return message
+
+
+def _short_reason(reason: str, path: Path, display_name: str) -> str:
+    """A decoder's reason for a visitor: no paths; for DICOM codecs, the syntax but not the plugin list."""
+    reason = _sanitize(reason, path, display_name)
+    if reason.startswith("unreadable DICOM compression") and ": " in reason:
+        reason = reason.split(": ", 1)[0] + "; this server has no decoder for that transfer syntax"
+    return reason if len(reason) <= 240 else reason[:237] + "..."
+
+
+def _peek(path: Path) -> dict[str, Any]:
+    """Cheap header facts of a raster file (format, size, mode, animation); {} for DICOM/unknown."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as im:
+                return {"format": im.format, "size": im.size, "mode": im.mode,
+                        "animated": bool(getattr(im, "is_animated", False))}
+    except Exception:  # noqa: BLE001 - decoding errors are load_image's to report
+        return {}
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None or not math.isfinite(value) else f"{value:.2f}"
+
+
+def decide(classes: Sequence[str], probabilities: Mapping[str, float], threshold: float | None) -> str:
+    """The decision: binary -> ``classes[1]`` when ``P(classes[1]) >= threshold``; otherwise the argmax."""
+    if len(classes) == 2 and threshold is not None:
+        return classes[1] if float(probabilities[classes[1]]) >= threshold else classes[0]
+    return max(classes, key=lambda c: float(probabilities[c]))
+
+
+def _label_payload(probabilities: Mapping[str, float], decision: str) -> dict[str, Any]:
+    """``gr.Label`` value whose headline is the decision at the threshold (not necessarily the argmax)."""
+    ranked = sorted(probabilities.items(), key=lambda kv: kv[1], reverse=True)
+    return {"label": decision, "confidences": [{"label": c, "confidence": float(p)} for c, p in ranked]}
+
+
+def _decision_markdown(view: _StudyView, model: str, probabilities: Mapping[str, float], *, window: str,
+                       image_size: int, notes: Sequence[str]) -> str:
+    classes = view.classes
+    metrics = view.test_metrics(model)
+    lines: list[str] = []
+    if len(classes) == 2:
+        positive = classes[1]
+        threshold = float(view.study.threshold(model))
+        p = float(probabilities[positive])
+        decision = decide(classes, probabilities, threshold)
+        relation = "≥" if p >= threshold else "<"
+        lines.append(f"### Decision: **{decision}**")
+        lines.append(f"P({positive}) = {p:.3f} {relation} threshold {threshold:.3f} (chosen on out-of-fold "
+                     f"predictions of the search, so it can differ from 0.5).")
+        lines.append(f"At this threshold the model had **sensitivity {_fmt(metrics.get('test_sensitivity'))}** "
+                     f"and **specificity {_fmt(metrics.get('test_specificity'))}** on the study's held-out "
+                     f"test part (test AUC {_fmt(metrics.get('test_auc'))}).")
+    else:
+        decision = decide(classes, probabilities, None)
+        lines.append(f"### Decision: **{decision}** (most probable class)")
+        lines.append(f"Test balanced accuracy {_fmt(metrics.get('test_balanced_accuracy'))}, "
+                     f"test AUC {_fmt(metrics.get('test_auc'))} (held-out test part).")
+    lines.append(f"Model `{model}`, input {image_size}×{image_size}, DICOM window `{window}`.")
+    lines.extend(f"- {note}" for note in notes)
+    lines.append(f"_{DISCLAIMER}_")
+    return "\n\n".join(lines)
+
+
+def _to_uint8(image: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(np.asarray(image, dtype=np.float32) * 255.0), 0, 255).astype(np.uint8)
+
+
+def _analyze_file(view: _StudyView, path: Path, *, display_name: str, window: str, model: str,
+                  method: str, explain: bool) -> _Analysis:
+    """Decode, check, predict and (optionally) explain one file. Raises :class:`InputRejected`."""
+    from data import WINDOWS, BadImageError, load_image
+
+    if window not in WINDOWS:
+        raise InputRejected(f"Unknown window preset {window!r}; choose one of {sorted(WINDOWS)}.")
+    if model not in view.models:
+        raise InputRejected(f"Unknown model {model!r}; this study offers {view.models}.")
+    methods = view.methods(model)
+    notes: list[str] = []
+    if explain and methods == [NO_ATTRIBUTION]:  # classical baseline: nothing to attribute, say so
+        if method != NO_ATTRIBUTION:
+            notes.append(f"No attribution map: `{model}` is a classical baseline (no gradients or layers).")
+        explain = False
+    elif explain and method not in methods:
+        raise InputRejected(f"Attribution method {method!r} does not apply to {model}; choose one of {methods}.")
+    try:
+        size = path.stat().st_size
+    except OSError:
+        raise InputRejected(
+            "The uploaded file is no longer on the server (uploads are deleted after each prediction); "
+            "upload it again."
+        ) from None
+    limit = max_file_bytes()
+    if size > limit:
+        raise InputRejected(f"{display_name} is {size / 2**20:.1f} MB; the limit is {limit / 2**20:.0f} MB.")
+    if size == 0:
+        raise InputRejected(f"{display_name} is empty (0 bytes).")
+
+    try:
+        image = load_image(path, window=window)
+    except BadImageError as exc:
+        logger.info("Unreadable upload %s: %s", display_name, exc.reason)
+        raise InputRejected(
+            f"{display_name} cannot be read as an image or DICOM: {_short_reason(exc.reason, path, display_name)}."
+        ) from None
+    height, width = image.shape
+    if min(height, width) < MIN_SIDE:
+        raise InputRejected(f"{display_name} is {width}×{height} px; a CT slice needs at least "
+                            f"{MIN_SIDE} px on each side.")
+    header = _peek(path)  # after load_image: its pixel-count guard has run
+    if header:
+        notes.append(f"Input: {header['format']} {width}×{height}, mode {header['mode']} "
+                     "(raster images are taken as already windowed).")
+        if header.get("animated"):
+            notes.append("Animated image: only the first frame was used.")
+    else:
+        notes.append(f"Input: DICOM {width}×{height}, window `{window}` applied to Hounsfield units.")
+
+    predictor = _PREDICTORS.get(view.study.model_dir(model))
+    try:
+        x = predictor.preprocess(image)  # the training path: resize_pad -> uint8 -> /255
+    except ValueError as exc:  # models.InvalidInputError
+        raise InputRejected(_sanitize(str(exc), path, display_name)) from None
+    probs = predictor.predict_proba(x)[0]
+    probabilities = {str(c): float(p) for c, p in zip(predictor.classes, probs)}
+    if set(probabilities) != set(view.classes):
+        raise RuntimeError(f"Model {model} predicts {sorted(probabilities)}, the study has {view.classes}.")
+    threshold = float(view.study.threshold(model)) if len(view.classes) == 2 else None
+    decision = decide(view.classes, probabilities, threshold)
+    seen = _to_uint8(x.detach().cpu().numpy()[0, 0])
+
+    overlay = None
+    if explain and method != NO_ATTRIBUTION:
+        from models.attribution import explain as explain_fn
+        from models.attribution import overlay as overlay_fn
+
+        att = explain_fn(predictor, x, method=method)
+        overlay = overlay_fn(att.image, att.heatmap, signed=att.signed)
+        colours = "red = for, blue = against" if att.signed else "warm colours = most important"
+        notes.append(f"Attribution: {_METHOD_LABELS.get(method, method)} for class `{att.target_name}` "
+                     f"({colours}; {att.seconds:.2f} s).")
+    md = _decision_markdown(view, model, probabilities, window=window, image_size=predictor.image_size,
+                            notes=notes)
+    return _Analysis(probabilities=probabilities, label=decision, seen=seen, overlay=overlay, decision_md=md)
+
+
+# ------------------------------------------------------------------------------ gradio plumbing
+def _contains(paths: set[str], raw: str) -> bool:
+    """``raw in paths``, tolerant of symlinked temp folders (``/tmp`` -> ``/private/tmp`` on macOS)."""
+    if raw in paths:
+        return True
+    real = os.path.realpath(raw)
+    return any(os.path.realpath(p) == real for p in list(paths))
+
+
+class _Uploads:
+    """Resolve the raw ``gr.File`` payload to a path and delete uploads once no request uses them.
+
+    Gradio stores an upload under a hash of its content, so two clients sending the same file share
+    one path on the server. Deletion is therefore reference-counted per path and deferred by
+    ``grace_seconds``: a file is removed once the last request using it has finished and no new
+    request resolved it during the grace period (which covers a second client whose upload already
+    landed but whose request has not started yet).
+    """
+
+    def __init__(self, blocks: Any, component: Any, *, grace_seconds: float = 5.0) -> None:
+        self.blocks = blocks
+        self.component = component
+        self.grace_seconds = float(grace_seconds)
+        self._lock = threading.Lock()
+        self._in_use: dict[str, int] = {}
+        self._last_resolved: dict[str, float] = {}
+
+    def resolve(self, payload: Any) -> tuple[Path, str] | None:
+        if payload is None:
+            return None
+        if isinstance(payload, Mapping):
+            raw, name = payload.get("path"), payload.get("orig_name")
+        else:  # a plain path string (tests, explicit calls)
+            raw, name = payload, None
+        if not isinstance(raw, str) or not raw:
+            raise InputRejected("No file received.")
+        path = Path(raw)
+        if not (self._is_upload(raw) or self._is_example(raw)):
+            raise InputRejected("This file was not uploaded to this app; upload it again.")
+        with self._lock:
+            key = os.path.realpath(raw)
+            self._in_use[key] = self._in_use.get(key, 0) + 1
+            self._last_resolved[key] = time.monotonic()
+        display = Path(str(name)).name if name else path.name
+        return path, display
+
+    def _is_upload(self, raw: str) -> bool:
+        return _contains(getattr(self.blocks, "upload_file_set", set()), raw)
+
+    def _is_example(self, raw: str) -> bool:
+        return _contains(getattr(self.component, "keep_in_cache", set()), raw)
+
+    def discard(self, path: Path) -> None:
+        """Release a request's hold on an upload; delete it (never an example) when nobody holds it."""
+        key = os.path.realpath(str(path))
+        with self._lock:
+            count = self._in_use.get(key, 0) - 1
+            if count > 0:
+                self._in_use[key] = count
+                return
+            self._in_use.pop(key, None)
+        if self.grace_seconds <= 0:
+            self._delete_if_idle(path, key, since=None)
+            return
+        since = time.monotonic()
+        timer = threading.Timer(self.grace_seconds, self._delete_if_idle, args=(path, key), kwargs={"since": since})
+        timer.daemon = True
+        timer.start()
+
+    def _delete_if_idle(self, path: Path, key: str, *, since: float | None) -> None:
+        with self._lock:
+            if self._in_use.get(key, 0) > 0:
+                return
+            if since is not None and self._last_resolved.get(key, 0.0) > since:
+                return  # resolved again meanwhile: that request's discard schedules the deletion
+            self._last_resolved.pop(key, None)
+        raw = str(path)
+        if self._is_example(raw) or not self._is_upload(raw):
+            return
+        try:
+            path.unlink(missing_ok=True)
+            try:
+                path.parent.rmdir()  # Gradio keeps each upload in its own <hash>/ folder
+            except OSError:
+                pass
+        except OSError as exc:
+            logger.warning("Could not delete upload %s: %s", path.name, exc)
+
+        real = os.path.realpath(raw)
+        for registry in (getattr(self.blocks, "upload_file_set", None), getattr(self.component, "temp_files", None)):
+            if registry is not None:
+                for entry in [p for p in list(registry) if p == raw or os.path.realpath(p) == real]:
+                    registry.discard(entry)
+
+
+def _run(view: _StudyView, uploads: _Uploads, payload: Any, window: str, model: str, method: str, *,
+         explain: bool) -> _Analysis | None:
+    import gradio as gr
+
+    resolved = None
+    try:
+        resolved = uploads.resolve(payload)
+        if resolved is None:
+            return None
+        path, display = resolved
+        return _analyze_file(view, path, display_name=display, window=window, model=model, method=method,
+                             explain=explain)
+    except InputRejected as exc:
+        logger.info("Rejected input: %s", exc)
+        raise gr.Error(str(exc), print_exception=False) from None
+    except gr.Error:
+        raise
+    except Exception:
+        logger.exception("Prediction failed")
+        raise gr.Error(_GENERIC_FAILURE, print_exception=False) from None
+    finally:
+        if resolved is not None:
+            uploads.discard(resolved[0])
+
+
+def build_app(study_dir: str | Path | None = None, *, leaderboards_root: str | Path = DEFAULT_LEADERBOARDS) -> Any:
+    """Build the Gradio Blocks of the live demo (without launching it).
+
+    Args:
+        study_dir: The study folder to serve; ``None`` picks the most recently updated study under
+            ``leaderboards_root``.
+        leaderboards_root: Folder of studies searched when ``study_dir`` is ``None``.
+
+    Returns:
+        A ``gr.Blocks`` with its queue configured. Launch it with :func:`launch` (or, when
+        embedding, ``blocks.launch(max_file_size=max_file_bytes(), prevent_thread_lock=True, ...)``).
+
+    Raises:
+        ValueError: No study found, or the study is unreadable (``automl.results.StudyError``) or has
+            no refitted model.
+    """
+    import gradio as gr
+
+    from data import WINDOWS
+
+    chosen = _pick_study(study_dir, leaderboards_root)
+    if chosen is None:
+        raise ValueError(
+            f"No study under {Path(leaderboards_root)}; run `python -m automl.search --preset demo` "
+            "(or `python app.py`, which builds the demo study) first."
+        )
+    view = _study_view(chosen)
+    _limit_torch_threads(CONCURRENCY_LIMIT)
+    default_methods = view.methods(view.default_model)
+
+    with gr.Blocks(title=f"StrokeCT AutoML: {view.study.name}", delete_cache=DELETE_CACHE,
+                   analytics_enabled=False) as demo:
+        gr.Markdown(
+            f"# StrokeCT AutoML: live prediction\n"
+            f"Study **{view.study.name}** · classes {', '.join(view.classes)} · models: "
+            f"{', '.join(view.models)}.\n\n**{DISCLAIMER}** Uploaded files are deleted after the prediction."
+        )
+        with gr.Row():
+            with gr.Column(scale=1):
+                file_in = gr.File(label="CT slice: PNG, JPEG, TIFF or DICOM", file_types=_FILE_TYPES,
+                                  file_count="single", type="filepath")
+                window_in = gr.Dropdown(choices=list(WINDOWS), value=view.default_window,
+                                        label="DICOM window preset (raster images are already windowed)")
+                model_in = gr.Dropdown(choices=view.models, value=view.default_model,
+                                       label="Model (refitted on the study; default: leaderboard best)")
+                method_in = gr.Dropdown(choices=[(_METHOD_LABELS.get(m, m), m) for m in default_methods],
+                                        value=default_methods[0], label="Attribution method")
+                run_btn = gr.Button("Predict", variant="primary")
+                if view.examples:
+                    before = set(file_in.temp_files)
+                    gr.Examples(examples=[[str(p)] for p, _ in view.examples], inputs=[file_in],
+                                example_labels=[label for _, label in view.examples],
+                                label="Examples (phantom test images of each class, a DICOM CT slice)",
+                                cache_examples=False)
+                    # Gradio copies examples into its cache without protecting them from delete_cache;
+                    # keep them (and never treat them as uploads to delete).
+                    file_in.keep_in_cache.update(set(file_in.temp_files) - before)
+            with gr.Column(scale=1):
+                label_out = gr.Label(label="Class probabilities", num_top_classes=len(view.classes))
+                decision_out = gr.Markdown(f"_{DISCLAIMER}_")
+                with gr.Row():
+                    overlay_out = gr.Image(label="Attribution overlay", format="png", interactive=False)
+                    seen_out = gr.Image(label="What the model saw (preprocessed input)", format="png",
+                                        image_mode="L", interactive=False)
+        api_btn = gr.Button(visible=False)  # carries the one-input /predict API endpoint
+
+        uploads = _Uploads(demo, file_in)
+
+        # Both handlers run with postprocess=False so that the gr.Label headline is the decision at the
+        # study threshold rather than the argmax; images are post-processed here by their components.
+        def image_payload(component: Any, array: np.ndarray | None) -> Any:
+            return None if array is None else component.postprocess(array).model_dump()
+
+        def analyze(image: Any, window: str, model: str, method: str) -> tuple[Any, str, Any, Any]:
+            result = _run(view, uploads, image, window, model, method, explain=True)
+            if result is None:
+                return {}, f"_{DISCLAIMER}_", None, None
+            return (_label_payload(result.probabilities, result.label), result.decision_md,
+                    image_payload(overlay_out, result.overlay), image_payload(seen_out, result.seen))
+
+        def predict(image: Any, window: str = view.default_window, model: str = view.default_model) -> Any:
+            result = _run(view, uploads, image, window, model, NO_ATTRIBUTION, explain=False)
+            if result is None:
+                raise gr.Error("No file received.", print_exception=False)
+            return _label_payload(result.probabilities, result.label)
+
+        def methods_for(model: str) -> Any:
+            if model not in view.models:
+                return gr.update()
+            methods = view.methods(model)
+            return gr.update(choices=[(_METHOD_LABELS.get(m, m), m) for m in methods], value=methods[0])
+
+        gr.on([run_btn.click, file_in.change], analyze, inputs=[file_in, window_in, model_in, method_in],
+              outputs=[label_out, decision_out, overlay_out, seen_out], api_name="analyze",
+              preprocess=False, postprocess=False)
+        api_btn.click(predict, inputs=[file_in, window_in, model_in], outputs=[label_out], api_name="predict",
+                      preprocess=False, postprocess=False)
+        model_in.change(methods_for, inputs=[model_in], outputs=[method_in], api_visibility="private",
+                        preprocess=False)
+
+    demo.queue(default_concurrency_limit=CONCURRENCY_LIMIT, max_size=QUEUE_MAX_SIZE)
+    demo.strokect_study = view.study  # for callers (dashboard) and tests
+    return demo
+
+
+# ------------------------------------------------------------------------------------- launch
+def _ensure_study(study_dir: str | Path | None, leaderboards_root: Path) -> Path:
+    """The study to serve; builds the demo study from the phantom when none exists."""
+    chosen = _pick_study(study_dir, leaderboards_root)
+    if chosen is not None:
+        return chosen
+    from automl.search import SearchConfig, run_search
+
+    logger.info("No study under %s: building the demo study from the synthetic phantom "
+                "(first start only; a few minutes on 2 CPUs)...", leaderboards_root)
+    config = SearchConfig(preset="demo", study="demo", out=str(leaderboards_root))
+    path = Path(run_search(config))
+    logger.info("Demo study ready: %s", path)
+    return path
+
+
+def launch(*, study_dir: str | Path | None = None, server_name: str | None = None,
+           server_port: int | None = None, block: bool = True,
+           leaderboards_root: str | Path = DEFAULT_LEADERBOARDS) -> Any:
+    """Serve the Gradio app (``python app.py``).
+
+    Args:
+        study_dir: The study to serve; ``None``: the latest under ``leaderboards_root``, building the
+            demo study first when there is none.
+        server_name: Host; default ``$GRADIO_SERVER_NAME`` or ``127.0.0.1``.
+        server_port: Port; default ``$GRADIO_SERVER_PORT`` or 7860.
+        block: Block until interrupted (``False``: return once the server is up, e.g. in tests).
+        leaderboards_root: Folder of studies.
+
+    Returns:
+        The launched ``gr.Blocks`` (``.local_url``; call ``.close()`` to stop it).
+    """
+    if block and not logging.getLogger().handlers:  # entry point (python app.py): show progress
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    name, port = resolve_server(server_name, server_port)
+    limit = max_file_bytes()
+    study = _ensure_study(study_dir, Path(leaderboards_root))
+    demo = build_app(study, leaderboards_root=leaderboards_root)
+    view_study = demo.strokect_study
+    best = view_study.best_model
+    if best is not None:  # warm-up: the first visitor should not wait for the checkpoint load
+        try:
+            _PREDICTORS.get(view_study.model_dir(best))
+        except Exception as exc:  # noqa: BLE001 - the request will report it properly
+            logger.warning("Could not preload %s: %s", best, exc)
+    logger.info("Serving study %s on http://%s:%d (upload limit %.0f MB)", view_study.name, name, port,
+                limit / 2**20)
+    demo.launch(server_name=name, server_port=port, share=False, max_file_size=limit, allowed_paths=[],
+                prevent_thread_lock=not block, show_error=False, quiet=not block)
+    return demo
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m ui.gradio_app [--study DIR] [--host H] [--port P]``."""
+    parser = argparse.ArgumentParser(prog="python -m ui.gradio_app", description=__doc__.splitlines()[0])
+    parser.add_argument("--study", type=Path, default=None, help="study folder (default: latest, or build demo)")
+    parser.add_argument("--leaderboards", type=Path, default=DEFAULT_LEADERBOARDS, help="folder of studies")
+    parser.add_argument("--host", default=None, help="default $GRADIO_SERVER_NAME or 127.0.0.1")
+    parser.add_argument("--port", type=int, default=None, help="default $GRADIO_SERVER_PORT or 7860")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    launch(study_dir=args.study, server_name=args.host, server_port=args.port,
+           leaderboards_root=args.leaderboards)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,208 @@
+"""One-click HTML report of a study: the dashboard's key figures and tables in one offline file.
+
+    python -m ui.report leaderboards/demo            # writes leaderboards/demo/report.html
+    python -m ui.report leaderboards/demo -o out.html
+
+Every figure is built by :mod:`ui.charts` from the files of the study folder (read through
+:mod:`automl.results`); plotly.js is embedded once, so the file opens without a network.
+"""
+from __future__ import annotations
+
+import argparse
+import html
+import logging
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+from automl.results import StudyError, StudyResults, load_study
+from ui import charts
+
+__all__ = ["DISCLAIMER", "build_report", "leaderboard_table", "positive_class", "test_curves", "write_report", "main"]
+
+logger = logging.getLogger(__name__)
+
+DISCLAIMER = "Research and teaching only — not for clinical use."
+
+#: Leaderboard columns shown to humans (in this order, when present).
+TABLE_COLUMNS = [
+    "rank", "trial", "model", "init", "state", "cv_auc_mean", "cv_auc_std", "test_auc", "test_auc_ci_low",
+    "test_auc_ci_high", "delong_p", "test_sensitivity", "test_specificity", "test_balanced_accuracy", "test_f1",
+    "test_brier", "test_ece", "subject_auc_mean", "subject_auc_max", "threshold", "lr", "batch_size",
+    "weight_decay", "finetune", "fit_seconds", "refit",
+]
+
+
+def positive_class(study: StudyResults) -> str:
+    """The class treated as positive in one-vs-rest curves: ``classes[1]`` (binary) or the last class."""
+    return study.classes[1] if len(study.classes) == 2 else study.classes[-1]
+
+
+def test_curves(study: StudyResults, models: Sequence[str], positive: str | None = None) -> dict[str, tuple[Any, Any]]:
+    """``{model: (y, score)}`` of the test part for :func:`ui.charts.roc_chart` and friends."""
+    positive = positive or positive_class(study)
+    return {m: charts.binary_series(study.test_predictions(m), study.classes, positive) for m in models}
+
+
+def best_per_architecture(board: pd.DataFrame) -> pd.Index:
+    """Index of the best finished trial (highest CV AUC) of each architecture."""
+    done = board[board["cv_auc_mean"].notna()]
+    if done.empty:
+        return pd.Index([])
+    return pd.Index(done.groupby("model")["cv_auc_mean"].idxmax().to_list())
+
+
+def leaderboard_table(board: pd.DataFrame) -> pd.DataFrame:
+    """The human-facing leaderboard: selected columns, plus ``best`` (★ = best of its architecture)."""
+    columns = [c for c in TABLE_COLUMNS if c in board.columns]
+    table = board[columns].copy()
+    table.insert(min(3, len(columns)), "best", np.where(board.index.isin(best_per_architecture(board)), "★", ""))
+    return table
+
+
+def _fmt(value: Any) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    return f"{value:.3f}" if isinstance(value, float) else html.escape(str(value))
+
+
+def _audit_html(report: dict[str, Any]) -> str:
+    audit = report.get("leakage_audit")
+    if not audit:
+        return "<p class='info'>No leakage audit recorded for this study.</p>"
+    gap = audit.get("gap")
+    flagged = bool(audit.get("flagged")) or (gap is not None and gap > float(audit.get("threshold", 0.05)))
+    css = "bad" if flagged else "good"
+    verdict = "LEAKAGE SUSPECTED: a slice-level split overstates this model" if flagged else "no leakage signal"
+    return (f"<p class='{css}'><b>Leakage audit</b> ({html.escape(str(audit.get('description', '')))}): "
+            f"subject-grouped CV AUC <b>{_fmt(audit.get('grouped_auc'))}</b> vs slice-level CV AUC "
+            f"<b>{_fmt(audit.get('slice_auc'))}</b>, gap {_fmt(gap)} — {verdict}.</p>")
+
+
+def _figures(study: StudyResults) -> list[tuple[str, go.Figure]]:
+    figures: list[tuple[str, go.Figure]] = [("Leaderboard", charts.leaderboard_chart(study.leaderboard))]
+    models = study.refitted_models()
+    best = study.best_model
+    positive = positive_class(study)
+
+    def attempt(title: str, build: Any) -> None:
+        try:
+            figures.append((title, build()))
+        except (StudyError, ValueError) as exc:
+            logger.warning("report: %s skipped: %s", title, exc)
+            figures.append((title, None))  # type: ignore[arg-type]
+
+    if models:
+        attempt(f"ROC on the test part ({positive} vs rest)", lambda: charts.roc_chart(test_curves(study, models)))
+        attempt("Precision–recall on the test part", lambda: charts.pr_chart(test_curves(study, models)))
+        attempt("Reliability on the test part", lambda: charts.reliability_chart(test_curves(study, models)))
+    if best:
+        def oof_roc() -> go.Figure:
+            frame = study.oof_predictions(best)
+            y, p = charts.binary_series(frame, study.classes, positive)
+            return charts.cv_roc_chart(y, p, frame["fold"], name=best)
+
+        attempt(f"Out-of-fold ROC of {best}", oof_roc)
+
+        def confusion() -> go.Figure:
+            frame = study.test_predictions(best)
+            P = frame[[f"prob_{c}" for c in study.classes]].to_numpy(float)
+            if len(study.classes) == 2:
+                thr = study.threshold(best)
+                pred = (P[:, 1] >= thr).astype(int)
+                title = f"Confusion matrix of {best} at threshold {thr:.3f}"
+            else:
+                pred, title = P.argmax(axis=1), f"Confusion matrix of {best} (argmax)"
+            return charts.confusion_chart(frame["y"], pred, study.classes, title=title)
+
+        attempt("Confusion matrix", confusion)
+    attempt("Images per class", lambda: charts.class_count_chart(study.split))
+    return figures
+
+
+def build_report(study: StudyResults | str | Path) -> str:
+    """Build the HTML report of a study.
+
+    Args:
+        study: A loaded study or its folder.
+
+    Returns:
+        A complete HTML document (plotly.js embedded once; opens offline).
+
+    Raises:
+        StudyError: When the study folder cannot be loaded.
+    """
+    if not isinstance(study, StudyResults):
+        study = load_study(study)
+    try:
+        report = study.report
+    except StudyError as exc:
+        logger.warning("report.json unreadable: %s", exc)
+        report = {}
+    cfg = study.config
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>StrokeCT AutoML — {html.escape(study.name)}</title>",
+        "<style>body{font-family:system-ui,sans-serif;max-width:1200px;margin:auto;padding:1em}"
+        "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ddd;padding:3px 6px}"
+        ".bad{background:#f8d7da;padding:.6em}.good{background:#d4edda;padding:.6em}"
+        ".info{background:#e2e3e5;padding:.6em}.warn{color:#842029;font-weight:bold}</style></head><body>",
+        f"<h1>StrokeCT AutoML study: {html.escape(study.name)}</h1>",
+        f"<p class='warn'>{DISCLAIMER}</p>",
+        f"<p>Classes: {html.escape(', '.join(study.classes))}. Data: <code>{html.escape(str(cfg.get('data_dir')))}</code> "
+        f"({_fmt(cfg.get('n_images'))} images, {_fmt(cfg.get('n_subjects'))} subjects, grouping "
+        f"{html.escape(str(cfg.get('subject_source')))}). Preset {html.escape(str(cfg.get('preset')))}, "
+        f"{_fmt(cfg.get('folds'))}-fold grouped CV, image size {_fmt(cfg.get('image_size'))} px, seed {_fmt(cfg.get('seed'))}. "
+        f"Best model: <b>{html.escape(str(study.best_model))}</b>. Generated {time.strftime('%Y-%m-%d %H:%M')}.</p>",
+        _audit_html(report),
+        "<h2>Leaderboard</h2>",
+        leaderboard_table(study.leaderboard).to_html(index=False, float_format=lambda v: f"{v:.3f}", na_rep="–"),
+    ]
+    first = True
+    for title, fig in _figures(study):
+        parts.append(f"<h2>{html.escape(title)}</h2>")
+        if fig is None:
+            parts.append("<p class='info'>Not available for this study (see the log).</p>")
+            continue
+        parts.append(fig.to_html(full_html=False, include_plotlyjs=True if first else False))
+        first = False
+    if study.attribution is not None:
+        parts += ["<h2>Attribution localisation and sanity checks</h2>",
+                  study.attribution.to_html(index=False, float_format=lambda v: f"{v:.3f}", na_rep="–")]
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_report(study_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Write :func:`build_report` to ``out`` (default ``<study_dir>/report.html``) and return the path."""
+    out = Path(out) if out is not None else Path(study_dir) / "report.html"
+    text = build_report(study_dir)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(out)
+    logger.info("report written to %s", out)
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: ``python -m ui.report STUDY_DIR [-o OUT]``."""
+    parser = argparse.ArgumentParser(prog="python -m ui.report", description=__doc__.splitlines()[0])
+    parser.add_argument("study_dir")
+    parser.add_argument("-o", "--out", default=None)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        write_report(args.study_dir, args.out)
+    except StudyError as exc:
+        parser.exit(2, f"error: {exc}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
