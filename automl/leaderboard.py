@@ -93,20 +93,30 @@ os.umask(_UMASK)
 
 
 def atomic_write_text(text: str, path: str | Path) -> Path:
-    """Write ``text`` to ``path`` atomically (temp file in the same folder, fsync, ``os.replace``)."""
+    """Write ``text`` to ``path`` atomically (temp file in the same folder, fsync, ``os.replace``).
+
+    Raises:
+        OSError: The file cannot be written (disk full, read-only file system, permissions). The
+            message names the file, ``cannot write <path>: <reason>``, the ``errno`` is kept, and
+            the temporary file is removed; ``path`` itself is left as it was.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp: str | None = None
     try:
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the usual permissions
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+            os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the usual permissions
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+    except BaseException as exc:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise OSError(exc.errno, f"cannot write {path}: {exc.strerror or exc}", str(path)) from exc
         raise
     return path
 
@@ -363,7 +373,13 @@ def _refit_one(trial: optuna.trial.FrozenTrial, ctx: Any, config: Any, study_dir
 
     model_name = trial.params["model"]
     epochs = refit_epochs(trial)
-    tc = _train_config(trial, epochs=epochs, patience=None)
+    overrides: dict[str, Any] = {}
+    if trial.user_attrs.get("init") == "imagenet":
+        # the CV fits started from ImageNet weights: so must the refit (fail loudly, never fall back)
+        overrides["pretrained"] = "yes"
+        if getattr(config, "weights_dir", None):
+            overrides["weights_dir"] = config.weights_dir
+    tc = _train_config(trial, epochs=epochs, patience=None, **overrides)
     split = ctx.split
     cv, test = split.cv_index, split.test_index
     # fit_fold needs a validation set for its per-epoch bookkeeping; we give it training data (a
@@ -594,6 +610,8 @@ def write_leaderboard(
     values = {**config_json, "out": str(study_dir.parent), "study": config_json.get("study_name")}
     if values.get("data") and not Path(values["data"]).is_dir():
         values["data"] = None  # only needed for a refit, which then reports the missing folder
+    if values.get("weights_dir") and not Path(values["weights_dir"]).is_dir():
+        values["weights_dir"] = None  # only needed for a refit of an ImageNet-initialised trial (which then fails)
     config = SearchConfig.from_dict(values)
     classes = list(config_json["classes"])
     lazy = _LazyContext(config, config_json, ctx)
@@ -759,6 +777,16 @@ def write_leaderboard(
 # ======================================================================================================
 
 
+def _one_line(exc: BaseException) -> str:
+    """An error for the command line: an ``OSError`` as ``<reason>: <file>``, anything else its message."""
+    if isinstance(exc, OSError) and exc.strerror:
+        message = str(exc.strerror)
+        if exc.filename is not None and str(exc.filename) not in message:
+            message += f": {exc.filename}"
+        return message
+    return str(exc)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m automl.leaderboard STUDY``: regenerate a study's leaderboard from its storage."""
     parser = argparse.ArgumentParser(
@@ -786,8 +814,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         storage = JournalStorage(JournalFileBackend(storage))
     try:
         path = write_leaderboard(study_dir, storage=storage, refit=args.refit, audit=args.audit)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (ValueError, OSError) as exc:
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
         return 2
     print(path)
     return 0

@@ -27,7 +27,7 @@ What happens (one study = one folder ``<out>/<study>/``):
    default hyper-parameters (:func:`default_params`, enqueued), so the leaderboard always compares
    all of them; TPE explores from there. Each trial trains one fold after another with :func:`automl.train.fit_fold`
    and reports on one monotone step axis (see :class:`Objective`), so the pruner can stop a poor
-   trial after its first fold.
+   network after its first fold (classical baselines always run every fold).
 4. **Leaderboard** (:func:`automl.leaderboard.write_leaderboard`): best trial per architecture
    refitted on all CV data, scored once on the test part, leakage audit, every file written
    atomically. It can be regenerated from the storage alone with ``python -m automl.leaderboard``.
@@ -149,6 +149,7 @@ class SearchConfig:
     epochs: int | None = None               # epochs per fold (the maximum when search_epochs)
     search_epochs: bool | None = None       # also search epochs in [ceil(epochs/2), epochs]
     pretrained: str | None = None           # ImageNet init: auto (use if available) | yes | no
+    weights_dir: str | None = None          # folder with local ImageNet weights (<timm_name>.safetensors|.pth)
     pruner: str = "median"                  # median | halving | hyperband | none (see make_pruner)
     n_startup_trials: int | None = None     # trials before TPE and the pruner kick in (preset: 2 | 3 | 8)
     # --- evaluation ---
@@ -188,6 +189,11 @@ class SearchConfig:
 
         if self.data is not None:
             need(Path(self.data).expanduser().is_dir(), f"--data {self.data!r} is not a folder")
+        if self.weights_dir is not None:
+            need(isinstance(self.weights_dir, (str, os.PathLike)) and Path(self.weights_dir).expanduser().is_dir(),
+                 f"--weights-dir {self.weights_dir!r} is not a folder (it should hold <timm_name>.safetensors "
+                 "files, e.g. resnet18.safetensors)")
+            self.weights_dir = str(Path(self.weights_dir).expanduser().resolve())
         if self.study is not None:
             need(bool(self.study) and all(c.isalnum() or c in "-_." for c in self.study) and not self.study.startswith("."),
                  f"--study must be a plain name (letters, digits, - _ .), got {self.study!r}")
@@ -214,7 +220,7 @@ class SearchConfig:
                 if self.pretrained == "yes" and info.supports_pretrained and info.timm_name:
                     from models._pretrained import find_pretrained_file, missing_weights_message
 
-                    if find_pretrained_file(info.timm_name) is None:
+                    if find_pretrained_file(info.timm_name, self.weights_dir) is None:
                         raise ValueError(f"--pretrained yes: {missing_weights_message(name, info.timm_name)}")
                 if _is_int(self.image_size) and info.patch_size and self.image_size % info.patch_size:
                     raise ValueError(f"--image-size {self.image_size} is not a multiple of {name}'s patch size "
@@ -342,7 +348,7 @@ def prepare_data(config: SearchConfig, *, data_dir: Path | None = None, manifest
 # search space
 # ======================================================================================================
 
-_PRETRAINED_AVAILABLE: dict[str, bool] = {}
+_PRETRAINED_AVAILABLE: dict[tuple[str, str | None], bool] = {}
 
 
 def _imagenet_possible(model: str, config: SearchConfig) -> bool:
@@ -354,11 +360,13 @@ def _imagenet_possible(model: str, config: SearchConfig) -> bool:
         return False
     if config.pretrained == "yes":
         return True
-    if model not in _PRETRAINED_AVAILABLE:
+    key = (model, config.weights_dir)
+    if key not in _PRETRAINED_AVAILABLE:
         from models._pretrained import find_pretrained_file
 
-        _PRETRAINED_AVAILABLE[model] = bool(info.timm_name) and find_pretrained_file(info.timm_name) is not None
-    return _PRETRAINED_AVAILABLE[model]
+        _PRETRAINED_AVAILABLE[key] = (bool(info.timm_name)
+                                      and find_pretrained_file(info.timm_name, config.weights_dir) is not None)
+    return _PRETRAINED_AVAILABLE[key]
 
 
 def _hint_range(info: Any, key: str, default: tuple[float, float]) -> tuple[float, float]:
@@ -441,7 +449,8 @@ def suggest_config(trial: optuna.trial.BaseTrial, config: SearchConfig, *, max_b
     info = model_zoo.get_model_info(model)
     # "auto" without local weights would warn on every fold; ask for what will actually happen
     pretrained = config.pretrained if _imagenet_possible(model, config) else "no"
-    fixed = dict(model=model, seed=config.seed, device=config.device, pretrained=pretrained, epochs=config.epochs)
+    fixed = dict(model=model, seed=config.seed, device=config.device, pretrained=pretrained, epochs=config.epochs,
+                 weights_dir=config.weights_dir)
     if info.kind == "classical":
         c_low, c_high = _hint_range(info, "C", (1e-3, 1e2))
         c = trial.suggest_float(f"{model}_C", c_low, c_high, log=True)
@@ -449,7 +458,7 @@ def suggest_config(trial: optuna.trial.BaseTrial, config: SearchConfig, *, max_b
         if "gamma" in info.param_space or model == "svm_rbf":
             g_low, g_high = _hint_range(info, "gamma", (1e-4, 1e-1))
             extra["gamma"] = trial.suggest_float(f"{model}_gamma", g_low, g_high, log=True)
-        return TrainConfig(**{**fixed, "pretrained": "no"}, C=c, **extra)
+        return TrainConfig(**{**fixed, "pretrained": "no", "weights_dir": None}, C=c, **extra)
     sizes = [b for b in BATCH_SIZES if b <= max(BATCH_SIZES[0], max_batch_size)]
     params: dict[str, Any] = dict(
         lr=trial.suggest_float("lr", 1e-5, 1e-3, log=True),
@@ -569,7 +578,9 @@ class Objective:
     the fold's final running mean is also reported at its last step ``k * E + E - 1``, so every
     trial that completes fold ``k`` has a value at that step and the pruner compares like with like.
     ``trial.should_prune()`` is asked after every report (inside ``fit_fold``'s callback, which
-    stops the fold). Classical baselines report once per fold (their one "epoch").
+    stops the fold). Classical baselines report once per fold (their one "epoch") but are never
+    pruned: they cost under a second per fold, and the leaderboard exists to show them next to the
+    networks (their values still feed the pruner's statistics at the end of each fold).
 
     User attributes of every trial: ``train_config`` (dict), ``init`` ("imagenet"|"random"),
     ``cv_auc_folds`` (list, also partial for pruned trials), ``cv_auc_mean``, ``cv_auc_std``,
@@ -599,6 +610,11 @@ class Objective:
         for key, empty in (("cv_auc_folds", []), ("best_epochs", []), ("cv_auc_mean", None), ("fit_seconds", 0.0)):
             trial.set_user_attr(key, empty)
         n_epochs_axis = config.epochs  # the stride of the step axis: the maximum epochs per fold
+        import models as model_zoo
+
+        # classical baselines take < 1 s per fold and are the reference the leaderboard exists to show:
+        # they report (for the plots and the pruner's statistics) but are never pruned
+        prunable = model_zoo.get_model_info(train_config.model).kind != "classical"
         folds = ctx.split.folds
         if self.progress:
             self.progress.trial_start(trial.number, train_config.model)
@@ -617,7 +633,7 @@ class Objective:
                 return False
             reported.add(step)
             trial.report(float(value), step)
-            return trial.should_prune()
+            return prunable and trial.should_prune()
 
         guard = _Heartbeat(trial, self.config.heartbeat_interval) if self.heartbeat else _NullContext()
         try:
@@ -851,7 +867,10 @@ def recover_stale_trials(study: optuna.Study, *, grace: float = 180.0) -> list[i
         depth = int(t.user_attrs.get("retry_depth", 0))
         if depth >= MAX_RETRIES or t.number in retried:
             continue
-        study.enqueue_trial(dict(t.params), user_attrs={"retry_of": t.number, "retry_depth": depth + 1})
+        # a worker killed inside suggest_config recorded only some params: the enqueued configuration
+        # (Optuna keeps it in the ``fixed_params`` system attribute) fills in the rest
+        params = {**(t.system_attrs.get("fixed_params") or {}), **t.params}
+        study.enqueue_trial(params, user_attrs={"retry_of": t.number, "retry_depth": depth + 1})
         logger.info("trial %d will be retried with the same parameters", t.number)
         numbers.append(t.number)
     return numbers
@@ -1161,6 +1180,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--group-by", default="auto", help="subject grouping: auto|csv|dicom|filename|phash|none|<groups.csv>")
     p.add_argument("--window", default="brain", help="CT window for DICOM")
     p.add_argument("--pretrained", default=None, help="ImageNet init: auto|yes|no")
+    p.add_argument("--weights-dir", default=None,
+                   help="folder with local ImageNet weights (<timm_name>.safetensors|.pth), searched before "
+                        "$STROKECT_WEIGHTS and the Hugging Face cache")
     p.add_argument("--pruner", default="median", help="median|halving|hyperband|none")
     p.add_argument("--n-startup-trials", type=_positive_int("--n-startup-trials"), default=None,
                    help="random trials before TPE, and before the pruner prunes")
@@ -1218,9 +1240,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as exc:
         logger.warning("%s", exc or "interrupted")
         return 130
-    except ValueError as exc:
-        logger.error("%s", exc)
-        print(f"error: {exc}", file=sys.stderr)
+    except (ValueError, OSError) as exc:
+        from automl.leaderboard import _one_line
+
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
         return 2
     print(study_dir)
     return 0

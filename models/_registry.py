@@ -100,7 +100,9 @@ class ModelInfo:
     def gradcam_layer(self, model: Any) -> Any:
         """The layer Grad-CAM should hook for ``model`` (a :class:`StrokeNet` of this architecture).
 
-        * CNNs: the last convolutional block's activation (before its pooling).
+        * CNNs (``simple_cnn``, ``tiny_cnn``): the activation (before pooling) of the deepest block
+          whose map is at least 16×16 at the model's image size (block 3 at 64 px), see
+          :func:`models.cnn.gradcam_block_index`; the last block would give a 4×4 map at 64 px.
         * ResNet: ``layer4`` (last residual stage, stride 32). EfficientNet: ``bn2`` (the activated
           1x1 ``conv_head`` output, stride 32).
         * ViT: ``blocks[-1].norm1``; its output is a token sequence ``(B, N, D)``: drop the first

@@ -19,7 +19,7 @@ from torch import nn
 from models._common import RANDOM_INIT_MEAN, RANDOM_INIT_STD, StrokeNet, num_outputs
 from models._registry import register_model
 
-__all__ = ["ConvBlock", "SimpleCNN"]
+__all__ = ["GRADCAM_MIN_SIDE", "ConvBlock", "SimpleCNN", "gradcam_block_index"]
 
 _CNN_PARAM_SPACE = {
     "lr": {"low": 3e-4, "high": 3e-3, "log": True},
@@ -110,9 +110,33 @@ def _cnn_head(backbone: SimpleCNN) -> nn.Module:
     return backbone.head
 
 
+#: Smallest side of the Grad-CAM map of the small CNNs (see :func:`_cnn_gradcam_layer`).
+GRADCAM_MIN_SIDE = 16
+
+
+def gradcam_block_index(num_blocks: int, image_size: int, min_side: int = GRADCAM_MIN_SIDE) -> int:
+    """Index of the block whose activation Grad-CAM hooks: the deepest one whose map is at least
+    ``min_side`` pixels wide at ``image_size`` (block ``i`` sees ``image_size / 2**i`` pixels, before
+    its pooling), or the first block when even that is smaller.
+
+    Why not the last block: at the 32–64 px these CNNs are trained on here, the last block of
+    ``simple_cnn`` is 2×2–4×4, too coarse to say where a lesion is (one cell covers a quarter of the
+    brain). With ``min_side=16`` both CNNs use block 3 at 64 px (16×16 map, stride 4), ``simple_cnn``
+    uses block 4 at 128–224 px (16×16–28×28), i.e. still a deep, class-specific layer.
+    """
+    if num_blocks < 1:
+        raise ValueError(f"num_blocks must be >= 1, got {num_blocks}.")
+    index = 0
+    for i in range(num_blocks):
+        if image_size // 2**i >= min_side:
+            index = i
+    return index
+
+
 def _cnn_gradcam_layer(model: Any) -> nn.Module:
     backbone = getattr(model, "backbone", model)
-    return backbone.blocks[-1].act
+    image_size = int(getattr(model, "image_size", 0) or 64)
+    return backbone.blocks[gradcam_block_index(len(backbone.blocks), image_size)].act
 
 
 def _build_cnn(

@@ -127,6 +127,25 @@ def _write_weights(model: Any, path: Path, card: dict[str, Any]) -> None:
         save_numpy({k: np.ascontiguousarray(v) for k, v in model.state_arrays().items()}, str(path), metadata=metadata)
 
 
+def _current_umask() -> int:
+    """The process umask (read without changing it where ``/proc`` allows; else set and restored)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _usual_permissions(path: Path, *, folder: bool = False) -> None:
+    """Give ``path`` the permissions a plain ``open``/``mkdir`` would (``mkdtemp`` and safetensors
+    create 0700 folders / 0600 files, which other users, e.g. a shared dashboard, could not read)."""
+    os.chmod(path, (0o777 if folder else 0o666) & ~_current_umask())
+
+
 def _fsync_file(path: Path) -> None:
     with open(path, "rb") as f:
         os.fsync(f.fileno())
@@ -205,9 +224,11 @@ def save_checkpoint(model: Any, folder: str | Path, *, card: dict[str, Any]) -> 
     if not folder.exists():
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
         try:
+            _usual_permissions(tmp, folder=True)
             _write_weights(model, tmp / WEIGHTS_FILE, full_card)
             (tmp / CARD_FILE).write_text(card_text, encoding="utf-8")
             for name in (WEIGHTS_FILE, CARD_FILE):
+                _usual_permissions(tmp / name)
                 _fsync_file(tmp / name)
             os.replace(tmp, folder)
         except BaseException:
@@ -222,6 +243,8 @@ def save_checkpoint(model: Any, folder: str | Path, *, card: dict[str, Any]) -> 
         try:
             _write_weights(model, tmp_weights, full_card)
             tmp_card.write_text(card_text, encoding="utf-8")
+            _usual_permissions(tmp_weights)
+            _usual_permissions(tmp_card)
             _fsync_file(tmp_weights)
             _fsync_file(tmp_card)
             os.replace(tmp_weights, folder / WEIGHTS_FILE)

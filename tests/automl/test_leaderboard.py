@@ -1,6 +1,8 @@
 """Tests of automl.leaderboard: atomic files, ranking, scoring, regeneration from the storage."""
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import shutil
@@ -66,6 +68,38 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path: Path, monk
         atomic_write_json({"v": 2}, target)
     assert json.loads(target.read_text()) == {"v": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["board.json"]  # the temp file was removed
+
+
+@pytest.mark.parametrize("where", ["fsync", "replace", "mkstemp"])
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS])
+def test_atomic_write_error_names_the_file(where: str, code: int, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "sub" / "leaderboard.csv"
+    atomic_write_text("old\n", target)
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(os if where != "mkstemp" else leaderboard.tempfile, where, fail)
+    with pytest.raises(OSError) as info:
+        atomic_write_text("new\n", target)
+    assert info.value.errno == code
+    assert str(info.value.strerror) == f"cannot write {target}: {os.strerror(code)}"
+    assert info.value.filename == str(target)
+    monkeypatch.undo()
+    assert target.read_text() == "old\n"
+    assert [p.name for p in target.parent.iterdir()] == ["leaderboard.csv"]  # no temp file left
+
+
+def test_atomic_write_passes_keyboard_interrupt_through(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def interrupt(fd: int) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "fsync", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write_text("x", tmp_path / "x.txt")
+    monkeypatch.undo()
+    assert list(tmp_path.iterdir()) == []
 
 
 # ------------------------------------------------------------------------------------------------ trial table
@@ -236,3 +270,42 @@ def test_cli_unknown_study(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     with pytest.raises(SystemExit) as info:
         leaderboard.main(["nope", "--out", str(tmp_path)])
     assert info.value.code == 2 and "nope" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS])
+def test_cli_disk_errors_are_one_line(code: int, lb_study: Path, tmp_path: Path,
+                                      monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    copy = tmp_path / "regen"
+    shutil.copytree(lb_study, copy)
+    lock = copy / ".leaderboard.lock"
+
+    @contextlib.contextmanager
+    def failing_lock(study_dir: Path):  # what open(<lock>, "a+") raises on a read-only file system
+        raise OSError(code, os.strerror(code), str(lock))
+        yield  # pragma: no cover
+
+    monkeypatch.setattr(leaderboard, "_locked", failing_lock)
+    assert leaderboard.main([str(copy), "--no-refit", "--no-audit"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {os.strerror(code)}: {lock}"
+
+
+def test_cli_write_error_is_one_line(lb_study: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    copy = tmp_path / "regen"
+    shutil.copytree(lb_study, copy)
+    before = (copy / "leaderboard.csv").read_bytes()
+    real = os.replace
+
+    def full(src: str, dst: str) -> None:
+        if str(dst).startswith(str(copy)):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real(src, dst)
+
+    monkeypatch.setattr(os, "replace", full)
+    assert leaderboard.main([str(copy), "--no-refit", "--no-audit"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: cannot write ") and err[-1].endswith(": No space left on device")
+    assert str(copy) in err[-1] and not any("Traceback" in line for line in err)
+    assert (copy / "leaderboard.csv").read_bytes() == before
+    assert not list(copy.rglob("*.tmp"))

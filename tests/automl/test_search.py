@@ -98,6 +98,7 @@ def test_config_round_trips_through_dict(tmp_path: Path) -> None:
         ({"seed": -1}, "--seed"),
         ({"group_by": "astrology"}, "--group-by"),
         ({"data": "/no/such/folder"}, "--data"),
+        ({"weights_dir": "/no/such/weights"}, "--weights-dir"),
         ({"study": "../escape"}, "--study"),
         ({"device": "tpu"}, "--device"),
         ({"heartbeat_grace": 10, "heartbeat_interval": 30}, "--heartbeat-grace"),
@@ -162,13 +163,13 @@ def test_suggest_config_space(model: str) -> None:
 
 
 def test_suggest_config_searches_finetune_and_epochs_when_possible(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(search._PRETRAINED_AVAILABLE, "resnet18", True)  # as if ImageNet weights were on disk
+    monkeypatch.setitem(search._PRETRAINED_AVAILABLE, ("resnet18", None), True)  # as if ImageNet weights were on disk
     config = SearchConfig(preset="smoke", models=("resnet18",), pretrained="auto", epochs=6, search_epochs=True)
     trial = optuna.trial.FixedTrial({"model": "resnet18", "lr": 1e-4, "batch_size": 16, "weight_decay": 1e-4,
                                      "aug_strength": 0.3, "finetune": "gradual", "epochs": 4})
     tc = suggest_config(trial, config)
     assert tc.finetune == "gradual" and tc.epochs == 4 and tc.pretrained == "auto"
-    monkeypatch.setitem(search._PRETRAINED_AVAILABLE, "resnet18", False)  # no weights: random init, no finetune
+    monkeypatch.setitem(search._PRETRAINED_AVAILABLE, ("resnet18", None), False)  # no weights: random init, no finetune
     tc = suggest_config(optuna.trial.FixedTrial({k: v for k, v in trial.params.items() if k != "finetune"}), config)
     assert tc.finetune == "full" and tc.pretrained == "no"
 
@@ -423,9 +424,54 @@ def test_resume_with_other_settings_is_refused(smoke_study: Path, tmp_path: Path
         run_search(config, progress_bars=False)
 
 
+def _scripted_fit_fold(bad_lr: float):
+    """A stand-in for ``train.fit_fold`` of a deep model: per-epoch AUC 0.8 (perfect final ranking), or
+    0.2 (inverted ranking) for the configuration with ``lr == bad_lr``; it honours the report callback."""
+    from automl import train
+
+    def fit(X_tr, y_tr, X_va, y_va, *, config, num_classes, report=None):
+        bad = config.lr == pytest.approx(bad_lr)
+        P1 = np.where(y_va == 1, 0.9, 0.1) if not bad else np.where(y_va == 1, 0.1, 0.9)
+        pruned = False
+        for e in range(config.epochs):
+            if report is not None and report(e, {"val_auc": 0.2 if bad else 0.8}):
+                pruned = True
+                break
+        return train.FitResult(model=None, init="random", history=[], best_epoch=0, best_metrics={},
+                               val_probabilities=np.stack([1 - P1, P1], axis=1), fit_seconds=0.01,
+                               images_per_second=1.0, pruned=pruned)
+    return fit
+
+
 def test_pruning_stops_a_bad_configuration_before_its_last_fold(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                                                                 search_cache: Path) -> None:
-    """A configuration trained on flipped labels (deliberately bad) is pruned after its first fold."""
+    """A deep configuration far below the others is pruned after its first fold."""
+    from automl import train
+
+    monkeypatch.setattr(train, "fit_fold", _scripted_fit_fold(bad_lr=1.23e-4))
+    config = _tiny_config(tmp_path, models=("tiny_cnn",), folds=3, n_trials=3, pruner="none", n_startup_trials=2)
+    run_search(config, progress_bars=False)  # three good trials, none pruned
+    study = open_study(config)
+    assert all(t.state == TrialState.COMPLETE for t in study.trials)
+    study.enqueue_trial({"model": "tiny_cnn", "lr": 1.23e-4})
+    run_search(SearchConfig.from_dict({**config.to_dict(), "n_trials": 4, "pruner": "median"}), progress_bars=False)
+    bad = open_study(config).trials[-1]
+    assert bad.params["lr"] == pytest.approx(1.23e-4)
+    assert bad.state == TrialState.PRUNED
+    last_fold_first_step = (config.folds - 1) * config.epochs
+    assert max(bad.intermediate_values) < last_fold_first_step  # stopped before its last fold
+    assert len(bad.user_attrs["cv_auc_folds"]) < config.folds
+    board = pd.read_csv(config.study_dir / "leaderboard.csv")
+    row = board[board["trial"] == bad.number].iloc[0]
+    assert row["state"] == "PRUNED" and row["rank"] == 4
+    assert not (config.study_dir / "predictions" / f"oof_trial_{bad.number:04d}.csv").exists()
+
+
+@pytest.mark.parametrize("pruner", ["median", "halving", "hyperband"])
+def test_classical_baselines_are_never_pruned(pruner: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                              search_cache: Path) -> None:
+    """A logistic regression far below the others (trained on flipped labels) still runs every fold:
+    the classical baseline is what the leaderboard compares the networks against."""
     from automl import train
 
     real = train.fit_fold
@@ -437,21 +483,18 @@ def test_pruning_stops_a_bad_configuration_before_its_last_fold(monkeypatch: pyt
 
     monkeypatch.setattr(train, "fit_fold", sabotage)
     config = _tiny_config(tmp_path, folds=3, n_trials=3, pruner="none", n_startup_trials=2)
-    run_search(config, progress_bars=False)  # three good trials, none pruned
+    run_search(config, progress_bars=False)
     study = open_study(config)
-    assert all(t.state == TrialState.COMPLETE for t in study.trials)
     study.enqueue_trial({"model": "logreg", "logreg_C": 0.0123})
-    run_search(SearchConfig.from_dict({**config.to_dict(), "n_trials": 4, "pruner": "median"}), progress_bars=False)
-    bad = open_study(config).trials[-1]
+    run_search(SearchConfig.from_dict({**config.to_dict(), "n_trials": 4, "pruner": pruner}), progress_bars=False)
+    trials = open_study(config).trials
+    bad = trials[-1]
     assert bad.params["logreg_C"] == pytest.approx(0.0123)
-    assert bad.state == TrialState.PRUNED
-    last_fold_first_step = (config.folds - 1) * config.epochs
-    assert max(bad.intermediate_values) < last_fold_first_step  # stopped before its last fold
-    assert len(bad.user_attrs["cv_auc_folds"]) < config.folds
-    board = pd.read_csv(config.study_dir / "leaderboard.csv")
-    row = board[board["trial"] == bad.number].iloc[0]
-    assert row["state"] == "PRUNED" and row["rank"] == 4
-    assert not (config.study_dir / "predictions" / f"oof_trial_{bad.number:04d}.csv").exists()
+    assert bad.value < min(t.value for t in trials[:-1])  # the pruner would have had every reason
+    assert bad.state == TrialState.COMPLETE
+    assert len(bad.user_attrs["cv_auc_folds"]) == config.folds
+    assert sorted(bad.intermediate_values) == [k * config.epochs + config.epochs - 1 for k in range(config.folds)]
+    assert (config.study_dir / "predictions" / f"oof_trial_{bad.number:04d}.csv").is_file()
 
 
 def _dead_pid() -> int:
@@ -482,6 +525,26 @@ def test_dead_workers_running_trial_is_failed_and_retried(tmp_path: Path, search
     # a second start does not retry it again
     run_search(config, progress_bars=False)
     assert len([t for t in open_study(config).get_trials() if t.user_attrs.get("retry_of") == ghost.number]) == 1
+
+
+def test_retry_keeps_the_enqueued_params_a_killed_worker_had_not_sampled_yet() -> None:
+    """A worker killed inside suggest_config recorded only ``model``: the retry gets the whole queued
+    configuration back (Optuna's ``fixed_params``), not fresh samples for the rest."""
+    study = optuna.create_study(direction="maximize")
+    queued = {"model": "tiny_cnn", "lr": 3.3e-4, "batch_size": 16, "weight_decay": 1e-5, "aug_strength": 0.25}
+    study.enqueue_trial(queued)
+    trial = study.ask()
+    assert trial.suggest_categorical("model", ["tiny_cnn", "logreg"]) == "tiny_cnn"  # ... then kill -9
+    trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": _dead_pid(), "start": None})
+    assert search.recover_stale_trials(study) == [trial.number]
+    (retry,) = study.get_trials(states=(TrialState.WAITING,))
+    assert retry.system_attrs["fixed_params"] == queued
+    assert retry.user_attrs["retry_of"] == trial.number
+    # and the retried trial runs exactly the queued configuration
+    again = study.ask()
+    tc = suggest_config(again, SearchConfig(preset="smoke", models=("tiny_cnn", "logreg"), pretrained="no"),
+                        max_batch_size=64)
+    assert again.params == queued and (tc.lr, tc.batch_size, tc.aug_strength) == (3.3e-4, 16, 0.25)
 
 
 def test_stale_trial_of_another_host_needs_an_old_heartbeat(tmp_path: Path, search_cache: Path) -> None:
@@ -606,3 +669,81 @@ def test_sampler_seeds_differ_between_processes_sharing_a_study() -> None:
     assert len({search.sampler_seed(local, w) for w in range(4)}) == 4
     shared = SearchConfig(preset="smoke", seed=3, storage="sqlite:///x.db")
     assert search.sampler_seed(shared) != 3  # other machines with the same --seed must not collide
+
+
+# ------------------------------------------------------------------------------------------------ local weights
+
+
+@pytest.fixture()
+def no_weights_anywhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Nothing in $STROKECT_WEIGHTS, the Hugging Face cache or the torch hub cache."""
+    empty = tmp_path / "empty-caches"
+    empty.mkdir()
+    monkeypatch.delenv("STROKECT_WEIGHTS", raising=False)
+    monkeypatch.setenv("HF_HUB_CACHE", str(empty / "hf"))
+    monkeypatch.setenv("TORCH_HOME", str(empty / "torch"))
+    search._PRETRAINED_AVAILABLE.clear()
+    return empty
+
+
+@pytest.mark.parametrize("weights_dir", [False, True])
+def test_pretrained_yes_without_weights_fails_before_any_work(weights_dir: bool, no_weights_anywhere: Path,
+                                                              tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from models._pretrained import missing_weights_message
+
+    out = tmp_path / "out"
+    argv = ["--preset", "smoke", "--models", "tiny_cnn,resnet18", "--pretrained", "yes", "--out", str(out)]
+    if weights_dir:
+        argv += ["--weights-dir", str(no_weights_anywhere)]  # a folder, but without resnet18 weights
+    with pytest.raises(SystemExit) as info:
+        search.main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert missing_weights_message("resnet18", "resnet18") in err
+    assert not out.exists()  # nothing scanned, trained or written
+
+
+def test_weights_dir_flag_reaches_the_config(tmp_path: Path) -> None:
+    args = search.build_parser().parse_args(["--weights-dir", str(tmp_path)])
+    assert search.config_from_args(args).weights_dir == str(tmp_path.resolve())
+    assert search.build_parser().parse_args([]).weights_dir is None
+    with pytest.raises(SystemExit):
+        search.main(["--weights-dir", str(tmp_path / "missing"), "--out", str(tmp_path)])
+
+
+def test_search_with_local_weights_dir_uses_imagenet_init(no_weights_anywhere: Path, tmp_path: Path,
+                                                          search_cache: Path) -> None:
+    """Weights saved with timm into --weights-dir: every trial and the refit start from them, and the
+    leaderboard's ``init`` column says so."""
+    import timm
+    from safetensors.torch import save_file
+
+    import models
+
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    save_file({k: v.contiguous() for k, v in timm.create_model("resnet18").state_dict().items()},
+              str(weights / "resnet18.safetensors"))
+    config = SearchConfig(preset="smoke", study="local_weights", out=str(tmp_path / "out"), models=("resnet18",),
+                          n_trials=1, pretrained="yes", weights_dir=str(weights), leakage_audit="none",
+                          phantom_n=60)
+    study_dir = run_search(config, progress_bars=False)
+    (trial,) = open_study(config).trials
+    assert trial.state == TrialState.COMPLETE, trial.user_attrs.get("error")
+    assert trial.user_attrs["init"] == "imagenet"
+    assert trial.user_attrs["train_config"]["weights_dir"] == str(weights.resolve())
+    board = pd.read_csv(study_dir / "leaderboard.csv")
+    assert board["init"].tolist() == ["imagenet"] and board["refit"].tolist() == [True]
+    assert models.load_predictor(study_dir / "models" / "resnet18").card["init"] == "imagenet"
+    assert json.loads((study_dir / "config.json").read_text())["weights_dir"] == str(weights.resolve())
+
+
+def test_cli_os_error_is_one_line(tmp_path: Path, search_cache: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    rc = search.main(["--preset", "smoke", "--models", "logreg", "--n-trials", "1", "--no-refit",
+                      "--leakage-audit", "none", "-q", "--out", str(blocker / "out")])
+    assert rc == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert lines[-1].startswith("error: ") and str(blocker) in lines[-1] and "Not a directory" in lines[-1]
+    assert not any("Traceback" in line for line in lines)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -123,6 +124,24 @@ def test_save_checkpoint_overwrites_in_place_and_keeps_other_files(tmp_path: Pat
     X, _ = _toy_uint8(3)
     np.testing.assert_array_equal(predictor.predict_proba(X), _reference_proba(other, X, 2).astype(np.float64))
     assert not list(tmp_path.glob(".*tmp*"))
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+@pytest.mark.parametrize("name", ["tiny_cnn", "logreg"])
+def test_save_checkpoint_gives_the_usual_permissions(tmp_path: Path, name: str, umask: int) -> None:
+    """Folder 0777 & ~umask, files 0666 & ~umask (as mkdir/open would), not mkdtemp's 0700 or
+    safetensors' 0600: a dashboard running as another user must be able to read the model."""
+    model = _make_model(name, 2, tmp_path)
+    old = os.umask(umask)
+    try:
+        folder = models.save_checkpoint(model, tmp_path / "models" / name, card={"classes": CLASSES})
+        modes = {p.name: p.stat().st_mode & 0o777 for p in folder.iterdir()}
+        assert folder.stat().st_mode & 0o777 == 0o777 & ~umask
+        assert modes == {WEIGHTS_FILE: 0o666 & ~umask, CARD_FILE: 0o666 & ~umask}
+        models.save_checkpoint(model, folder, card={"classes": CLASSES})  # overwrite in place
+        assert {p.name: p.stat().st_mode & 0o777 for p in folder.iterdir()} == modes
+    finally:
+        os.umask(old)
 
 
 @pytest.mark.parametrize(

@@ -332,3 +332,38 @@ def test_classical_errors_before_fit_and_on_bad_state() -> None:
         ClassicalModel.from_state_arrays(state)
     with pytest.raises(ValueError, match="gamma"):
         models.create_model("svm_rbf", num_classes=2, image_size=32, gamma=-1.0)
+
+
+@pytest.mark.parametrize(
+    ("name", "image_size", "block", "side"),
+    [
+        ("simple_cnn", 32, 1, 16),
+        ("simple_cnn", 64, 2, 16),
+        ("simple_cnn", 128, 3, 16),
+        ("simple_cnn", 224, 3, 28),
+        ("simple_cnn", 512, 4, 32),
+        ("tiny_cnn", 16, 0, 16),
+        ("tiny_cnn", 64, 2, 16),
+        ("tiny_cnn", 8, 0, 8),
+    ],
+)
+def test_small_cnn_gradcam_map_is_fine_enough(name: str, image_size: int, block: int, side: int) -> None:
+    """The small CNNs' Grad-CAM layer is the deepest block with a map of at least 16x16 (the last block
+    of simple_cnn is only 4x4 at 64 px: too coarse to localise a lesion)."""
+    info = models.get_model_info(name)
+    model = models.create_model(name, num_classes=2, image_size=image_size).eval()
+    layer = info.gradcam_layer(model)
+    assert layer is model.backbone.blocks[block].act
+    captured: list[torch.Tensor] = []
+    handle = layer.register_forward_hook(lambda mod, inp, out: captured.append(out))
+    with torch.no_grad():
+        model(torch.rand(1, 1, image_size, image_size))
+    handle.remove()
+    assert tuple(captured[-1].shape[2:]) == (side, side)
+
+
+def test_gradcam_block_index_rejects_no_blocks() -> None:
+    from models.cnn import gradcam_block_index
+
+    with pytest.raises(ValueError, match="num_blocks"):
+        gradcam_block_index(0, 64)

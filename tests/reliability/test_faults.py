@@ -155,7 +155,7 @@ def _small_tmpfs(path: Path, size_kb: int) -> Iterator[bool]:
 def _fill(folder: Path) -> Path:
     """Fill the file system of ``folder`` until it reports ENOSPC; return the filler file."""
     filler = folder / "filler.bin"
-    with open(filler, "wb") as fh:
+    with open(filler, "wb", buffering=0) as fh:
         chunk = b"\0" * 65536
         try:
             while True:
@@ -164,7 +164,7 @@ def _fill(folder: Path) -> Path:
         except OSError as exc:
             assert exc.errno == errno.ENOSPC, exc
     with contextlib.suppress(OSError):  # the last page too
-        with open(folder / "filler2.bin", "wb") as fh:
+        with open(folder / "filler2.bin", "wb", buffering=0) as fh:
             while True:
                 fh.write(b"\0" * 512)
                 fh.flush()
