@@ -25,7 +25,8 @@ What happens (one study = one folder ``<out>/<study>/``):
 3. **Search.** One Optuna study (TPE, seeded) maximising the mean CV AUC; the space is
    :func:`suggest_config`. A new study first runs every architecture once at the registry's
    default hyper-parameters (:func:`default_params`, enqueued), so the leaderboard always compares
-   all of them; TPE explores from there. Each trial trains one fold after another with :func:`automl.train.fit_fold`
+   all of them (in the order of ``--models``: the presets list the cheapest first, so a timeout cuts
+   the costly ones, never the baselines); TPE explores from there. Each trial trains one fold after another with :func:`automl.train.fit_fold`
    and reports on one monotone step axis (see :class:`Objective`), so the pruner can stop a poor
    network after its first fold (classical baselines always run every fold).
 4. **Leaderboard** (:func:`automl.leaderboard.write_leaderboard`): best trial per architecture
@@ -111,13 +112,14 @@ PRESETS: dict[str, dict[str, Any]] = {
         phantom_n=120, phantom_difficulty=0.3,
     ),
     "demo": dict(
-        models=("resnet18", "efficientnet_b0", "vit_tiny", "simple_cnn", "tiny_cnn", "logreg"),
+        # cheapest first: the first trial of each model runs in this order, so a timeout cuts the costly ones
+        models=("logreg", "tiny_cnn", "simple_cnn", "vit_tiny", "efficientnet_b0", "resnet18"),
         n_trials=14, timeout=150.0, folds=3, test_size=0.2, image_size=64, epochs=2, search_epochs=False,
         pretrained="auto", leakage_audit="probe", n_startup_trials=3,
         phantom_n=400, phantom_difficulty=0.5,
     ),
     "full": dict(
-        models=("resnet18", "efficientnet_b0", "vit_tiny", "vit_small", "simple_cnn", "tiny_cnn", "logreg", "svm_rbf"),
+        models=("logreg", "svm_rbf", "tiny_cnn", "simple_cnn", "vit_tiny", "efficientnet_b0", "resnet18", "vit_small"),
         n_trials=60, timeout=0.0, folds=5, test_size=0.2, image_size=224, epochs=20, search_epochs=True,
         pretrained="auto", leakage_audit="model", n_startup_trials=8,
         phantom_n=2000, phantom_difficulty=0.6,

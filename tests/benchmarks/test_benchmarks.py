@@ -205,7 +205,7 @@ def test_training_step_tiny_with_variants() -> None:
     assert main["name"] == "training_step.tiny_cnn@32" and main["target"] == "ratio >= 0.95"
     assert main["details"]["gflop_per_image_train_step"] == pytest.approx(
         3 * main["details"]["gflop_per_image_forward"])
-    assert len(main["details"]["ours_epochs_ips"]) == len(main["details"]["baseline_epochs_ips"]) == 2
+    assert len(main["details"]["ours_epochs_ips"]) == len(main["details"]["baseline_epochs_ips"]) == 2 * cfg.rounds
     expected = ["channels_last", "bf16"] + (["all_cores"] if (os.cpu_count() or 1) > threads else [])
     assert [v["name"].rsplit(".", 1)[1] for v in variants] == expected
     assert all(v["meets_target"] is None for v in variants)

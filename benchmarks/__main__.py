@@ -1,0 +1,206 @@
+"""Run the benchmarks, print a table and write ``benchmarks/results.json``.
+
+Run it::
+
+    python -m benchmarks                        # full run (what the README quotes; ~15-25 min on 2 cores)
+    python -m benchmarks --quick                # smaller sizes, a few minutes; CI may run it (never pass/fail on time)
+    python -m benchmarks --only inference --only attributions
+    python -m benchmarks --threads 1 --out /tmp/results.json
+    python -m benchmarks --markdown             # the results file as a Markdown table (runs nothing)
+
+Each benchmark (``benchmarks/<name>.py``) runs our code path and its baseline in this process on the
+same inputs and returns records: ``name, ours, baseline, ratio (= ours / baseline), units, better,
+target, meets_target, details, machine``. The JSON file holds every record plus ``benchmark``,
+``mode`` and ``recorded_at``; with ``--only`` the records of the other benchmarks already in the file
+are kept, so the file always holds the latest figure of every benchmark. A benchmark that fails is
+logged with its traceback and written as one record with ``details.error`` and no figures; the
+exit status is then 1.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import importlib
+import json
+import logging
+import math
+import os
+import sys
+import time
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from benchmarks._common import Record, machine_info, set_threads
+
+__all__ = ["BENCHMARKS", "format_table", "main", "merge_results", "run_benchmarks"]
+
+logger = logging.getLogger("benchmarks")
+
+#: Benchmark names in run order (the Gradio one last: it lowers torch's threads while serving).
+BENCHMARKS = (
+    "input_pipeline",
+    "training_step",
+    "search_efficiency",
+    "frozen_backbone",
+    "inference",
+    "attributions",
+    "live_serving",
+)
+DEFAULT_OUT = Path(__file__).resolve().parent / "results.json"
+SCHEMA_VERSION = 1
+
+
+def run_benchmarks(names: Sequence[str], *, mode: str) -> tuple[list[dict[str, Any]], list[str]]:
+    """Run the named benchmarks in ``mode`` ("full" | "quick"); returns (record dicts, failed names).
+
+    Raises:
+        ValueError: On an unknown benchmark name or mode.
+    """
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown:
+        raise ValueError(f"Unknown benchmark(s) {unknown}; available: {', '.join(BENCHMARKS)}.")
+    if mode not in ("full", "quick"):
+        raise ValueError(f"mode must be 'full' or 'quick', got {mode!r}.")
+    out: list[dict[str, Any]] = []
+    failed: list[str] = []
+    for name in names:
+        stamp = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        t0 = time.perf_counter()
+        logger.info("running %s (%s)...", name, mode)
+        try:
+            module = importlib.import_module(f"benchmarks.{name}")
+            records: list[Record] = module.run(module.settings(mode))
+            dicts = [r.to_dict() for r in records]
+        except Exception as exc:  # noqa: BLE001 - one broken benchmark must not hide the others
+            logger.error("benchmark %s failed:\n%s", name, traceback.format_exc())
+            failed.append(name)
+            dicts = [{
+                "name": f"{name}.error", "ours": None, "baseline": None, "ratio": None, "units": "", "better": "higher",
+                "target": "", "meets_target": None, "details": {"error": f"{type(exc).__name__}: {exc}"[:2000]},
+                "machine": machine_info(),
+            }]
+        seconds = time.perf_counter() - t0
+        for d in dicts:
+            d.update(benchmark=name, mode=mode, recorded_at=stamp, benchmark_seconds=round(seconds, 1))
+        out.extend(dicts)
+        logger.info("%s done in %.0f s", name, seconds)
+    return out, failed
+
+
+def merge_results(path: Path, records: list[dict[str, Any]], ran: Sequence[str]) -> dict[str, Any]:
+    """The results document: ``records`` plus the records of benchmarks not in ``ran`` already in ``path``."""
+    kept: list[dict[str, Any]] = []
+    if path.is_file():
+        try:
+            previous = json.loads(path.read_text())
+            kept = [r for r in previous.get("records", []) if r.get("benchmark") not in set(ran)]
+        except (OSError, ValueError, AttributeError) as exc:
+            logger.warning("Ignoring unreadable %s (%s); writing a new file.", path, exc)
+    order = {name: i for i, name in enumerate(BENCHMARKS)}
+    merged = sorted(kept + records, key=lambda r: order.get(r.get("benchmark"), len(order)))
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "updated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine_info(),
+        "ratio": "ours / baseline, in the record's units; 'better' says which direction of ours is good",
+        "records": merged,
+    }
+
+
+def _write_json(path: Path, document: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(document, indent=2, allow_nan=False) + "\n")
+    os.replace(tmp, path)
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return "-"
+        magnitude = abs(value)
+        if magnitude >= 100:
+            return f"{value:,.0f}"
+        if magnitude >= 1:
+            return f"{value:.2f}"
+        return f"{value:.3g}"
+    return str(value)
+
+
+def format_table(records: list[dict[str, Any]], *, markdown: bool = False) -> str:
+    """A table of the records: name, ours, baseline, ratio, units, target, meets target."""
+    header = ["benchmark", "ours", "baseline", "ratio", "units", "target", "meets"]
+    rows = []
+    for r in records:
+        meets = {True: "yes", False: "NO", None: "-"}[r.get("meets_target")]
+        rows.append([r["name"], _fmt(r.get("ours")), _fmt(r.get("baseline")), _fmt(r.get("ratio")), r.get("units", ""),
+                     r.get("target", ""), meets])
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * 3 + ["---"] * 3) + "|"]
+        lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
+        return "\n".join(lines)
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    widths[5] = min(widths[5], 48)
+    lines = []
+    for row in [header, *rows]:
+        cells = [str(c)[: widths[i]].ljust(widths[i]) if i in (0, 4, 5, 6) else str(c).rjust(widths[i])
+                 for i, c in enumerate(row)]
+        lines.append("  ".join(cells))
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m benchmarks [--quick] [--only NAME ...] [--out PATH] [--threads N] [--markdown]``."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="smaller sizes (a few minutes); figures not for the README")
+    parser.add_argument("--only", action="append", choices=BENCHMARKS, metavar="NAME",
+                        help=f"run only this benchmark (repeatable): {', '.join(BENCHMARKS)}")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"results file (default {DEFAULT_OUT})")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads for every benchmark (default: torch's default, = CPU cores)")
+    parser.add_argument("--markdown", action="store_true",
+                        help="print the results file (--out) as a Markdown table and exit; runs nothing")
+    args = parser.parse_args(argv)
+    if args.markdown:
+        if not args.out.is_file():
+            parser.error(f"no results file at {args.out}; run the benchmarks first")
+        print(format_table(json.loads(args.out.read_text())["records"], markdown=True))  # noqa: T201
+        return 0
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads must be >= 1, got {args.threads}")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("optuna", "httpx", "gradio", "automl", "data", "models", "ui", "timm"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    try:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+    except ImportError:  # pragma: no cover - a hard dependency
+        pass
+    set_threads(args.threads)
+    names = list(dict.fromkeys(args.only)) if args.only else list(BENCHMARKS)
+    mode = "quick" if args.quick else "full"
+    machine = machine_info()
+    logger.info("machine: %s, %d cores, torch %s, %d threads, load %.1f", machine["cpu"], machine["cores"],
+                machine.get("torch"), machine["threads"], machine.get("load_avg_1m") or 0.0)
+    records, failed = run_benchmarks(names, mode=mode)
+    document = merge_results(args.out, records, names)
+    _write_json(args.out, document)
+    print(format_table(records))  # noqa: T201 - the command's output
+    print(f"\nwrote {args.out} ({len(document['records'])} records)")  # noqa: T201
+    if failed:
+        logger.error("failed: %s", ", ".join(failed))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,243 @@
+"""Benchmark 3, search efficiency: TPE + fold-aware pruning vs a paper's grid and vs random search.
+
+A cheap surrogate of a real search, so that it fits on 2 CPU cores: the synthetic phantom
+(``phantom_n`` slices, labels per subject, ``difficulty``) at ``image_size`` px, ``folds``-fold
+grouped CV, ``epochs`` epochs per fold, architectures ``models``. For each seed (the seed drives the
+phantom, the split, every fit and the samplers) three searches run on the same data and folds, all
+through the product's :class:`automl.search.Objective` (every trial trains every fold):
+
+* **grid** (what a paper runs): every ``lr`` x ``batch_size`` of the grid for each deep model
+  (``weight_decay`` 1e-4, ``aug_strength`` 0.5 fixed) and every ``C`` of the grid for the classical
+  ones, all folds to the end (Optuna ``NopPruner``, the points enqueued in order);
+* **random** without pruning: ``RandomSampler(seed)`` + ``NopPruner`` for ``n_trials`` trials;
+* **ours**: :func:`automl.search.make_sampler` (multivariate TPE) + :func:`automl.search.make_pruner`
+  (``median`` on the fold-aware step axis) with the per-architecture default trials enqueued first,
+  exactly as :func:`automl.search.run_search` does, for ``n_trials`` trials.
+
+Before the three searches of a seed, one untimed fit per architecture warms the process up (first
+calls allocate, import and initialise), so that no search pays for that.
+
+Compute is counted as **image-passes**: training images x epochs actually run, summed over every
+``fit_fold`` call (pruning stops a fold early and skips the remaining folds); a classical fit counts
+one pass. Wall seconds of the ``fit_fold`` calls are reported next to it.
+
+The figure: compute each search spends until its first *complete* trial whose CV AUC is within
+``tolerance`` (0.01) of the grid's best CV AUC on the same seed, against the compute of the whole
+grid (the grid has to run to the end to know its best). Pooled over seeds (sum of compute to reach /
+sum of grid compute); per-seed values in ``details``. A search that never gets there within its
+budget is charged its whole budget and flagged (``reached`` false), and then fails the target.
+
+Run alone: ``python -m benchmarks --only search_efficiency``.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import statistics
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks._common import Record, make_record
+
+__all__ = ["Settings", "count_compute", "run", "settings"]
+
+logger = logging.getLogger(__name__)
+
+NAME = "search_efficiency"
+
+
+@dataclass
+class Settings:
+    seeds: tuple[int, ...] = (0, 1, 2)
+    models: tuple[str, ...] = ("tiny_cnn", "simple_cnn", "logreg")
+    lr_grid: tuple[float, ...] = (1e-5, 1e-4, 1e-3)
+    batch_grid: tuple[int, ...] = (16, 32)
+    c_grid: tuple[float, ...] = (1e-3, 1e-1, 10.0)
+    n_trials: int = 12  # budget of random search and of ours
+    n_startup_trials: int = 3
+    phantom_n: int = 120
+    difficulty: float = 0.6
+    image_size: int = 32
+    folds: int = 3
+    epochs: int = 2
+    tolerance: float = 0.01
+
+
+def settings(mode: str) -> Settings:
+    """``"full"`` or ``"quick"`` settings (quick: one seed, two models, a 5-point grid)."""
+    if mode == "full":
+        return Settings()
+    if mode == "quick":
+        return Settings(seeds=(0,), models=("tiny_cnn", "logreg"), lr_grid=(1e-4, 1e-3), batch_grid=(16,),
+                        c_grid=(1e-2, 1.0), n_trials=4, n_startup_trials=2, phantom_n=60, folds=2, epochs=1)
+    raise ValueError(f"mode must be 'full' or 'quick', got {mode!r}.")
+
+
+@contextlib.contextmanager
+def count_compute(counter: dict[str, float]) -> Iterator[dict[str, float]]:
+    """Count ``image_passes`` and ``seconds`` of every :func:`automl.train.fit_fold` call inside the block.
+
+    ``automl.search.Objective`` looks ``train.fit_fold`` up at call time, so wrapping the module
+    attribute sees every fold of every trial.
+    """
+    from automl import train
+
+    original = train.fit_fold
+
+    def counting(X_train: Any, y_train: Any, X_val: Any, y_val: Any, **kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        result = original(X_train, y_train, X_val, y_val, **kwargs)
+        counter["seconds"] += time.perf_counter() - t0
+        counter["image_passes"] += len(X_train) * max(1, len(result.history))
+        return result
+
+    train.fit_fold = counting
+    try:
+        yield counter
+    finally:
+        train.fit_fold = original
+
+
+def _grid_points(cfg: Settings) -> list[dict[str, Any]]:
+    import models
+
+    points: list[dict[str, Any]] = []
+    for name in cfg.models:
+        if models.get_model_info(name).kind == "classical":
+            points += [{"model": name, f"{name}_C": float(c)} for c in cfg.c_grid]
+        else:
+            points += [{"model": name, "lr": float(lr), "batch_size": int(bs), "weight_decay": 1e-4,
+                        "aug_strength": 0.5} for lr in cfg.lr_grid for bs in cfg.batch_grid]
+    return points
+
+
+def _run_study(kind: str, search_cfg: Any, ctx: Any, study_dir: Path, cfg: Settings) -> dict[str, Any]:
+    """One search; returns its trial log: (state, value, cumulative image-passes, cumulative seconds)."""
+    import optuna
+
+    from automl import search
+
+    if kind == "grid":
+        sampler, pruner = optuna.samplers.RandomSampler(seed=search_cfg.seed), optuna.pruners.NopPruner()
+        enqueue, n_trials = _grid_points(cfg), None
+    elif kind == "random":
+        sampler, pruner = optuna.samplers.RandomSampler(seed=search_cfg.seed), optuna.pruners.NopPruner()
+        enqueue, n_trials = [], cfg.n_trials
+    else:
+        sampler, pruner = search.make_sampler(search_cfg), search.make_pruner(search_cfg)
+        max_batch = min(len(tr) for tr, _ in ctx.split.folds)
+        enqueue = [search.default_params(m, search_cfg, max_batch_size=max_batch) for m in search_cfg.models]
+        enqueue, n_trials = enqueue[: cfg.n_trials], cfg.n_trials
+    study = optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)
+    for params in enqueue:
+        study.enqueue_trial(params)
+    if n_trials is None:
+        n_trials = len(enqueue)
+    objective = search.Objective(search_cfg, ctx, study_dir / kind, heartbeat=False)
+    counter = {"image_passes": 0.0, "seconds": 0.0}
+    log: list[dict[str, Any]] = []
+
+    def record(study: Any, trial: Any) -> None:
+        log.append({"trial": trial.number, "state": trial.state.name, "value": trial.value,
+                    "model": trial.params.get("model"), "image_passes": counter["image_passes"],
+                    "seconds": counter["seconds"]})
+
+    with count_compute(counter):
+        study.optimize(objective, n_trials=n_trials, callbacks=[record], catch=(Exception,))
+    failed = [t for t in log if t["state"] == "FAIL"]
+    if failed:
+        logger.warning("%s search: %d failed trial(s)", kind, len(failed))
+    return {"log": log, "image_passes": counter["image_passes"], "seconds": counter["seconds"]}
+
+
+def _warm_up(search_cfg: Any, ctx: Any) -> None:
+    """One untimed fit per architecture, so that no search pays the first-call costs of the process."""
+    import optuna
+
+    from automl import search, train
+
+    tr, va = ctx.split.folds[0]
+    max_batch = min(len(t) for t, _ in ctx.split.folds)
+    for name in search_cfg.models:
+        params = search.default_params(name, search_cfg, max_batch_size=max_batch)
+        config = search.suggest_config(optuna.trial.FixedTrial(params), search_cfg, max_batch_size=max_batch)
+        train.fit_fold(ctx.X[tr], ctx.y[tr], ctx.X[va], ctx.y[va], config=config, num_classes=ctx.num_classes)
+
+
+def _reach(log: list[dict[str, Any]], threshold: float) -> tuple[bool, float, float]:
+    """Compute spent until the first complete trial with value >= threshold (or the whole budget)."""
+    for entry in log:
+        if entry["state"] == "COMPLETE" and entry["value"] is not None and entry["value"] >= threshold:
+            return True, entry["image_passes"], entry["seconds"]
+    last = log[-1] if log else {"image_passes": math.nan, "seconds": math.nan}
+    return False, last["image_passes"], last["seconds"]
+
+
+def run(cfg: Settings) -> list[Record]:
+    """Run the three searches for every seed; returns the ours-vs-grid and random-vs-grid records."""
+    from automl import search
+
+    per_seed: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="bench-search-") as tmp:
+        for seed in cfg.seeds:
+            search_cfg = search.SearchConfig(
+                preset="smoke", study=f"bench_{seed}", out=tmp, models=tuple(cfg.models), n_trials=cfg.n_trials,
+                timeout=0.0, folds=cfg.folds, epochs=cfg.epochs, search_epochs=False, image_size=cfg.image_size,
+                pretrained="no", pruner="median", n_startup_trials=cfg.n_startup_trials, phantom_n=cfg.phantom_n,
+                phantom_difficulty=cfg.difficulty, seed=seed, device="cpu", leakage_audit="none", refit=False,
+            )
+            ctx = search.prepare_data(search_cfg)
+            _warm_up(search_cfg, ctx)
+            runs = {kind: _run_study(kind, search_cfg, ctx, Path(tmp) / f"seed{seed}", cfg)
+                    for kind in ("grid", "random", "ours")}
+            grid_values = [t["value"] for t in runs["grid"]["log"] if t["state"] == "COMPLETE"]
+            if not grid_values:
+                raise RuntimeError(f"seed {seed}: no grid trial completed")
+            best = max(grid_values)
+            entry: dict[str, Any] = {"seed": seed, "grid_best_auc": best, "grid_trials": len(runs["grid"]["log"]),
+                                     "grid_image_passes": runs["grid"]["image_passes"],
+                                     "grid_seconds": runs["grid"]["seconds"]}
+            for kind in ("random", "ours"):
+                reached, passes, seconds = _reach(runs[kind]["log"], best - cfg.tolerance)
+                log = runs[kind]["log"]
+                entry[kind] = {
+                    "reached": reached, "image_passes_to_reach": passes, "seconds_to_reach": seconds,
+                    "fraction_of_grid": passes / runs["grid"]["image_passes"],
+                    "total_image_passes": runs[kind]["image_passes"], "total_seconds": runs[kind]["seconds"],
+                    "best_auc": max((t["value"] for t in log if t["state"] == "COMPLETE"), default=None),
+                    "trials": len(log), "pruned": sum(t["state"] == "PRUNED" for t in log),
+                }
+            per_seed.append(entry)
+            logger.info("seed %d: grid best %.3f; ours %.2f, random %.2f of the grid's image-passes", seed, best,
+                        entry["ours"]["fraction_of_grid"], entry["random"]["fraction_of_grid"])
+
+    grid_total = sum(e["grid_image_passes"] for e in per_seed)
+    common = {
+        "seeds": list(cfg.seeds), "models": list(cfg.models), "lr_grid": list(cfg.lr_grid),
+        "batch_grid": list(cfg.batch_grid), "c_grid": list(cfg.c_grid), "n_trials": cfg.n_trials,
+        "phantom_n": cfg.phantom_n, "difficulty": cfg.difficulty, "image_size": cfg.image_size, "folds": cfg.folds,
+        "epochs": cfg.epochs, "tolerance": cfg.tolerance, "per_seed": per_seed,
+        "grid_seconds_total": sum(e["grid_seconds"] for e in per_seed),
+    }
+    records = []
+    for kind, label in (("ours", "tpe_pruning"), ("random", "random_no_pruning")):
+        reach = sum(e[kind]["image_passes_to_reach"] for e in per_seed)
+        all_reached = all(e[kind]["reached"] for e in per_seed)
+        fractions = [e[kind]["fraction_of_grid"] for e in per_seed]
+        details = {**common,
+                   "seeds_reached": sum(e[kind]["reached"] for e in per_seed),
+                   "median_fraction_of_grid": statistics.median(fractions),
+                   "seconds_to_reach_total": sum(e[kind]["seconds_to_reach"] for e in per_seed)}
+        records.append(make_record(
+            f"{NAME}.{label}_vs_grid", ours=reach, baseline=grid_total, units="image-passes", better="lower",
+            target="ratio <= 0.30 of the grid's compute, every seed within 0.01 AUC of the grid's best"
+            if kind == "ours" else "reference (no target): random search without pruning",
+            meets_target=(all_reached and reach / grid_total <= 0.30) if kind == "ours" else None,
+            details=details,
+        ))
+    return records
