@@ -17,9 +17,10 @@ What happens (one study = one folder ``<out>/<study>/``):
 
 1. **Data.** ``--data DIR`` is scanned with :func:`data.scan_folder` (bad files reported, never fatal);
    without ``--data`` the synthetic phantom of :func:`data.phantom.default_dataset` is used, generated
-   once with ``label_level="subject"`` (every slice of a stroke patient is labelled stroke, as in
-   public slice datasets), so that the leakage audit and the subject-level metrics have something
-   real to show. Images are decoded once into the array cache (:func:`data.load_arrays`).
+   once per setting. ``smoke`` and ``full`` label it per subject (every slice of a stroke patient is
+   labelled stroke, as in public slice datasets); ``demo`` labels per slice at an easier difficulty so
+   that a 3-epoch model learns the lesion itself within the time budget. Either way neighbouring
+   slices of a patient are near-duplicates, so the leakage audit has something real to show. Images are decoded once into the array cache (:func:`data.load_arrays`).
 2. **Split** (:func:`automl.split.make_split`): an untouched, subject-grouped, stratified test part,
    then ``StratifiedGroupKFold`` on the rest. Written to ``split.csv``.
 3. **Search.** One Optuna study (TPE, seeded) maximising the mean CV AUC; the space is
@@ -109,20 +110,22 @@ PRESETS: dict[str, dict[str, Any]] = {
         models=("simple_cnn", "tiny_cnn", "logreg"),
         n_trials=4, timeout=120.0, folds=2, test_size=0.25, image_size=32, epochs=1, search_epochs=False,
         pretrained="no", leakage_audit="probe", n_startup_trials=2,
-        phantom_n=120, phantom_difficulty=0.3,
+        phantom_n=120, phantom_difficulty=0.3, phantom_label_level="subject",
     ),
     "demo": dict(
         # cheapest first: the first trial of each model runs in this order, so a timeout cuts the costly ones
         models=("logreg", "tiny_cnn", "simple_cnn", "vit_tiny", "efficientnet_b0", "resnet18"),
-        n_trials=14, timeout=150.0, folds=3, test_size=0.2, image_size=64, epochs=2, search_epochs=False,
+        # slice-level labels at difficulty 0.3: the lesion is learnable in 3 epochs, so the models differ on
+        # the test part; neighbouring slices of a patient are near-duplicates, so the audit still shows the leak
+        n_trials=14, timeout=200.0, folds=3, test_size=0.2, image_size=64, epochs=3, search_epochs=False,
         pretrained="auto", leakage_audit="probe", n_startup_trials=3,
-        phantom_n=400, phantom_difficulty=0.5,
+        phantom_n=400, phantom_difficulty=0.3, phantom_label_level="slice",
     ),
     "full": dict(
         models=("logreg", "svm_rbf", "tiny_cnn", "simple_cnn", "vit_tiny", "efficientnet_b0", "resnet18", "vit_small"),
         n_trials=60, timeout=0.0, folds=5, test_size=0.2, image_size=224, epochs=20, search_epochs=True,
         pretrained="auto", leakage_audit="model", n_startup_trials=8,
-        phantom_n=2000, phantom_difficulty=0.6,
+        phantom_n=2000, phantom_difficulty=0.6, phantom_label_level="subject",
     ),
 }
 
@@ -142,8 +145,8 @@ class SearchConfig:
     group_by: str = "auto"                  # subject grouping: auto|csv|dicom|filename|phash|none|<groups.csv>
     window: str = "brain"                   # CT window for DICOM: brain|stroke|subdural|bone
     phantom_n: int | None = None            # phantom slices when no --data (preset: 120 | 400 | 2000)
-    phantom_difficulty: float | None = None  # phantom contrast-to-noise knob, 0..1 (preset: 0.3 | 0.5 | 0.6)
-    phantom_label_level: str = "subject"    # phantom labels per "subject" (realistic, shows leakage) or "slice"
+    phantom_difficulty: float | None = None  # phantom contrast-to-noise knob, 0..1 (preset: 0.3 | 0.3 | 0.6)
+    phantom_label_level: str | None = None  # phantom labels per "subject" or "slice" (preset: subject | slice | subject)
     # --- search space and budget ---
     models: tuple[str, ...] | None = None   # architectures to compare (registry names)
     n_trials: int | None = None             # finished (complete+pruned) trials the study should hold
@@ -1199,7 +1202,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="leaderboards", help="parent folder of the study folder")
     p.add_argument("--phantom-n", type=_positive_int("--phantom-n"), default=None, help="phantom size without --data")
     p.add_argument("--phantom-difficulty", type=_float("--phantom-difficulty"), default=None)
-    p.add_argument("--phantom-label-level", default="subject", help="subject|slice")
+    p.add_argument("--phantom-label-level", default=None, help="subject|slice (default: preset's)")
     p.add_argument("--heartbeat-interval", type=_positive_int("--heartbeat-interval"), default=30)
     p.add_argument("--heartbeat-grace", type=_positive_int("--heartbeat-grace"), default=180)
     p.add_argument("-v", "--verbose", action="count", default=0, help="more log lines (-vv: debug)")
