@@ -209,7 +209,9 @@ def _pil_to_gray(im: Any, path: str | None) -> np.ndarray:
     if mode == "1":
         return np.asarray(im, dtype=np.float32)
     if mode == "L":
-        return np.asarray(im).astype(np.float32) / np.float32(255.0)
+        gray = np.asarray(im).astype(np.float32)
+        gray /= np.float32(255.0)  # in place: no second full-size temporary
+        return gray
     if mode in ("LA", "La"):
         arr = np.asarray(im.convert("LA")).astype(np.float32) / np.float32(255.0)
         return arr[..., 0] * arr[..., 1]
@@ -234,9 +236,12 @@ def _decode_pil_image(im: Any, path: str | None) -> np.ndarray:
     except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, zlib/struct errors...
         raise BadImageError(f"truncated or corrupt image data ({exc})", path) from None
     try:
-        transposed = ImageOps.exif_transpose(im)
-        if transposed is not None:
-            im = transposed
+        # exif_transpose copies the whole image even when there is nothing to rotate: only call it
+        # for an orientation other than 1 (normal); PIL's load() above was the one and only decode.
+        if im.getexif().get(0x0112, 1) not in (1, None):  # 0x0112: EXIF Orientation
+            transposed = ImageOps.exif_transpose(im)
+            if transposed is not None:
+                im = transposed
     except Exception as exc:  # a broken EXIF block must not lose an otherwise good image
         logger.debug("Ignoring unreadable EXIF orientation of %s: %s", path, exc)
     try:

@@ -46,7 +46,10 @@ prediction, and the heat map is S x S of the preprocessed image, which is return
 Targets: ``None`` explains the predicted class; an int is a class index; a string is a class name,
 or ``"positive"`` / ``"negative"`` for a binary model. Binary models output one logit ``z``; the
 positive class is explained through ``z`` and the negative class through ``-z`` (the logit of the
-negative class), so both directions are meaningful.
+negative class), so both directions are meaningful. The target and its probability come from the
+model's output in the forward pass the method itself makes (no separate inference pass for
+Grad-CAM, saliency, occlusion and attention rollout, whose first pass is on the image itself;
+integrated gradients and gradient SHAP start on interpolated images and need one more pass).
 
 Resources: the model's own device is used (GPU when the model lives there); the model is put in
 ``eval()`` and its parameters stop requiring gradients for the duration of the call (only input or
@@ -119,7 +122,7 @@ class Attribution:
         target: Class index that was explained.
         target_name: Class name of ``target``.
         method: The method name (one of :data:`METHODS`).
-        seconds: Wall time of the call (input preparation, target forward pass, attribution), in seconds.
+        seconds: Wall time of the call (input preparation, attribution), in seconds.
         signed: Whether the map is signed (integrated gradients, gradient SHAP, occlusion).
         probability: The model's probability for ``target`` on this image.
         model: Registry name of the model when known.
@@ -143,20 +146,62 @@ class Attribution:
 
 # ---------------------------------------------------------------------------------------- helpers
 class _TargetForward(nn.Module):
-    """Forward returning one column per class: binary one-logit models give ``[-z, z]``."""
+    """The model's score for the explained class, one column; the target is resolved on the first call.
 
-    def __init__(self, model: nn.Module, binary: bool) -> None:
+    Class scores are the model's logits, with binary one-logit models giving ``[-z, z]`` (negative,
+    positive). The target (``None`` = predicted class) needs the model's output on the image ``x``, so
+    it is resolved from the first forward call: when that call is on ``x`` itself (Grad-CAM, saliency,
+    occlusion and attention rollout run the model on the unmodified input first), its output is
+    reused and no extra inference pass is made; otherwise (integrated gradients and gradient SHAP
+    start on interpolated images) ``x`` is run once more without gradients. From then on every call
+    returns ``scores[:, index]`` as a ``(B, 1)`` column, so Captum is called with ``target=0``.
+
+    Attributes:
+        index: Resolved class index (``None`` until the first call).
+        names: Class names (given ones, or ``negative``/``positive``, or ``"0"``, ``"1"``, ...).
+        probability: The model's probability for ``index`` on ``x``.
+        extra_passes: Inference passes run only to resolve the target (0 or 1).
+    """
+
+    def __init__(self, model: nn.Module, x: torch.Tensor, target: int | str | None, classes: list[str] | None,
+                 threshold: float | None) -> None:
         super().__init__()
         self.model = model
-        self.binary = binary
+        self._x = x
+        self._target = target
+        self._classes = classes
+        self._threshold = threshold
+        self.index: int | None = None
+        self.names: list[str] = []
+        self.probability = float("nan")
+        self.extra_passes = 0
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = self.model(x)
+    @staticmethod
+    def _scores(z: torch.Tensor) -> tuple[torch.Tensor, bool]:
         if z.ndim == 1:
             z = z[:, None]
-        if self.binary:
-            return torch.cat([-z, z], dim=1)
-        return z
+        binary = z.shape[1] == 1
+        return (torch.cat([-z, z], dim=1) if binary else z), binary
+
+    def _resolve(self, scores: torch.Tensor, binary: bool) -> None:
+        scores = scores.detach()
+        index, names = _resolve_target(self._target, scores, binary, self._classes, self._threshold)
+        probs = torch.sigmoid(scores[0]) if binary else torch.softmax(scores[0], dim=0)
+        self.probability = float(probs[index])
+        self.names = names
+        self.index = index
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scores, binary = self._scores(self.model(x))
+        if self.index is None:
+            if x.shape == self._x.shape and torch.equal(x.detach(), self._x):
+                self._resolve(scores[:1], binary)
+            else:
+                with torch.no_grad():
+                    own, own_binary = self._scores(self.model(self._x))
+                self.extra_passes += 1
+                self._resolve(own, own_binary)
+        return scores[:, self.index : self.index + 1]
 
 
 class _TokenGrid(nn.Module):
@@ -646,22 +691,20 @@ def explain(
     if method == "attention_rollout" and not _is_vit(model):
         raise ValueError(f"method 'attention_rollout' does not apply to model {res.name or type(model).__name__!r} "
                          f"(vision transformers only).")
+    if target is not None and not isinstance(target, (int, np.integer, str)):
+        raise ValueError(f"target must be None, a class index or a class name, got {type(target).__name__}.")
     with _LOCK, _frozen_eval(model):
-        with torch.inference_mode():
-            logits = model(x)
-        if logits.ndim == 1:
-            logits = logits[:, None]
-        binary = logits.shape[1] == 1
-        fwd = _TargetForward(model, binary)
-        scores = torch.cat([-logits, logits], dim=1) if binary else logits
-        index, names = _resolve_target(target, scores, binary, res.classes, res.threshold)
-        probs = torch.sigmoid(scores[0]) if binary else torch.softmax(scores[0], dim=0)
-        probability = float(probs[index])
+        # The target is resolved inside Captum's own forward pass (see _TargetForward): no extra
+        # inference pass for the methods whose first forward call is on x itself.
+        fwd = _TargetForward(model, x, target, res.classes, res.threshold)
         impl = _IMPL[method]
         if method in ("grad_cam", "attention_rollout"):
-            attr, params, delta = impl(fwd, x.clone(), index, opts, model=model, name=res.name)
+            attr, params, delta = impl(fwd, x.clone(), 0, opts, model=model, name=res.name)
         else:
-            attr, params, delta = impl(fwd, x.clone(), index, opts)
+            attr, params, delta = impl(fwd, x.clone(), 0, opts)
+    if fwd.index is None:  # pragma: no cover - every method calls the model
+        raise RuntimeError(f"{method} never called the model, so the target could not be resolved.")
+    index, names, probability = fwd.index, fwd.names, fwd.probability
     heat = attr.detach().reshape(attr.shape[-2:]).to("cpu", torch.float32).numpy()
     if not np.isfinite(heat).all():
         logger.warning("%s on %s produced non-finite values; replaced by 0.", method, res.name)

@@ -58,8 +58,10 @@ their traceback and answered with a generic sentence; the server keeps serving.
 
 Privacy and resources:
 
-* An uploaded file is deleted a few seconds (``_Uploads.grace_seconds``) after the last request
-  using it finishes, whatever the outcome (reference-counted: identical uploads share one path), so re-running with other settings needs the file again (examples stay). Files the
+* An uploaded file is deleted ``UPLOAD_GRACE_SECONDS`` (30 s) after the last request using it
+  finishes, whatever the outcome (reference-counted, because Gradio stores identical uploads at one
+  path and a second client's request may still wait in the queue); re-running with other settings
+  later needs the file again (examples stay). Files the
   browser needs to display (overlay, preprocessed image) and uploads that were never used by a
   request are removed by Gradio's ``delete_cache`` after 15 minutes, and all on shutdown.
 * The handlers take the raw upload payload (``preprocess=False``) and validate every value
@@ -507,23 +509,37 @@ def _contains(paths: set[str], raw: str) -> bool:
     return any(os.path.realpath(p) == real for p in list(paths))
 
 
+#: Seconds an upload is kept after the last request that used it (see :class:`_Uploads`): long enough
+#: for a queued request of a second client that sent the same bytes (Gradio stores both at one path).
+UPLOAD_GRACE_SECONDS = 30.0
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime_ns / 1e9
+    except OSError:
+        return -1.0
+
+
 class _Uploads:
     """Resolve the raw ``gr.File`` payload to a path and delete uploads once no request uses them.
 
     Gradio stores an upload under a hash of its content, so two clients sending the same file share
     one path on the server. Deletion is therefore reference-counted per path and deferred by
-    ``grace_seconds``: a file is removed once the last request using it has finished and no new
-    request resolved it during the grace period (which covers a second client whose upload already
-    landed but whose request has not started yet).
+    ``grace_seconds``: a file is removed once the last request using it has finished, no new request
+    resolved it during the grace period (which covers a second client whose upload already landed but
+    whose request still waits in the queue) and it was not uploaded again since (Gradio rewrites the
+    file on every upload, so a changed mtime means a newer upload that its own request will delete).
     """
 
-    def __init__(self, blocks: Any, component: Any, *, grace_seconds: float = 5.0) -> None:
+    def __init__(self, blocks: Any, component: Any, *, grace_seconds: float | None = None) -> None:
         self.blocks = blocks
         self.component = component
-        self.grace_seconds = float(grace_seconds)
+        self.grace_seconds = float(UPLOAD_GRACE_SECONDS if grace_seconds is None else grace_seconds)
         self._lock = threading.Lock()
         self._in_use: dict[str, int] = {}
         self._last_resolved: dict[str, float] = {}
+        self._mtime_seen: dict[str, float] = {}
 
     def resolve(self, payload: Any) -> tuple[Path, str] | None:
         if payload is None:
@@ -541,6 +557,7 @@ class _Uploads:
             key = os.path.realpath(raw)
             self._in_use[key] = self._in_use.get(key, 0) + 1
             self._last_resolved[key] = time.monotonic()
+            self._mtime_seen[key] = _mtime(path)
         display = Path(str(name)).name if name else path.name
         return path, display
 
@@ -573,7 +590,10 @@ class _Uploads:
                 return
             if since is not None and self._last_resolved.get(key, 0.0) > since:
                 return  # resolved again meanwhile: that request's discard schedules the deletion
+            if _mtime(path) != self._mtime_seen.get(key):
+                return  # uploaded again since its last request: the newer upload's request owns it
             self._last_resolved.pop(key, None)
+            self._mtime_seen.pop(key, None)
         raw = str(path)
         if self._is_example(raw) or not self._is_upload(raw):
             return

@@ -124,6 +124,43 @@ def test_exif_orientation_applied(tmp_path: Path) -> None:
     assert out[:5].mean() > 0.9 and out[-5:].mean() < 0.1  # the band is now on top
 
 
+@pytest.mark.parametrize(("fmt", "mode", "orientation"), [("PNG", "L", None), ("PNG", "RGB", None),
+                                                     ("JPEG", "L", None), ("JPEG", "L", 6), ("TIFF", "L", None),
+                                                     ("BMP", "RGB", None)])
+def test_each_image_is_decoded_once(monkeypatch: pytest.MonkeyPatch, fmt: str, mode: str,
+                                    orientation: int | None) -> None:
+    """One pixel decoder per image (like a plain ``Image.open(...).load()``), and no extra copy."""
+    rng = np.random.default_rng(0)
+    files = []
+    for _ in range(5):
+        im = Image.fromarray(rng.integers(0, 256, size=(64, 48), dtype=np.uint8)).convert(mode)
+        buf = io.BytesIO()
+        exif = Image.Exif()
+        if orientation:
+            exif[0x0112] = orientation  # EXIF Orientation
+        im.save(buf, format=fmt, **({"exif": exif} if orientation else {}))
+        files.append(buf.getvalue())
+    decoders, transposes = [], []
+    get_decoder, transpose = Image._getdecoder, ImageOps.exif_transpose
+    monkeypatch.setattr(Image, "_getdecoder", lambda *a, **k: decoders.append(1) or get_decoder(*a, **k))
+
+    def counting_transpose(*args: object, **kwargs: object) -> object:
+        if not kwargs.get("in_place"):  # PIL's TIFF loader itself calls it in place (no copy)
+            transposes.append(1)
+        return transpose(*args, **kwargs)
+
+    monkeypatch.setattr(ImageOps, "exif_transpose", counting_transpose)
+    for data in files:
+        out = load_image(data)
+        assert out.shape == ((48, 64) if orientation == 6 else (64, 48)) and out.dtype == np.float32
+    assert len(decoders) == len(files)
+    assert len(transposes) == (len(files) if orientation else 0), "exif_transpose copies: only call it to rotate"
+    decoders.clear()
+    for data in files:  # the reference: plain PIL, one decode per image
+        Image.open(io.BytesIO(data)).load()
+    assert len(decoders) == len(files)
+
+
 def test_sources_agree(tmp_path: Path) -> None:
     arr = smooth_image(np.random.default_rng(2))
     path = tmp_path / "a.png"

@@ -150,6 +150,101 @@ def test_vit_gradcam_uses_patch_grid_and_rollout_restores_fused_attention() -> N
         explain(net, x, method="attention_rollout", head_fusion="median")
 
 
+def _count_forwards(net: torch.nn.Module, call) -> int:
+    """How many times ``net`` itself runs while ``call()`` executes (a forward hook counter)."""
+    calls = []
+    handle = net.register_forward_hook(lambda module, inputs, output: calls.append(1))
+    try:
+        call()
+    finally:
+        handle.remove()
+    return len(calls)
+
+
+def _negative_predicting(net: torch.nn.Module) -> torch.nn.Module:
+    """A copy of a binary model whose logit is shifted far below 0: it predicts the negative class."""
+    import copy
+
+    net = copy.deepcopy(net)
+    head = [m for m in net.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        head.bias -= 50.0
+    return net
+
+
+def _plain_captum(method: str, net: torch.nn.Module, name: str, image: torch.Tensor, sign: float) -> torch.Tensor:
+    """What the method computes with Captum alone on ``sign * logit`` (the pre-change computation)."""
+    from captum.attr import LayerAttribution, LayerGradCam, Occlusion, Saliency
+
+    def fwd(x: torch.Tensor) -> torch.Tensor:
+        return sign * net(x).reshape(-1, 1)
+
+    x = image.clone().requires_grad_(method != "occlusion")
+    if method == "grad_cam":
+        layer = models.get_model_info(name).gradcam_layer(net)
+        cam = LayerGradCam(fwd, layer).attribute(x, target=0, relu_attributions=True)
+        return LayerAttribution.interpolate(cam, (SIZE, SIZE), interpolate_mode="bilinear")
+    if method == "saliency":
+        return Saliency(fwd).attribute(x, target=0)
+    with torch.inference_mode():
+        return Occlusion(fwd).attribute(x, sliding_window_shapes=(1, 4, 4), strides=(1, 2, 2), baselines=0.0,
+                                        target=0, perturbations_per_eval=16)
+
+
+@pytest.mark.parametrize("target", [None, "negative", "positive"])
+@pytest.mark.parametrize(("name", "method"), [("resnet18", "grad_cam"), ("simple_cnn", "grad_cam"),
+                                              ("tiny_cnn", "saliency"), ("tiny_cnn", "occlusion"),
+                                              ("vit_tiny", "attention_rollout")])
+def test_no_extra_forward_pass(nets, image, name, method, target) -> None:
+    """The target is resolved from the method's own forward pass: as many model calls as Captum alone."""
+    net = nets[name]
+    if method == "attention_rollout":
+        plain = 1  # one pass that records the attention maps
+    else:
+        plain = _count_forwards(net, lambda: _plain_captum(method, net, name, image, 1.0))
+    ours = _count_forwards(net, lambda: explain(net, image, method=method, target=target))
+    assert ours == plain, (ours, plain)
+    if method == "grad_cam":
+        assert plain == 1
+
+
+@pytest.mark.parametrize("method", ["integrated_gradients", "gradient_shap"])
+def test_interpolating_methods_need_one_pass_on_the_image(nets, image, method) -> None:
+    """IG and gradient SHAP never run the model on the image itself: one inference pass resolves the target."""
+    net = nets["tiny_cnn"]
+    opts = {"n_steps": 8} if method == "integrated_gradients" else {"n_samples": 8}
+    batches = []
+    handle = net.register_forward_hook(lambda module, inputs, output: batches.append(inputs[0].shape[0]))
+    try:
+        explain(net, image, method=method, **opts)
+    finally:
+        handle.remove()
+    assert batches.count(1) >= 1 and sum(batches) - 1 >= 8
+
+
+@pytest.mark.parametrize(("name", "method"), [("resnet18", "grad_cam"), ("vit_tiny", "grad_cam"),
+                                              ("simple_cnn", "grad_cam"), ("tiny_cnn", "saliency"),
+                                              ("tiny_cnn", "occlusion")])
+def test_predicted_negative_class_map_equals_plain_captum_on_minus_logit(nets, image, name, method) -> None:
+    """target=None on a model predicting "negative" explains -z exactly as a separate pre-pass did."""
+    net = _negative_predicting(nets[name])
+    opts = {"window_size": 4, "stride": 2} if method == "occlusion" else {}
+    att = explain(net, image, method=method, **opts)
+    with torch.inference_mode():
+        z = float(net(image))
+    assert z < 0 and att.target == 0 and att.target_name == "negative"
+    assert att.probability == pytest.approx(float(torch.sigmoid(torch.tensor(-z))), rel=1e-5)
+    if method == "grad_cam" and name == "vit_tiny":  # plain Captum gives no spatial map on ViT tokens
+        pos = explain(net, image, method=method, target="positive")
+        neg = explain(net, image, method=method, target="negative")
+        np.testing.assert_allclose(att.heatmap, neg.heatmap, rtol=1e-5, atol=1e-7)
+        assert not np.allclose(pos.heatmap, neg.heatmap)
+        return
+    expected = _plain_captum(method, net, name, image, -1.0).detach().reshape(SIZE, SIZE).numpy()
+    assert np.abs(expected).max() > 0
+    np.testing.assert_allclose(att.heatmap, expected, rtol=1e-4, atol=1e-6 * np.abs(expected).max())
+
+
 def test_state_is_restored(nets, image) -> None:
     net = nets["tiny_cnn"]
     frozen = next(net.parameters())

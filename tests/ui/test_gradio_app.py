@@ -2,6 +2,7 @@
 inference path on a real smoke study (bad inputs -> InputRejected, odd valid inputs -> probabilities)."""
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -257,6 +258,16 @@ def test_deletion_is_deferred_past_a_new_request(tmp_path: Path) -> None:
     while upload.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not upload.exists()
+
+
+def test_reupload_after_the_last_request_is_not_deleted(tmp_path: Path) -> None:
+    uploads, upload, *_ = _uploads(tmp_path, grace_seconds=0.3)
+    uploads.discard(uploads.resolve({"path": str(upload)})[0])
+    time.sleep(0.05)
+    upload.write_bytes(b"x")  # Gradio moves every upload into place, even when the content is the same
+    os.utime(upload, ns=(time.time_ns(), time.time_ns() + 1_000_000))
+    time.sleep(0.6)
+    assert upload.exists(), "a newer upload (whose request is still queued) was deleted"
 
 
 def test_uploads_refuse_foreign_paths(tmp_path: Path) -> None:

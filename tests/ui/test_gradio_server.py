@@ -39,6 +39,8 @@ def server(smoke_study: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
     os.environ["GRADIO_TEMP_DIR"] = str(upload_dir)
     os.environ[gradio_app.MAX_FILE_MB_ENV] = str(MAX_MB)
     demo = None
+    grace = gradio_app.UPLOAD_GRACE_SECONDS
+    gradio_app.UPLOAD_GRACE_SECONDS = 1.0  # the clean-up test below waits for it
     try:
         demo = gradio_app.launch(study_dir=smoke_study, server_name="127.0.0.1", server_port=_free_port(),
                                  block=False)
@@ -46,6 +48,7 @@ def server(smoke_study: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
         yield {"demo": demo, "client": client, "url": demo.local_url, "uploads": upload_dir,
                "study": demo.strokect_study}
     finally:
+        gradio_app.UPLOAD_GRACE_SECONDS = grace
         if demo is not None:
             demo.close()
         for key, value in saved.items():
@@ -208,8 +211,7 @@ def test_uploads_are_deleted_after_the_request(server: dict, tmp_path: Path) -> 
     _predict(server, good)
     with pytest.raises(AppError):
         _predict(server, bad)
-    grace = gradio_app._Uploads(None, None).grace_seconds
-    deadline = time.monotonic() + grace + 10
+    deadline = time.monotonic() + 15
     while True:
         leftovers = [p for p in server["uploads"].rglob("*") if p.name.startswith("unique-")]
         if not leftovers or time.monotonic() > deadline:
