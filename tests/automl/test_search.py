@@ -584,9 +584,12 @@ def test_kill_9_worker_then_restart(tmp_path: Path, search_cache: Path) -> None:
     import signal
     import time
 
-    config = _tiny_config(tmp_path, models=("tiny_cnn",), n_trials=2, epochs=3)
+    # 64 px x 10 epochs (early stopping needs >= 6 per fold): each trial takes seconds even on an idle
+    # machine, so the trial seen RUNNING is still running when the signal lands
+    config = _tiny_config(tmp_path, models=("tiny_cnn",), n_trials=2, epochs=10, image_size=64)
     argv = [sys.executable, "-m", "automl.search", "--preset", "smoke", "--out", str(tmp_path), "--models",
-            "tiny_cnn", "--n-trials", "2", "--epochs", "3", "--no-refit", "--leakage-audit", "none", "-q"]
+            "tiny_cnn", "--n-trials", "2", "--epochs", "10", "--image-size", "64", "--no-refit",
+            "--leakage-audit", "none", "-q"]
     env = {**os.environ, "STROKECT_CACHE": str(search_cache)}
     proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     journal = config.study_dir / "study.journal"
@@ -638,9 +641,12 @@ def test_sigterm_stops_cleanly_and_the_interrupted_trial_is_retried(tmp_path: Pa
     import signal
     import time
 
-    config = _tiny_config(tmp_path, models=("tiny_cnn",), n_trials=2, epochs=3)
+    # 64 px x 10 epochs (early stopping needs >= 6 per fold): each trial takes seconds even on an idle
+    # machine, so the trial seen RUNNING is still running when the signal lands
+    config = _tiny_config(tmp_path, models=("tiny_cnn",), n_trials=2, epochs=10, image_size=64)
     argv = [sys.executable, "-m", "automl.search", "--preset", "smoke", "--out", str(tmp_path), "--models",
-            "tiny_cnn", "--n-trials", "2", "--epochs", "3", "--no-refit", "--leakage-audit", "none", "-q"]
+            "tiny_cnn", "--n-trials", "2", "--epochs", "10", "--image-size", "64", "--no-refit",
+            "--leakage-audit", "none", "-q"]
     env = {**os.environ, "STROKECT_CACHE": str(search_cache)}
     proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     journal = config.study_dir / "study.journal"
@@ -650,7 +656,7 @@ def test_sigterm_stops_cleanly_and_the_interrupted_trial_is_retried(tmp_path: Pa
             running = [t for t in open_study(config).get_trials() if t.state == TrialState.RUNNING
                        and t.intermediate_values]
             victim = running[0].number if running else None
-        time.sleep(0.5)
+        time.sleep(0.2)
     assert victim is not None
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
