@@ -32,8 +32,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -435,16 +433,9 @@ def write_attribution_csv(frame: pd.DataFrame, study_dir: str | Path) -> Path:
     missing = [c for c in COLUMNS if c not in frame.columns]
     if missing:
         raise ValueError(f"attribution frame lacks column(s) {missing}.")
-    target = study_dir / "attribution.csv"
-    fd, tmp = tempfile.mkstemp(dir=study_dir, prefix=".attribution-", suffix=".csv.tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            frame[COLUMNS].to_csv(fh, index=False)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+    from automl.leaderboard import atomic_write_csv  # the study folder's one atomic writer
+
+    return atomic_write_csv(frame[COLUMNS], study_dir / "attribution.csv")
 
 
 def _parser() -> argparse.ArgumentParser:
