@@ -5,9 +5,11 @@ For each architecture at its study size (``ModelInfo.default_image_size``; rando
 phantom PNG (``disk_size`` px on disk, so both sides decode and resize):
 
 * ours: ``predictor.predict(path)`` (decode + window + aspect-preserving resize + uint8 + one
-  forward in ``torch.inference_mode``), and ``predictor.predict_many(paths, batch_size=32)``;
-* naive: what a notebook does per call: ``PIL.Image.open(path).convert("L").resize((S, S))`` ->
-  ``to_tensor`` -> ``model.eval()`` -> ``model(x)`` under ``torch.no_grad`` -> ``sigmoid``, and
+  forward in ``torch.inference_mode``; convolutional models in ``channels_last``), and
+  ``predictor.predict_many(paths)`` for 32 paths (``Predictor.default_batch_size`` images per pass);
+* naive: what a notebook does per call, on its own copy of the same weights built by
+  ``models.create_model`` + ``load_state_dict``: ``PIL.Image.open(path).convert("L").resize((S, S))``
+  -> ``to_tensor`` -> ``model.eval()`` -> ``model(x)`` under ``torch.no_grad`` -> ``sigmoid``, and
   for 32 images the same call 32 times.
 
 Figures: one-image latency p50 (record) and p95 (details) over ``repeats`` calls after ``warmup``;
@@ -85,7 +87,10 @@ def run(cfg: Settings) -> list[Record]:
             net = models.create_model(name, num_classes=2, image_size=size, pretrained="no")
             folder = models.save_checkpoint(net, Path(tmp) / name, card={"classes": ["normal", "stroke"]})
             predictor = models.load_predictor(folder, device="cpu")
-            naive_model = predictor.model  # the very same weights
+            # The naive side gets its own copy of the same weights, as a notebook builds it (contiguous
+            # memory format): the predictor's model may have been converted to channels_last.
+            naive_model = models.create_model(name, num_classes=2, image_size=size, pretrained="no")
+            naive_model.load_state_dict(net.state_dict())
             single = measure_interleaved(
                 {"ours": lambda: predictor.predict(one), "naive": lambda: _naive_predict(naive_model, one, size)},
                 warmup=cfg.warmup, repeats=cfg.repeats)
@@ -93,7 +98,7 @@ def run(cfg: Settings) -> list[Record]:
             p_ours = predictor.predict(one)["probabilities"]["stroke"]
             p_naive = _naive_predict(naive_model, one, size)
             batch = measure_interleaved(
-                {"ours": lambda: predictor.predict_many(paths, batch_size=cfg.batch),
+                {"ours": lambda: predictor.predict_many(paths),
                  "naive": lambda: [_naive_predict(naive_model, p, size) for p in paths]},
                 warmup=1, repeats=cfg.batch_repeats)
             ours_b, naive_b = batch["ours"], batch["naive"]
@@ -117,7 +122,9 @@ def run(cfg: Settings) -> list[Record]:
                 f"{NAME}.{name}@{size}.batch{len(paths)}", ours=ips, baseline=base_ips, units="images/s",
                 better="higher", target="ratio >= 1", meets_target=ips >= base_ips,
                 details={**common, "batch": len(paths), "repeats": cfg.batch_repeats,
-                         "ours_call": f"predict_many(paths, batch_size={cfg.batch})",
+                         "ours_call": f"predict_many(paths) ({len(paths)} paths, "
+                                      f"{predictor.default_batch_size} per forward pass)",
+                         "channels_last": predictor.channels_last,
                          "naive_call": "the naive one-image call in a Python loop"},
             ))
             logger.info("%s@%d: p50 %.1f ms (naive %.1f), batch %.1f img/s (naive %.1f)", name, size, p50, base50,

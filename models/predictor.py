@@ -347,6 +347,15 @@ def load_predictor(folder: str | Path, *, device: str | torch.device = "auto") -
 
 
 # --- predicting -------------------------------------------------------------------------------------------
+def _registry_info(name: str) -> Any:
+    from models._registry import get_model_info
+
+    try:
+        return get_model_info(name)
+    except ValueError:
+        return None
+
+
 def _describe(x: Any) -> str:
     if isinstance(x, (str, os.PathLike)):
         return f"'{Path(x).name}'"
@@ -367,6 +376,9 @@ class Predictor:
         model, card: As given. classes: Class names. image_size: Model input side ``S``.
         window: CT window for DICOM input (name or ``(level, width)``). threshold: Binary decision threshold
         on ``P(classes[1])``. kind: ``"deep"`` or ``"classical"``. init: The model's init. device: Torch device.
+        channels_last: Whether the weights were converted to ``torch.channels_last`` (convolutional
+        models, :attr:`models.ModelInfo.prefers_channels_last`; same outputs, faster convolutions).
+        default_batch_size: Images per forward pass when a call does not say.
     """
 
     def __init__(self, model: Any, card: dict[str, Any], *, device: str | torch.device = "auto") -> None:
@@ -381,9 +393,17 @@ class Predictor:
         self.kind: str = card["kind"]
         self.init: str = card.get("init", "")
         self.device = pick_device(device)
+        self.channels_last = False
         if self.kind == "deep":
-            model = model.to(self.device).eval()
+            model = model.to(self.device).eval().requires_grad_(False)  # inference only: no weight gradients
+            info = _registry_info(card["model"])
+            if info is not None and info.prefers_channels_last:
+                model = model.to(memory_format=torch.channels_last)
+                self.channels_last = True
         self.model = model
+        #: Images per forward pass when ``batch_size`` is not given: 8 for convolutional models on the
+        #: CPU (measured 1.1-1.4x faster than 32 at a time, whose activations overflow the caches), else 32.
+        self.default_batch_size = 8 if self.channels_last and self.device.type == "cpu" else 32
 
     def __repr__(self) -> str:
         return (
@@ -439,17 +459,19 @@ class Predictor:
         return torch.from_numpy(pixels).to(torch.float32).div_(255.0)[None, None]
 
     # --- inference ----------------------------------------------------------------------------------------
-    def predict_proba(self, images: np.ndarray | torch.Tensor, *, batch_size: int = 32) -> np.ndarray:
+    def predict_proba(self, images: np.ndarray | torch.Tensor, *, batch_size: int | None = None) -> np.ndarray:
         """Probabilities ``(N, C)`` for already preprocessed images.
 
         Args:
             images: uint8 ``(N, S, S)`` (the cache format) or float ``(N, 1, S, S)`` in ``[0, 1]``.
-            batch_size: Images per forward pass.
+            batch_size: Images per forward pass; ``None``: :attr:`default_batch_size`.
 
         Raises:
             ValueError: On a wrong shape or batch size.
         """
-        if not isinstance(batch_size, int) or batch_size < 1:
+        if batch_size is None:
+            batch_size = self.default_batch_size
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
         S = self.image_size
         arr = images.detach().cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
@@ -503,10 +525,12 @@ class Predictor:
         self,
         xs: Iterable[Any],
         *,
-        batch_size: int = 32,
+        batch_size: int | None = None,
         window: str | tuple[float, float] | None = None,
     ) -> list[dict[str, Any]]:
         """Classify many images, decoded one by one and run through the model in batches.
+
+        ``batch_size``: images per forward pass (``None``: :attr:`default_batch_size`).
 
         Raises:
             InvalidInputError: If any input cannot be read (the message says which one, 0-based).

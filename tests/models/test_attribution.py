@@ -202,7 +202,7 @@ def test_no_extra_forward_pass(nets, image, name, method, target) -> None:
         plain = 1  # one pass that records the attention maps
     else:
         plain = _count_forwards(net, lambda: _plain_captum(method, net, name, image, 1.0))
-    ours = _count_forwards(net, lambda: explain(net, image, method=method, target=target))
+    ours = _count_forwards(net, lambda: explain(net, image, method=method, target=target, precision="fp32"))
     assert ours == plain, (ours, plain)
     if method == "grad_cam":
         assert plain == 1
@@ -229,7 +229,7 @@ def test_predicted_negative_class_map_equals_plain_captum_on_minus_logit(nets, i
     """target=None on a model predicting "negative" explains -z exactly as a separate pre-pass did."""
     net = _negative_predicting(nets[name])
     opts = {"window_size": 4, "stride": 2} if method == "occlusion" else {}
-    att = explain(net, image, method=method, **opts)
+    att = explain(net, image, method=method, precision="fp32", **opts)
     with torch.inference_mode():
         z = float(net(image))
     assert z < 0 and att.target == 0 and att.target_name == "negative"
@@ -283,6 +283,7 @@ def test_uint8_and_2d_inputs_are_accepted(nets, image) -> None:
         ({"method": "saliency", "target": 2}, "target 2 is out of range"),
         ({"method": "saliency", "target": "Stroke"}, "Unknown target 'Stroke'"),
         ({"method": "saliency", "target": 0.5}, "target must be None"),
+        ({"method": "saliency", "precision": "fp16"}, r"precision must be one of \['auto', 'fp32', 'bf16'\], got 'fp16'"),
     ],
 )
 def test_bad_arguments(nets, image, kwargs, match) -> None:
@@ -412,3 +413,36 @@ def test_overlay_of_an_attribution(nets, image) -> None:
     att = explain(nets["resnet18"], image, method="integrated_gradients", n_steps=8)
     rgb = overlay(att.image, att.heatmap, signed=att.signed)
     assert rgb.shape == (SIZE, SIZE, 3) and rgb.dtype == np.uint8
+
+
+def test_precision_auto_picks_bf16_only_where_it_was_measured_faster(monkeypatch) -> None:
+    from models import attribution
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(attribution, "_cpu_has_fast_bf16", lambda: True)
+    assert attribution._use_bf16("auto", "integrated_gradients", "resnet18", cpu)
+    assert attribution._use_bf16("auto", "occlusion", "simple_cnn", cpu)
+    assert attribution._use_bf16("auto", "gradient_shap", "tiny_cnn", cpu)
+    assert not attribution._use_bf16("auto", "grad_cam", "resnet18", cpu)  # one pass: nothing to gain
+    assert not attribution._use_bf16("auto", "integrated_gradients", "vit_tiny", cpu)
+    assert not attribution._use_bf16("auto", "integrated_gradients", "efficientnet_b0", cpu)
+    assert not attribution._use_bf16("auto", "integrated_gradients", None, cpu)  # unknown architecture
+    assert not attribution._use_bf16("auto", "integrated_gradients", "resnet18", torch.device("cuda"))
+    assert attribution._use_bf16("bf16", "grad_cam", "vit_tiny", cpu)
+    assert not attribution._use_bf16("fp32", "integrated_gradients", "resnet18", cpu)
+    monkeypatch.setattr(attribution, "_cpu_has_fast_bf16", lambda: False)
+    assert not attribution._use_bf16("auto", "integrated_gradients", "resnet18", cpu)
+
+
+def test_bf16_maps_follow_fp32_and_the_target_comes_from_an_fp32_pass(nets, image) -> None:
+    net = nets["simple_cnn"]
+    fp32 = explain(net, image, method="integrated_gradients", precision="fp32", n_steps=16)
+    bf16 = explain(net, image, method="integrated_gradients", precision="bf16", n_steps=16)
+    assert (fp32.params["precision"], bf16.params["precision"]) == ("fp32", "bf16")
+    assert bf16.target == fp32.target and bf16.probability == fp32.probability
+    assert np.corrcoef(fp32.heatmap.ravel(), bf16.heatmap.ravel())[0, 1] > 0.9
+    assert not np.array_equal(fp32.heatmap, bf16.heatmap)  # it really ran in bf16
+    # occlusion's first pass is on the image; under bf16 one extra fp32 pass resolves the target instead
+    plain = _count_forwards(net, lambda: explain(net, image, method="occlusion", precision="fp32"))
+    ours = _count_forwards(net, lambda: explain(net, image, method="occlusion", precision="bf16"))
+    assert ours == plain + 1

@@ -101,14 +101,34 @@ def test_checkpoint_round_trip_gives_identical_probabilities(tmp_path: Path, nam
     assert predictor.init == model.init
     X, _ = _toy_uint8(6, seed=9)
     expected = _reference_proba(model, X, num_classes)
-    if getattr(model, "kind", "deep") == "deep":  # same weights, same kernels: bit-identical
-        np.testing.assert_array_equal(predictor.predict_proba(X), expected.astype(np.float64))
+    if getattr(model, "kind", "deep") == "deep":
+        # same weights; CNNs run in channels_last (other kernels): equal up to float32 rounding
+        assert predictor.channels_last == models.get_model_info(model.model_name).prefers_channels_last
+        np.testing.assert_allclose(predictor.predict_proba(X), expected, rtol=1e-5, atol=1e-7)
     else:  # the saved form recomputes the sklearn pipeline in numpy
         np.testing.assert_allclose(predictor.predict_proba(X), expected, rtol=0, atol=1e-12)
     # other batch sizes may pick other kernels: equal up to float32 rounding
     np.testing.assert_allclose(predictor.predict_proba(X, batch_size=4), expected, rtol=1e-4, atol=1e-7)
     if getattr(model, "kind", "deep") == "deep":
         assert predictor.model.normalization == model.normalization
+        assert not any(p.requires_grad for p in predictor.model.parameters())  # inference only
+
+
+def test_default_batch_size_follows_the_memory_format(tmp_path: Path) -> None:
+    """Convolutional models on the CPU: channels_last, 8 images per pass; ViTs: contiguous, 32."""
+    for name, channels_last, batch in (("simple_cnn", True, 8), ("vit_tiny", False, 32)):
+        model = _make_model(name, 2, tmp_path)
+        predictor = models.load_predictor(
+            models.save_checkpoint(model, tmp_path / name, card={"classes": CLASSES}), device="cpu")
+        assert (predictor.channels_last, predictor.default_batch_size) == (channels_last, batch)
+        convs = [m for m in predictor.model.modules() if isinstance(m, torch.nn.Conv2d) and m.in_channels > 1]
+        assert bool(convs) == channels_last  # the ViT's only convolution is the 1-channel patch embedding
+        assert all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
+        X, _ = _toy_uint8(11, seed=3)  # 11 images: one full pass of 8 and a partial one
+        np.testing.assert_allclose(predictor.predict_proba(X), predictor.predict_proba(X, batch_size=11),
+                                   rtol=1e-4, atol=1e-7)
+        with pytest.raises(ValueError, match="batch_size"):
+            predictor.predict_proba(X, batch_size=True)
 
 
 def test_save_checkpoint_overwrites_in_place_and_keeps_other_files(tmp_path: Path, binary_folder: Path) -> None:
