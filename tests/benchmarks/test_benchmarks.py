@@ -305,9 +305,14 @@ def test_attributions_tiny_without_memory_probe() -> None:
     cfg = attributions.Settings(models=("resnet18", "vit_tiny"), size=32, n_steps=4, warmup=0, repeats=1, memory=False)
     dicts = _check_records(attributions.run(cfg), "attributions")
     assert [d["name"].split(".", 1)[1] for d in dicts] == [
-        "resnet18@32.grad_cam", "resnet18@32.integrated_gradients_4",
-        "vit_tiny@32.grad_cam", "vit_tiny@32.integrated_gradients_4",
+        "resnet18@32.grad_cam", "resnet18@32.integrated_gradients_4", "resnet18@32.integrated_gradients_4.fp32",
+        "vit_tiny@32.grad_cam", "vit_tiny@32.integrated_gradients_4", "vit_tiny@32.integrated_gradients_4.fp32",
     ]
+    ig = dicts[1]["details"]
+    assert ig["precision_default"] in ("fp32", "bf16")  # bf16 only on a CPU with AMX
+    assert -1.0 <= ig["map_correlation_default_vs_fp32"] <= 1.0
+    assert "2 s" in dicts[1]["target"] and "2 s" not in dicts[4]["target"]  # resnet18's absolute target only
+    assert dicts[2]["meets_target"] is None  # the fp32 timing is informational
 
 
 def test_ig_memory_rejects_unknown_variant() -> None:
