@@ -64,6 +64,7 @@ __all__ = [
     "atomic_write_text",
     "atomic_write_json",
     "atomic_write_csv",
+    "cli_error_message",
     "trials_table",
     "leakage_audit",
     "write_leaderboard",
@@ -777,7 +778,7 @@ def write_leaderboard(
 # ======================================================================================================
 
 
-def _one_line(exc: BaseException) -> str:
+def cli_error_message(exc: BaseException) -> str:
     """An error for the command line: an ``OSError`` as ``<reason>: <file>``, anything else its message."""
     if isinstance(exc, OSError) and exc.strerror:
         message = str(exc.strerror)
@@ -815,7 +816,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         path = write_leaderboard(study_dir, storage=storage, refit=args.refit, audit=args.audit)
     except (ValueError, OSError) as exc:
-        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        print(f"error: {cli_error_message(exc)}", file=sys.stderr)
         return 2
     print(path)
     return 0

@@ -94,6 +94,8 @@ GROUP_BY = ("auto", "csv", "dicom", "filename", "phash", "none")
 PRETRAINED = ("auto", "yes", "no")
 LEAKAGE_AUDIT = ("probe", "model", "none")
 BATCH_SIZES = (8, 16, 32, 64)
+#: The default trial's batch size leaves at least this many optimizer steps per epoch (see default_params).
+MIN_STEPS_PER_EPOCH = 4
 #: Trial states that count towards ``n_trials`` (failed trials are made up for).
 COUNTED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
 #: How many times a trial lost to a dead worker or Ctrl-C is retried.
@@ -386,7 +388,9 @@ def default_params(model: str, config: SearchConfig, *, max_batch_size: int = 64
 
     Learning rates and regularisation come from the middle (log scale) of the registry's hints for the
     init the model will actually get (``lr`` for ImageNet init, ``lr_scratch`` for random init), so the
-    leaderboard compares every architecture at a reasonable setting before TPE explores.
+    leaderboard compares every architecture at a reasonable setting before TPE explores. The batch size
+    is the largest of 8/16/32 that still gives :data:`MIN_STEPS_PER_EPOCH` steps per epoch on the
+    smallest training fold (``max_batch_size``).
     """
     import models as model_zoo
 
@@ -406,8 +410,11 @@ def default_params(model: str, config: SearchConfig, *, max_batch_size: int = 64
     imagenet = _imagenet_possible(model, config)
     params["lr"] = mid("lr" if imagenet or "lr_scratch" not in info.param_space else "lr_scratch",
                        (1e-4, 1e-3), clip=(1e-5, 1e-3))
-    sizes = [b for b in BATCH_SIZES if b <= max(BATCH_SIZES[0], max_batch_size)]
-    params["batch_size"] = 32 if 32 in sizes else sizes[-1]
+    # At most 32, and at least MIN_STEPS_PER_EPOCH optimizer steps per epoch: on a small training fold a
+    # short run needs steps more than large batches (search_efficiency benchmark grids, 80 training
+    # images at 64 px, 4 epochs, lr 1e-3: batch 16 beat batch 32 by 0.01-0.07 CV AUC on every seed).
+    fitting = [b for b in BATCH_SIZES if b <= 32 and b * MIN_STEPS_PER_EPOCH <= max_batch_size]
+    params["batch_size"] = fitting[-1] if fitting else BATCH_SIZES[0]
     params["weight_decay"] = float(min(max(mid("weight_decay", (1e-6, 1e-2)), 1e-6), 1e-2))
     params["aug_strength"] = 0.5
     if imagenet:
@@ -1246,9 +1253,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.warning("%s", exc or "interrupted")
         return 130
     except (ValueError, OSError) as exc:
-        from automl.leaderboard import _one_line
+        from automl.leaderboard import cli_error_message
 
-        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        print(f"error: {cli_error_message(exc)}", file=sys.stderr)
         return 2
     print(study_dir)
     return 0

@@ -540,7 +540,8 @@ def attributions_ui(study: StudyResults, model: str | None) -> None:
         name = meth if m == model else f"{m} · {meth}"
         image = att.image if image is None else image
         overlays[name] = overlay(att.image, att.heatmap, signed=att.signed)
-        lines.append(f"**{name}**: P({att.target_name}) = {att.probability:.3f}, {att.seconds * 1000:.0f} ms")
+        precision = " (bf16)" if att.params.get("precision") == "bf16" else ""
+        lines.append(f"**{name}**: P({att.target_name}) = {att.probability:.3f}, {att.seconds * 1000:.0f} ms{precision}")
         if lesion is not None and lesion.any():
             from models.attribution_eval import mass_in_mask, pointing_game
 

@@ -494,7 +494,8 @@ def _analyze_file(view: _StudyView, path: Path, *, display_name: str, window: st
         overlay = overlay_fn(att.image, att.heatmap, signed=att.signed)
         colours = "red = for, blue = against" if att.signed else "warm colours = most important"
         notes.append(f"Attribution: {_METHOD_LABELS.get(method, method)} for class `{att.target_name}` "
-                     f"({colours}; {att.seconds:.2f} s).")
+                     f"({colours}; {att.seconds:.2f} s"
+                     f"{', bf16 autocast' if att.params.get('precision') == 'bf16' else ''}).")
     md = _decision_markdown(view, model, probabilities, window=window, image_size=predictor.image_size,
                             notes=notes)
     return _Analysis(probabilities=probabilities, label=decision, seen=seen, overlay=overlay, decision_md=md)
