@@ -156,10 +156,6 @@ class StrokeNet(nn.Module):
         """The classifier: the freshly initialised part when fine-tuning a pretrained backbone."""
         return self._head_fn(self.backbone)
 
-    def to_channels_last(self) -> StrokeNet:
-        """Convert the weights to ``torch.channels_last`` (helps convolutions on CUDA); returns ``self``."""
-        return self.to(memory_format=torch.channels_last)
-
     def extra_repr(self) -> str:
         return f"model_name={self.model_name!r}, num_classes={self.num_classes}, init={self.init!r}"
 

@@ -51,6 +51,10 @@ model's output in the forward pass the method itself makes (no separate inferenc
 Grad-CAM, saliency, occlusion and attention rollout, whose first pass is on the image itself;
 integrated gradients and gradient SHAP start on interpolated images and need one more pass).
 
+Precision: ``explain(..., precision="auto")`` runs integrated gradients, gradient SHAP and occlusion
+under bf16 autocast on CPUs with AMX for ResNets, CNNs and ViTs (measured 1.3-2.2x faster, maps
+correlating >= 0.98 with fp32), fp32 everywhere else; ``"fp32"`` and ``"bf16"`` force one.
+
 Resources: the model's own device is used (GPU when the model lives there); the model is put in
 ``eval()`` and its parameters stop requiring gradients for the duration of the call (only input or
 layer gradients are needed, so no weight gradients are computed); training mode and
@@ -415,10 +419,11 @@ def _blur(x: torch.Tensor, sigma: float | None) -> torch.Tensor:
 #: Methods that run the model many times per image: the ones bf16 autocast can speed up.
 _MULTI_PASS = ("integrated_gradients", "gradient_shap", "occlusion")
 _PRECISIONS = ("auto", "fp32", "bf16")
-#: Families whose multi-pass attributions measured faster under bf16 autocast on a CPU with AMX
-#: (resnet18 IG-32 at 224 px: 2.2 s -> 1.0 s on 2 cores; simple_cnn 0.43 -> 0.22 s); EfficientNet-B0
-#: (0.85x) and ViT-Tiny (1.2x, but a completeness error 1e-3 instead of 1e-7) stay in fp32.
-_BF16_FAMILIES = ("resnet", "cnn")
+#: Families whose multi-pass attributions measured faster under bf16 autocast on a CPU with AMX, IG
+#: with 32 steps at 224 px on 2 cores (simple_cnn at 128 px): resnet18 2.2 -> 1.0 s, vit_tiny 1.76 ->
+#: 1.31 s, simple_cnn 0.43 -> 0.22 s, maps correlating 0.98-0.99999 with fp32. EfficientNet-B0 stays
+#: in fp32: its depthwise convolutions got slower (1.88 -> 2.52 s).
+_BF16_FAMILIES = ("resnet", "cnn", "vit")
 
 
 def _cpu_has_fast_bf16() -> bool:
@@ -714,10 +719,11 @@ def explain(
             default: the predictor's window, as for a prediction).
         precision: ``"fp32"``, ``"bf16"`` (the method's passes under ``torch.autocast`` with
             bfloat16) or ``"auto"``: bf16 for the multi-pass methods (integrated gradients, gradient
-            SHAP, occlusion) of ResNets and CNNs on a CPU with AMX, where it measured about twice as
-            fast with maps correlating >= 0.98 with fp32 (``python -m benchmarks --only
-            attributions``), fp32 otherwise. The target and its probability always come from an
-            fp32 pass. The precision used is in ``Attribution.params["precision"]``.
+            SHAP, occlusion) of ResNets, CNNs and ViTs on a CPU with AMX, where it measured 1.3-2.2x
+            as fast with maps correlating >= 0.98 with fp32 (``python -m benchmarks --only
+            attributions``), fp32 otherwise (EfficientNet, GPUs, other CPUs). The target and its
+            probability always come from an fp32 pass. The precision used is in
+            ``Attribution.params["precision"]``.
         **opts: Method options, see the module docstring (e.g. ``n_steps=64``, ``baseline="blurred"``).
 
     Returns:

@@ -371,3 +371,21 @@ def test_simple_cnn_learns_on_easy_phantom_fold(tmp_path):
     # Measured: best validation AUC 0.77-0.79 over seeds 0-2 (chance is 0.5).
     assert result.best_metrics["val_auc"] > 0.65
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+
+
+def test_convolutional_models_train_in_channels_last_by_default(small_fold, monkeypatch) -> None:
+    """channels_last=None follows ModelInfo.prefers_channels_last; the layout changes rounding, not results."""
+    formats = []
+    original = train_mod._DeepFit.__init__
+
+    def spy(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        formats.append(self.channels_last)
+
+    monkeypatch.setattr(train_mod._DeepFit, "__init__", spy)
+    auto = fit_fold(*small_fold, config=small_config(model="tiny_cnn", epochs=1), num_classes=2)
+    plain = fit_fold(*small_fold, config=small_config(model="tiny_cnn", epochs=1, channels_last=False), num_classes=2)
+    assert formats == [True, False]
+    np.testing.assert_allclose(auto.val_probabilities, plain.val_probabilities, atol=1e-3)
+    # the returned model is back in the contiguous layout safetensors needs
+    assert all(p.is_contiguous() for p in auto.model.parameters())

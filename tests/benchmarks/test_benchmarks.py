@@ -238,9 +238,14 @@ def test_search_efficiency_tiny() -> None:
 
     cfg = search_efficiency.Settings(seeds=(0,), models=("tiny_cnn", "logreg"), lr_grid=(1e-3,), batch_grid=(8,),
                                      c_grid=(1.0,), n_trials=2, n_startup_trials=1, phantom_n=60, image_size=16,
-                                     folds=2, epochs=1)
+                                     folds=2, epochs=1, retrain_seeds=(1000,))
     dicts = _check_records(search_efficiency.run(cfg), "search_efficiency")
     ours = dicts[0]
+    entry = ours["details"]["per_seed"][0]
+    assert entry["grid_best_params"]["model"] in ("tiny_cnn", "logreg")
+    assert len(entry["grid_best_retrained_aucs"]) == 1 and 0.0 <= entry["grid_best_retrained_aucs"][0] <= 1.0
+    assert ours["details"]["grid_best_drop_when_retrained"] == [
+        entry["grid_best_auc"] - entry["grid_best_retrained_aucs"][0]]
     assert ours["units"] == "image-passes" and ours["better"] == "lower"
     seed = ours["details"]["per_seed"][0]
     assert seed["grid_trials"] == 2 and seed["grid_image_passes"] > 0
@@ -302,7 +307,8 @@ def test_inference_tiny() -> None:
 def test_attributions_tiny_without_memory_probe() -> None:
     from benchmarks import attributions
 
-    cfg = attributions.Settings(models=("resnet18", "vit_tiny"), size=32, n_steps=4, warmup=0, repeats=1, memory=False)
+    cfg = attributions.Settings(models=("resnet18", "vit_tiny"), size=32, n_steps=4, warmup=0, repeats=1, cam_repeats=2,
+                                memory=False)
     dicts = _check_records(attributions.run(cfg), "attributions")
     assert [d["name"].split(".", 1)[1] for d in dicts] == [
         "resnet18@32.grad_cam", "resnet18@32.integrated_gradients_4", "resnet18@32.integrated_gradients_4.fp32",
@@ -326,7 +332,7 @@ def test_ig_memory_rejects_unknown_variant() -> None:
 def test_attributions_memory_probe_subprocess() -> None:
     from benchmarks import attributions
 
-    cfg = attributions.Settings(models=("resnet18",), size=64, n_steps=16, warmup=0, repeats=1, memory=True)
+    cfg = attributions.Settings(models=("resnet18",), size=64, n_steps=16, warmup=0, repeats=1, cam_repeats=2, memory=True)
     dicts = _check_records(attributions.run(cfg), "attributions")
     mem = dicts[-1]
     assert mem["name"] == "attributions.resnet18@64.ig_peak_memory" and mem["units"] == "MiB"

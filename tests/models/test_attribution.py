@@ -424,7 +424,7 @@ def test_precision_auto_picks_bf16_only_where_it_was_measured_faster(monkeypatch
     assert attribution._use_bf16("auto", "occlusion", "simple_cnn", cpu)
     assert attribution._use_bf16("auto", "gradient_shap", "tiny_cnn", cpu)
     assert not attribution._use_bf16("auto", "grad_cam", "resnet18", cpu)  # one pass: nothing to gain
-    assert not attribution._use_bf16("auto", "integrated_gradients", "vit_tiny", cpu)
+    assert attribution._use_bf16("auto", "integrated_gradients", "vit_tiny", cpu)
     assert not attribution._use_bf16("auto", "integrated_gradients", "efficientnet_b0", cpu)
     assert not attribution._use_bf16("auto", "integrated_gradients", None, cpu)  # unknown architecture
     assert not attribution._use_bf16("auto", "integrated_gradients", "resnet18", torch.device("cuda"))

@@ -216,8 +216,15 @@ def test_channels_last_gives_the_same_logits() -> None:
     x = torch.rand(2, 1, 32, 32)
     with torch.no_grad():
         ref = model(x)
-        out = model.to_channels_last()(x.contiguous(memory_format=torch.channels_last))
+        out = model.to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last))
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_prefers_channels_last_for_convolutional_families_only() -> None:
+    chosen = {name: models.get_model_info(name).prefers_channels_last for name in models.list_models()}
+    assert chosen == {name: models.get_model_info(name).family in ("cnn", "resnet", "efficientnet")
+                      for name in models.list_models()}
+    assert chosen["resnet18"] and chosen["simple_cnn"] and not chosen["vit_tiny"] and not chosen["logreg"]
 
 
 # --- helpers ----------------------------------------------------------------------------------------------
