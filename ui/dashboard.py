@@ -364,14 +364,20 @@ def leaderboard_ui(study: StudyResults) -> None:
     if board.empty:
         st.info("The leaderboard has no trial yet: the search is still running or found nothing.")
         return
-    styled = report.leaderboard_styler(board)
-    st.dataframe(styled, hide_index=True, key="leaderboard", column_config={
-        "cv_auc_mean": st.column_config.NumberColumn("CV AUC"),
-        "cv_auc_std": st.column_config.NumberColumn("± std"),
-        "test_auc": st.column_config.NumberColumn("test AUC"),
-        "test_auc_ci_low": st.column_config.NumberColumn("CI low"),
-        "test_auc_ci_high": st.column_config.NumberColumn("CI high"),
-        "delong_p": st.column_config.NumberColumn("DeLong p vs best"),
+    table = report.leaderboard_table(board)
+    best = report.best_per_architecture(board)
+    styled = table.style.apply(
+        lambda row: ["background-color: rgba(40,167,69,0.18)" if row.name in best else "" for _ in row], axis=1)
+    formats: dict[str, Any] = {c: st.column_config.NumberColumn(c, format="%.3f") for c in table.columns
+                               if pd.api.types.is_float_dtype(table[c]) and c not in ("lr", "weight_decay")}
+    formats.update({c: st.column_config.NumberColumn(c, format="%.2e") for c in ("lr", "weight_decay") if c in table})
+    st.dataframe(styled, hide_index=True, key="leaderboard", column_config={**formats,
+        "cv_auc_mean": st.column_config.NumberColumn("CV AUC", format="%.3f"),
+        "cv_auc_std": st.column_config.NumberColumn("± std", format="%.3f"),
+        "test_auc": st.column_config.NumberColumn("test AUC", format="%.3f"),
+        "test_auc_ci_low": st.column_config.NumberColumn("CI low", format="%.3f"),
+        "test_auc_ci_high": st.column_config.NumberColumn("CI high", format="%.3f"),
+        "delong_p": st.column_config.NumberColumn("DeLong p vs best", format="%.3g"),
         "init": st.column_config.TextColumn("init", help="ImageNet or random initialisation actually used"),
         "best": st.column_config.TextColumn("best", help="★ best trial of its architecture (highlighted)"),
     })

@@ -66,18 +66,6 @@ def leaderboard_table(board: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def leaderboard_styler(board: pd.DataFrame) -> Any:
-    """:func:`leaderboard_table` as a pandas ``Styler``: numbers formatted (AUCs ``0.000``, ``lr`` and
-    ``weight_decay`` ``1.00e-04``, DeLong p 3 significant digits), a missing value (e.g. the test AUC of
-    a trial that was not refitted) as "–" instead of "None", best trial per architecture highlighted."""
-    table = leaderboard_table(board)
-    best = best_per_architecture(board)
-    number_formats = {c: "{:.2e}" if c in ("lr", "weight_decay") else "{:.3g}" if c == "delong_p" else "{:.3f}"
-                      for c in table.columns if pd.api.types.is_float_dtype(table[c])}
-    return table.style.format(number_formats, na_rep="–").apply(
-        lambda row: ["background-color: rgba(40,167,69,0.18)" if row.name in best else "" for _ in row], axis=1)
-
-
 def _fmt(value: Any) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "–"

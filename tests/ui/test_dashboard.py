@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 from sklearn.metrics import confusion_matrix
@@ -264,13 +263,3 @@ def test_typed_study_path(app_env, handmade_study: Path, handmade_study3: Path) 
     assert "handmade3" in at.title[0].value
     at.sidebar.text_input(key="study_path").input(str(handmade_study3.parent / "nope")).run()
     assert any("does not exist" in e.value for e in at.error)
-
-
-def test_leaderboard_styler_shows_missing_values_as_a_dash() -> None:
-    """Streamlit renders NaN of a Styler as "None"; the styler formats numbers and writes "–" instead."""
-    board = pd.DataFrame({"trial": [0, 1], "model": ["logreg", "tiny_cnn"], "cv_auc_mean": [0.81234, 0.7],
-                          "test_auc": [0.9, np.nan], "lr": [np.nan, 3e-4], "delong_p": [np.nan, 0.01234]})
-    html = report.leaderboard_styler(board).to_html()
-    assert "0.812" in html and "0.81234" not in html
-    assert "3.00e-04" in html and "0.0123" in html
-    assert "–" in html and "None" not in html and "nan" not in html
