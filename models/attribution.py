@@ -58,8 +58,10 @@ correlating >= 0.98 with fp32), fp32 everywhere else; ``"fp32"`` and ``"bf16"`` 
 Resources: the model's own device is used (GPU when the model lives there); the model is put in
 ``eval()`` and its parameters stop requiring gradients for the duration of the call (only input or
 layer gradients are needed, so no weight gradients are computed); training mode and
-``requires_grad`` flags are restored afterwards. No copy of the model is made. Calls are serialised
-by a lock because of that temporary state (safe under Gradio's threads).
+``requires_grad`` flags are restored afterwards. A :class:`models.Predictor`'s model already is in
+eval mode with frozen parameters (the predictor sets both when it loads), so it is used as it is
+unless its root module is in training mode. No copy of the model is made. Calls are serialised by a
+lock because of that temporary state (safe under Gradio's threads).
 
 Example::
 
@@ -74,6 +76,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -313,9 +316,10 @@ def _to_input(image: Any, expected: int | None) -> torch.Tensor:
         raise ValueError(f"image of shape {shape} is smaller than {_MIN_SIZE} px.")
     if expected is not None and h != expected:
         raise ValueError(f"image of shape {shape} does not match the model's input size {expected}x{expected}.")
-    if not torch.isfinite(t).all():
+    lo_t, hi_t = torch.aminmax(t)  # one pass; NaN propagates into both, infinities show in lo or hi
+    lo, hi = float(lo_t), float(hi_t)
+    if not (math.isfinite(lo) and math.isfinite(hi)):
         raise ValueError("image holds NaN or infinite values.")
-    lo, hi = float(t.min()), float(t.max())
     if lo < -1e-4 or hi > 1 + 1e-4:
         raise ValueError(f"image values must lie in [0, 1] (got min {lo:.4g}, max {hi:.4g}).")
     return t.clamp_(0.0, 1.0)
@@ -748,7 +752,13 @@ def explain(
     if target is not None and not isinstance(target, (int, np.integer, str)):
         raise ValueError(f"target must be None, a class index or a class name, got {type(target).__name__}.")
     bf16 = _use_bf16(precision, method, res.name, x.device)
-    with _LOCK, _frozen_eval(model), torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+    # A Predictor put its model in eval mode with frozen parameters when it loaded it; walking every
+    # submodule and parameter again costs milliseconds on a ViT. Only a root in training mode (someone
+    # called predictor.model.train()) brings the full check back. (Parameters that require gradients
+    # would only cost time: every method differentiates with respect to the input or a layer.)
+    trusted = _is_predictor(model_or_predictor) and not model.training
+    state = contextlib.nullcontext() if trusted else _frozen_eval(model)
+    with _LOCK, state, torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
         # The target is resolved inside Captum's own forward pass (see _TargetForward): no extra
         # inference pass for the methods whose first forward call is on x itself.
         fwd = _TargetForward(model, x, target, res.classes, res.threshold, fp32_target=bf16)

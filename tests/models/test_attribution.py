@@ -303,6 +303,12 @@ def test_bad_arguments(nets, image, kwargs, match) -> None:
         (torch.rand(SIZE, SIZE + 2), "not square"),
         (torch.rand(SIZE, SIZE) * 255, r"\[0, 1\]"),
         (torch.full((SIZE, SIZE), float("nan")), "NaN"),
+        (torch.rand(SIZE, SIZE).index_put_((torch.tensor([3]), torch.tensor([4])), torch.tensor(float("nan"))),
+         "NaN"),  # one NaN among valid pixels
+        (torch.rand(SIZE, SIZE).index_put_((torch.tensor([0]), torch.tensor([0])), torch.tensor(float("inf"))),
+         "infinite"),
+        (torch.rand(SIZE, SIZE).index_put_((torch.tensor([0]), torch.tensor([0])), torch.tensor(float("-inf"))),
+         "infinite"),
         ("scan.png", "Predictor"),
         (np.zeros((SIZE, SIZE), dtype=np.complex64), "dtype"),
     ],
@@ -349,6 +355,22 @@ def test_predictor_raw_image(tmp_path, nets) -> None:
         explain(predictor, torch.rand(1, 1, 48, 48), method="grad_cam")
     with pytest.raises(models.InvalidInputError):
         explain(predictor, b"not an image", method="grad_cam")
+
+
+def test_predictor_model_is_used_as_loaded_unless_someone_switched_it_to_training(tmp_path, nets, image) -> None:
+    folder = models.save_checkpoint(nets["simple_cnn"], tmp_path / "ck", card={"classes": ["Normal", "Stroke"]})
+    predictor = models.load_predictor(folder, device="cpu")
+    net = predictor.model
+    assert not net.training and not any(p.requires_grad for p in net.parameters())  # as the predictor loads it
+    reference = explain(predictor, image, method="saliency", precision="fp32")
+    assert not net.training and not any(p.requires_grad for p in net.parameters())
+    net.train()  # dropout and batch statistics would change the map: explain must switch to eval and back
+    try:
+        again = explain(predictor, image, method="saliency", precision="fp32")
+        assert net.training
+    finally:
+        net.eval()
+    np.testing.assert_allclose(again.heatmap, reference.heatmap, rtol=1e-5, atol=1e-7)
 
 
 def test_randomised_weights_change_the_maps(image) -> None:
