@@ -43,7 +43,7 @@ class Settings:
     sizes: dict[str, int] | None = None  # model -> size; None = each model's default_image_size
     disk_size: int = 256
     warmup: int = 3
-    repeats: int = 30
+    repeats: int = 100  # one-image calls take 3-40 ms: many repeats for a stable median
     batch: int = 32
     batch_repeats: int = 3
 
