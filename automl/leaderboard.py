@@ -75,7 +75,7 @@ __all__ = [
 LEAKAGE_GAP = 0.05
 
 LEADERBOARD_COLUMNS = [
-    "rank", "trial", "model", "init", "lr", "batch_size", "weight_decay", "finetune",
+    "rank", "trial", "model", "init", "train_precision", "lr", "batch_size", "weight_decay", "finetune",
     "cv_auc_mean", "cv_auc_std", "cv_auc_folds",
     "test_auc", "test_auc_ci_low", "test_auc_ci_high", "test_accuracy", "test_balanced_accuracy",
     "test_sensitivity", "test_specificity", "test_precision", "test_f1", "test_brier", "test_ece",
@@ -199,6 +199,7 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
             "trial": t.number,
             "model": t.params.get("model", tc.get("model")),
             "init": attrs.get("init", "random" if t.state != TrialState.FAIL else None),
+            "train_precision": attrs.get("train_precision"),  # deep: "fp32" or "bf16" (autocast); classical: None
             "lr": t.params.get("lr", math.nan),
             "batch_size": t.params.get("batch_size", math.nan),
             "weight_decay": t.params.get("weight_decay", math.nan),

@@ -595,6 +595,7 @@ class Objective:
     networks (their values still feed the pruner's statistics at the end of each fold).
 
     User attributes of every trial: ``train_config`` (dict), ``init`` ("imagenet"|"random"),
+    ``train_precision`` (deep models: "bf16" when the folds trained under bf16 autocast, see ``TrainConfig.amp``),
     ``cv_auc_folds`` (list, also partial for pruned trials), ``cv_auc_mean``, ``cv_auc_std``,
     ``best_epochs`` (1-based epoch counts of the kept weights), ``fit_seconds``, ``worker`` (host,
     pid, start), ``heartbeat``; failed trials: ``error``; retries: ``retry_of``.
@@ -663,6 +664,8 @@ class Objective:
                     fit_seconds += float(result.fit_seconds)
                     init = getattr(result, "init", init) or init
                     trial.set_user_attr("init", init)
+                    if prunable:  # deep models: fp32 or bf16 autocast (classical ones: sklearn's own)
+                        trial.set_user_attr("train_precision", result.precision)
                     if result.pruned:
                         trial.set_user_attr("fit_seconds", fit_seconds)
                         raise optuna.TrialPruned(f"pruned in fold {k + 1}/{len(folds)}")

@@ -42,6 +42,7 @@ logger = logging.getLogger("benchmarks")
 BENCHMARKS = (
     "input_pipeline",
     "training_step",
+    "bf16_accuracy",
     "search_efficiency",
     "frozen_backbone",
     "inference",

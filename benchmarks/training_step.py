@@ -20,12 +20,14 @@ multiply-add; see :func:`training_flops` for why the backward is not counted dir
 against the CPU's estimated fp32 peak for the threads used (see :mod:`benchmarks._common`).
 
 The engine trains convolutional models in ``channels_last`` by default
-(:attr:`models.ModelInfo.prefers_channels_last`, chosen from this benchmark's variants); the record
-compares it with the plain loop everybody writes (contiguous), and ``details.ratio_same_format``
-with the hand loop in the engine's memory format (the overhead of the engine itself).
+(:attr:`models.ModelInfo.prefers_channels_last`) and CNNs/ResNets under bf16 autocast on a CPU with
+AMX (:attr:`models.ModelInfo.trains_in_bf16_on_cpu`), both chosen from this benchmark's variants; the
+record compares it with the plain fp32 loop everybody writes (contiguous), and
+``details.ratio_same_format`` with the hand loop in the engine's memory format and precision (the
+overhead of the engine itself).
 
 Variants (``variant_models``): the engine with ``channels_last=True`` against ``channels_last=False``,
-the engine with ``amp=True`` (bf16 autocast) against the engine's defaults, the hand loop under ``torch.compile`` (inductor)
+the engine with ``amp=True`` (bf16 autocast) against ``amp=False``, the hand loop under ``torch.compile`` (inductor)
 against the plain hand loop, and (``all_cores``, only when the run uses fewer threads than cores) the
 engine with ``num_threads = os.cpu_count()`` against the engine at the run's thread count. The
 engine's defaults are not changed here; the records say which wins.
@@ -119,7 +121,7 @@ def _engine(model_name: str, data, cfg: Settings, **overrides: Any) -> dict[str,
 
 
 def _hand_loop(model_name: str, data, cfg: Settings, *, compile_model: bool = False,
-               channels_last: bool = False) -> dict[str, Any]:
+               channels_last: bool = False, amp: bool = False) -> dict[str, Any]:
     import models
     import torch
 
@@ -138,7 +140,8 @@ def _hand_loop(model_name: str, data, cfg: Settings, *, compile_model: bool = Fa
     for _ in range(cfg.epochs):
         t0 = time.perf_counter()
         for idx in torch.randperm(len(X), generator=gen).split(cfg.batch_size):
-            loss = loss_fn(step_model(X[idx]), y[idx])
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+                loss = loss_fn(step_model(X[idx]).float(), y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -169,14 +172,19 @@ def run(cfg: Settings) -> list[Record]:
     peak_threads = peak * min(threads, machine["cores"]) / machine["cores"] if peak else None
     records: list[Record] = []
     for name in cfg.models:
-        engine_cl = models.get_model_info(name).prefers_channels_last  # the engine's default format
+        from automl.train import default_amp
+
+        # the engine's defaults on this machine: memory format and bf16 autocast
+        engine_cl = models.get_model_info(name).prefers_channels_last
+        engine_amp = default_amp(torch.device("cpu"), name)
+        same = engine_cl or engine_amp
         runs = [
             (_engine(name, data, cfg), _hand_loop(name, data, cfg),
-             _hand_loop(name, data, cfg, channels_last=True) if engine_cl else None)
+             _hand_loop(name, data, cfg, channels_last=engine_cl, amp=engine_amp) if same else None)
             for _ in range(max(1, cfg.rounds))
         ]
         ours, base = _pool([r[0] for r in runs]), _pool([r[1] for r in runs])
-        same_format = _pool([r[2] for r in runs]) if engine_cl else base
+        same_format = _pool([r[2] for r in runs]) if same else base
         model = models.create_model(name, num_classes=2, image_size=cfg.size, pretrained="no")
         flops = training_flops(model, torch.rand(cfg.batch_size, 1, cfg.size, cfg.size))
         flops_per_image = flops["estimate"] / cfg.batch_size
@@ -197,12 +205,15 @@ def run(cfg: Settings) -> list[Record]:
                 "achieved_gflops_ours": gflops_ours, "achieved_gflops_baseline": gflops_base,
                 "peak_gflops_for_threads": peak_threads,
                 "fraction_of_peak_ours": gflops_ours / peak_threads if peak_threads else None,
-                "ours": "automl.train.fit_fold (aug_strength=0, scheduler=none, its default memory format: "
-                        f"{'channels_last' if engine_cl else 'contiguous'}), training part of each epoch",
-                "baseline": "hand-written loop on the same module, AdamW, pre-converted float tensor, contiguous",
+                "ours": "automl.train.fit_fold (aug_strength=0, scheduler=none, its defaults here: "
+                        f"{'channels_last' if engine_cl else 'contiguous'}, {'bf16 autocast' if engine_amp else 'fp32'}),"
+                        " training part of each epoch",
+                "baseline": "hand-written loop on the same module, AdamW, pre-converted float tensor, contiguous, fp32",
+                "engine_channels_last": engine_cl, "engine_bf16": engine_amp,
                 "baseline_same_format_ips": same_format["ips"],
                 "ratio_same_format": ours["ips"] / same_format["ips"],
-                "same_format": "the hand loop with the engine's memory format (overhead of the engine itself)",
+                "same_format": "the hand loop with the engine's memory format and precision (overhead of the engine "
+                               "itself)",
             },
         ))
         logger.info("%s: ours %.1f img/s, loop %.1f img/s, %.2f GFLOP/s", name, ours["ips"], base["ips"], gflops_ours)
@@ -215,7 +226,9 @@ def run(cfg: Settings) -> list[Record]:
                     ref = _engine(name, data, cfg, channels_last=False)["ips"]
                     kind = "engine with channels_last=False"
                 elif variant == "bf16":
-                    v, ref, kind = _engine(name, data, cfg, amp=True)["ips"], ours["ips"], "engine"
+                    v = _engine(name, data, cfg, amp=True)["ips"]
+                    ref = _engine(name, data, cfg, amp=False)["ips"]
+                    kind = "engine with amp=False"
                 elif variant == "all_cores":
                     cores = os.cpu_count() or 1
                     if cores <= threads:
@@ -239,7 +252,7 @@ def run(cfg: Settings) -> list[Record]:
                 better="higher", target="informational: ratio > 1 means the variant wins on this CPU",
                 meets_target=None,
                 details={
-                    "compared_with": kind if variant in ("all_cores", "channels_last")
+                    "compared_with": kind if variant in ("all_cores", "channels_last", "bf16")
                     else f"{kind} default (fp32, eager)",
                     "error": error, "batch_size": cfg.batch_size, "epochs": cfg.epochs,
                     "note": "compile: the first (warm-up) epoch includes compilation" if variant == "compile" else "",

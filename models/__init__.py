@@ -17,6 +17,7 @@ _EXPORTS = {
     "PretrainedWeightsUnavailable": "models._pretrained",
     "logits_to_probabilities": "models._common",
     "pick_device": "models._common",
+    "cpu_has_amx": "models._common",
     "ClassicalModel": "models.classical",
     "save_checkpoint": "models.predictor",
     "load_predictor": "models.predictor",

@@ -192,6 +192,18 @@ def logits_to_probabilities(logits: torch.Tensor, num_classes: int) -> torch.Ten
     return torch.softmax(logits, dim=1)
 
 
+def cpu_has_amx() -> bool:
+    """Whether this CPU has AMX tiles (native bf16 matrix units: Intel Sapphire Rapids and later).
+
+    Where it does, bf16 autocast made convolutions and matmuls 1.3-2.2x faster in the benchmarks; the
+    training engine and the attributions use it for the architectures where that was measured.
+    """
+    try:
+        return bool(torch.cpu._is_amx_tile_supported())
+    except (AttributeError, RuntimeError):  # pragma: no cover - older torch or exotic CPU
+        return False
+
+
 def pick_device(preference: str | torch.device = "auto") -> torch.device:
     """Choose the torch device.
 

@@ -86,6 +86,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from models._common import cpu_has_amx
+
 __all__ = ["METHODS", "Attribution", "applicable_methods", "explain", "overlay"]
 
 logger = logging.getLogger(__name__)
@@ -430,21 +432,13 @@ _PRECISIONS = ("auto", "fp32", "bf16")
 _BF16_FAMILIES = ("resnet", "cnn", "vit")
 
 
-def _cpu_has_fast_bf16() -> bool:
-    """Whether this CPU has AMX tiles (native bf16 matrix units, Intel Sapphire Rapids and later)."""
-    try:
-        return bool(torch.cpu._is_amx_tile_supported())
-    except (AttributeError, RuntimeError):  # pragma: no cover - older torch or exotic CPU
-        return False
-
-
 def _use_bf16(precision: str, method: str, model_name: str | None, device: torch.device) -> bool:
     """Resolve ``precision`` ("auto" | "fp32" | "bf16") for one call; True = run under bf16 autocast."""
     if precision not in _PRECISIONS:
         raise ValueError(f"precision must be one of {list(_PRECISIONS)}, got {precision!r}.")
     if precision != "auto":
         return precision == "bf16"
-    if method not in _MULTI_PASS or device.type != "cpu" or not _cpu_has_fast_bf16() or model_name is None:
+    if method not in _MULTI_PASS or device.type != "cpu" or not cpu_has_amx() or model_name is None:
         return False
     from models import get_model_info
 

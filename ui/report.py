@@ -32,7 +32,8 @@ DISCLAIMER = "Research and teaching only — not for clinical use."
 
 #: Leaderboard columns shown to humans (in this order, when present).
 TABLE_COLUMNS = [
-    "rank", "trial", "model", "init", "state", "cv_auc_mean", "cv_auc_std", "test_auc", "test_auc_ci_low",
+    "rank", "trial", "model", "init", "train_precision", "state", "cv_auc_mean", "cv_auc_std", "test_auc",
+    "test_auc_ci_low",
     "test_auc_ci_high", "delong_p", "test_sensitivity", "test_specificity", "test_balanced_accuracy", "test_f1",
     "test_brier", "test_ece", "subject_auc_mean", "subject_auc_max", "threshold", "lr", "batch_size",
     "weight_decay", "finetune", "fit_seconds", "refit",

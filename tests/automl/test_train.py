@@ -389,3 +389,21 @@ def test_convolutional_models_train_in_channels_last_by_default(small_fold, monk
     np.testing.assert_allclose(auto.val_probabilities, plain.val_probabilities, atol=1e-3)
     # the returned model is back in the contiguous layout safetensors needs
     assert all(p.is_contiguous() for p in auto.model.parameters())
+
+
+def test_bf16_autocast_by_default_only_where_it_was_measured_faster(small_fold, monkeypatch) -> None:
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(models, "cpu_has_amx", lambda: True)
+    assert train_mod.default_amp(cpu, "resnet18") and train_mod.default_amp(cpu, "simple_cnn")
+    assert not train_mod.default_amp(cpu, "vit_tiny") and not train_mod.default_amp(cpu, "efficientnet_b0")
+    assert not train_mod.default_amp(torch.device("mps"), "resnet18")
+    auto = fit_fold(*small_fold, config=small_config(model="tiny_cnn"), num_classes=2)
+    assert auto.precision == "bf16"
+    # validation runs in fp32: the probabilities are exactly what the returned model predicts
+    with torch.inference_mode():
+        logits = auto.model(torch.from_numpy(small_fold[2]).float().div(255).unsqueeze(1))
+    np.testing.assert_allclose(models.logits_to_probabilities(logits, 2).numpy(), auto.val_probabilities, atol=1e-6)
+    assert fit_fold(*small_fold, config=small_config(model="tiny_cnn", amp=False), num_classes=2).precision == "fp32"
+    monkeypatch.setattr(models, "cpu_has_amx", lambda: False)
+    assert not train_mod.default_amp(cpu, "resnet18")
+    assert fit_fold(*small_fold, config=small_config(model="tiny_cnn"), num_classes=2).precision == "fp32"

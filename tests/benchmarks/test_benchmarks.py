@@ -352,3 +352,17 @@ def test_live_serving_tiny() -> None:
     details = dicts[0]["details"]
     assert details["concurrent"]["requests"] == 4 and details["single_client"]["requests"] == 2
     assert dicts[0]["meets_target"] == (details["concurrent"]["errors"] + details["single_client"]["errors"] == 0)
+
+
+def test_bf16_accuracy_tiny() -> None:
+    from benchmarks import bf16_accuracy
+
+    cfg = bf16_accuracy.Settings(seeds=(0,), models=("tiny_cnn",), lr_grid=(1e-3,), batch_grid=(8, 16), phantom_n=60,
+                                 image_size=16, folds=2, epochs=1)
+    dicts = _check_records(bf16_accuracy.run(cfg), "bf16_accuracy")
+    assert [d["name"] for d in dicts] == ["bf16_accuracy.tiny_cnn@16"]
+    details = dicts[0]["details"]
+    assert details["n_pairs"] == 2 and len(details["pairs"]) == 2
+    diffs = [p["bf16"] - p["fp32"] for p in details["pairs"]]
+    assert details["mean_paired_difference"] == pytest.approx(sum(diffs) / 2)
+    assert dicts[0]["meets_target"] is None and details["speedup_bf16"] > 0

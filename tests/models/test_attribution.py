@@ -441,7 +441,7 @@ def test_precision_auto_picks_bf16_only_where_it_was_measured_faster(monkeypatch
     from models import attribution
 
     cpu = torch.device("cpu")
-    monkeypatch.setattr(attribution, "_cpu_has_fast_bf16", lambda: True)
+    monkeypatch.setattr(attribution, "cpu_has_amx", lambda: True)
     assert attribution._use_bf16("auto", "integrated_gradients", "resnet18", cpu)
     assert attribution._use_bf16("auto", "occlusion", "simple_cnn", cpu)
     assert attribution._use_bf16("auto", "gradient_shap", "tiny_cnn", cpu)
@@ -452,7 +452,7 @@ def test_precision_auto_picks_bf16_only_where_it_was_measured_faster(monkeypatch
     assert not attribution._use_bf16("auto", "integrated_gradients", "resnet18", torch.device("cuda"))
     assert attribution._use_bf16("bf16", "grad_cam", "vit_tiny", cpu)
     assert not attribution._use_bf16("fp32", "integrated_gradients", "resnet18", cpu)
-    monkeypatch.setattr(attribution, "_cpu_has_fast_bf16", lambda: False)
+    monkeypatch.setattr(attribution, "cpu_has_amx", lambda: False)
     assert not attribution._use_bf16("auto", "integrated_gradients", "resnet18", cpu)
 
 
