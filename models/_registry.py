@@ -108,11 +108,12 @@ class ModelInfo:
     def trains_in_bf16_on_cpu(self) -> bool:
         """Whether the training engine uses bf16 autocast for this architecture on a CPU with AMX.
 
-        True for the ``cnn`` and ``resnet`` families: the engine trained them 1.5-2.2x faster (training
-        step, 128 px) and 1.47-1.66x faster (whole folds, 64 px), and over 36 paired fold-CV fits (tiny_cnn
-        and simple_cnn, 3 phantom seeds x the search benchmark's grid) the CV AUC moved by -0.0025 on
-        average (SD 0.016, Wilcoxon p = 0.72), well inside the training-seed noise. False for
-        EfficientNet (0.6x: depthwise convolutions) and ViTs (0.9x), and for classical models.
+        True for the ``cnn`` and ``resnet`` families: the engine trained them 1.6-2.1x faster per training
+        step at 128 px and 1.1-1.5x faster per whole fold at 64 px (``python -m benchmarks --only
+        training_step --only bf16_accuracy``), while the mean CV AUC over 18 paired fits each (3 phantom
+        seeds x the search benchmark's grid) moved by -0.0018 (tiny_cnn), -0.0067 (simple_cnn) and
+        +0.0009 (resnet18), far inside the training-seed noise of about 0.1 AUC on that surrogate. False
+        for EfficientNet (0.6x: depthwise convolutions), ViTs (about 0.9x) and classical models.
         """
         return self.kind == "deep" and self.family in ("cnn", "resnet")
 
