@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from benchmarks._common import Record, make_record
+from benchmarks.search_efficiency import surrogate_config
 
 __all__ = ["Settings", "run", "settings"]
 
@@ -82,12 +83,7 @@ def run(cfg: Settings) -> list[Record]:
     pairs: dict[str, list[dict[str, Any]]] = {m: [] for m in cfg.models}
     with tempfile.TemporaryDirectory(prefix="bench-bf16-") as tmp:
         for seed in cfg.seeds:
-            search_cfg = search.SearchConfig(
-                preset="smoke", study=f"bf16_{seed}", out=tmp, models=tuple(cfg.models), n_trials=1, timeout=0.0,
-                folds=cfg.folds, epochs=cfg.epochs, search_epochs=False, image_size=cfg.image_size,
-                pretrained="no", phantom_n=cfg.phantom_n, phantom_difficulty=cfg.difficulty,
-                phantom_label_level=cfg.label_level, seed=seed, device="cpu", leakage_audit="none", refit=False,
-            )
+            search_cfg = surrogate_config(cfg, seed=seed, out=tmp, study=f"bf16_{seed}", n_trials=1)
             ctx = search.prepare_data(search_cfg)
             max_batch = min(len(tr) for tr, _ in ctx.split.folds)
             for name in cfg.models:

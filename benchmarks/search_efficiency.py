@@ -54,7 +54,7 @@ from typing import Any
 
 from benchmarks._common import Record, make_record
 
-__all__ = ["Settings", "count_compute", "run", "settings"]
+__all__ = ["Settings", "count_compute", "run", "settings", "surrogate_config"]
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +91,24 @@ def settings(mode: str) -> Settings:
                         c_grid=(1e-2, 1.0), n_trials=4, n_startup_trials=2, phantom_n=60, image_size=32, folds=2,
                         epochs=1, retrain_seeds=())
     raise ValueError(f"mode must be 'full' or 'quick', got {mode!r}.")
+
+
+def surrogate_config(cfg: Any, *, seed: int, out: str, study: str, **options: Any) -> Any:
+    """The :class:`automl.search.SearchConfig` of the phantom surrogate ``cfg`` describes.
+
+    ``cfg`` is a settings object with ``models``, ``phantom_n``, ``difficulty``, ``label_level``,
+    ``image_size``, ``folds`` and ``epochs`` (this module's :class:`Settings`, or
+    :class:`benchmarks.bf16_accuracy.Settings`); ``options`` are further ``SearchConfig`` fields.
+    Random init, CPU, no leakage audit and no refit: only the cross-validation is measured.
+    """
+    from automl import search
+
+    return search.SearchConfig(
+        preset="smoke", study=study, out=out, models=tuple(cfg.models), timeout=0.0, folds=cfg.folds,
+        epochs=cfg.epochs, search_epochs=False, image_size=cfg.image_size, pretrained="no",
+        phantom_n=cfg.phantom_n, phantom_difficulty=cfg.difficulty, phantom_label_level=cfg.label_level,
+        seed=seed, device="cpu", leakage_audit="none", refit=False, **options,
+    )
 
 
 @contextlib.contextmanager
@@ -228,12 +246,8 @@ def run(cfg: Settings) -> list[Record]:
     per_seed: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench-search-") as tmp:
         for seed in cfg.seeds:
-            search_cfg = search.SearchConfig(
-                preset="smoke", study=f"bench_{seed}", out=tmp, models=tuple(cfg.models), n_trials=cfg.n_trials,
-                timeout=0.0, folds=cfg.folds, epochs=cfg.epochs, search_epochs=False, image_size=cfg.image_size,
-                pretrained="no", pruner="median", n_startup_trials=cfg.n_startup_trials, phantom_n=cfg.phantom_n,
-                phantom_difficulty=cfg.difficulty, phantom_label_level=cfg.label_level, seed=seed, device="cpu", leakage_audit="none", refit=False,
-            )
+            search_cfg = surrogate_config(cfg, seed=seed, out=tmp, study=f"bench_{seed}", n_trials=cfg.n_trials,
+                                          pruner="median", n_startup_trials=cfg.n_startup_trials)
             ctx = search.prepare_data(search_cfg)
             _warm_up(search_cfg, ctx)
             runs = {kind: _run_study(kind, search_cfg, ctx, Path(tmp) / f"seed{seed}", cfg)
