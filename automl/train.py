@@ -123,7 +123,8 @@ class TrainConfig:
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N" | "mps"
     C: float = 1.0  # inverse regularisation strength of the classical baselines
     gamma: float | str = "scale"  # RBF kernel width of svm_rbf: float > 0 | "scale" | "auto"
-    channels_last: bool | None = None  # None = auto: on for convolutional models (ModelInfo.prefers_channels_last)
+    # None = auto: on for convolutional models (ModelInfo.prefers_channels_last) on CPU and CUDA (not measured on MPS)
+    channels_last: bool | None = None
     num_threads: int | None = None  # torch intra-op threads during the fit; None = leave torch's setting
     eval_batch_size: int | None = None  # validation batch; None = max(64, 2 * batch_size), at most 512
     head_fraction: float = 1.0 / 3.0  # two_stage: share of the epochs that train only the head
@@ -432,7 +433,7 @@ class _DeepFit:
         self.channels_last = (
             config.channels_last
             if config.channels_last is not None
-            else models.get_model_info(config.model).prefers_channels_last
+            else models.get_model_info(config.model).prefers_channels_last and device.type in ("cpu", "cuda")
         )
         self.amp = config.amp if config.amp is not None else default_amp(device, config.model)
         fits = Xtr.nbytes + Xva.nbytes <= _DEVICE_DATA_LIMIT_BYTES

@@ -397,7 +397,7 @@ class Predictor:
         if self.kind == "deep":
             model = model.to(self.device).eval().requires_grad_(False)  # inference only: no weight gradients
             info = _registry_info(card["model"])
-            if info is not None and info.prefers_channels_last:
+            if info is not None and info.prefers_channels_last and self.device.type in ("cpu", "cuda"):
                 model = model.to(memory_format=torch.channels_last)
                 self.channels_last = True
         self.model = model

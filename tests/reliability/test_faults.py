@@ -54,7 +54,10 @@ def test_kill9_mid_trial_then_resume(backend: str, request: pytest.FixtureReques
     url = request.getfixturevalue("postgres_url") if backend == "postgresql" else None
     out, study = tmp_path / "leaderboards", f"kill_{backend}"
     study_dir = out / study
-    args = _studies.search_args(study=study, data=phantom_data, out=out, storage=url, n_trials=N_TRIALS)
+    # 48 px x 3 epochs: trials that take seconds even with the CPU's bf16 training, so that the trial
+    # seen RUNNING is still running when the kill lands
+    args = _studies.search_args(study=study, data=phantom_data, out=out, storage=url, n_trials=N_TRIALS,
+                                extra=("--epochs", "3", "--image-size", "48"))
     log = tmp_path / "search.log"
 
     victim = None
@@ -83,7 +86,12 @@ def test_kill9_mid_trial_then_resume(backend: str, request: pytest.FixtureReques
     storage = _studies.open_storage(study_dir, url)
     before = _studies.load_trials(study, storage)
     snapshot = _studies.finished_snapshot(before)
-    oof_before = _studies.file_digests(study_dir / "predictions", "oof_trial_*.csv")
+    # Only the files of trials that had finished: the victim may have written its own file in the
+    # instant between its last fold and the storage marking it COMPLETE; a failed trial's file is
+    # removed on restart (check_study_folder: no non-complete trial has one).
+    oof_before = {name: digest for name, digest in
+                  _studies.file_digests(study_dir / "predictions", "oof_trial_*.csv").items()
+                  if int(name.removeprefix("oof_trial_").removesuffix(".csv")) in snapshot}
     assert snapshot, "no finished trial before the kill"
 
     # restart: the same command
