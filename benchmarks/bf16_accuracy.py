@@ -22,12 +22,11 @@ import dataclasses
 import logging
 import statistics
 import tempfile
-import time
 from dataclasses import dataclass
 from typing import Any
 
 from benchmarks._common import Record, make_record
-from benchmarks.search_efficiency import surrogate_config
+from benchmarks.search_efficiency import cv_auc, surrogate_config
 
 __all__ = ["Settings", "run", "settings"]
 
@@ -60,19 +59,6 @@ def settings(mode: str) -> Settings:
     raise ValueError(f"mode must be 'full' or 'quick', got {mode!r}.")
 
 
-def _cv_auc(ctx: Any, config: Any) -> tuple[float, float]:
-    """Mean fold AUC of ``config`` over the study's folds, and the wall seconds of the fits."""
-    import numpy as np
-
-    from automl import metrics, train
-
-    aucs, t0 = [], time.perf_counter()
-    for tr, va in ctx.split.folds:
-        result = train.fit_fold(ctx.X[tr], ctx.y[tr], ctx.X[va], ctx.y[va], config=config, num_classes=ctx.num_classes)
-        aucs.append(metrics.roc_auc(ctx.y[va], np.asarray(result.val_probabilities, dtype=float)))
-    return float(np.mean(aucs)), time.perf_counter() - t0
-
-
 def run(cfg: Settings) -> list[Record]:
     """Paired fp32 / bf16 fits for every seed, model and grid point; one record per model."""
     import optuna
@@ -93,8 +79,8 @@ def run(cfg: Settings) -> list[Record]:
                                   "aug_strength": 0.5}
                         base = search.suggest_config(optuna.trial.FixedTrial(params), search_cfg,
                                                      max_batch_size=max_batch)
-                        fp32, t32 = _cv_auc(ctx, dataclasses.replace(base, amp=False))
-                        bf16, t16 = _cv_auc(ctx, dataclasses.replace(base, amp=True))
+                        fp32, t32 = cv_auc(ctx, dataclasses.replace(base, amp=False))
+                        bf16, t16 = cv_auc(ctx, dataclasses.replace(base, amp=True))
                         pairs[name].append({"seed": seed, "lr": lr, "batch_size": batch, "fp32": fp32, "bf16": bf16,
                                             "seconds_fp32": t32, "seconds_bf16": t16})
                         logger.info("seed %d %s lr %.0e batch %d: fp32 %.3f bf16 %.3f", seed, name, lr, batch,

@@ -54,7 +54,7 @@ from typing import Any
 
 from benchmarks._common import Record, make_record
 
-__all__ = ["Settings", "count_compute", "run", "settings", "surrogate_config"]
+__all__ = ["Settings", "count_compute", "cv_auc", "run", "settings", "surrogate_config"]
 
 logger = logging.getLogger(__name__)
 
@@ -203,6 +203,19 @@ def _warm_up(search_cfg: Any, ctx: Any) -> None:
         train.fit_fold(ctx.X[tr], ctx.y[tr], ctx.X[va], ctx.y[va], config=config, num_classes=ctx.num_classes)
 
 
+def cv_auc(ctx: Any, config: Any) -> tuple[float, float]:
+    """Mean fold AUC of one ``TrainConfig`` over the study's folds, and the wall seconds of the fits."""
+    import numpy as np
+
+    from automl import metrics, train
+
+    aucs, t0 = [], time.perf_counter()
+    for tr, va in ctx.split.folds:
+        result = train.fit_fold(ctx.X[tr], ctx.y[tr], ctx.X[va], ctx.y[va], config=config, num_classes=ctx.num_classes)
+        aucs.append(metrics.roc_auc(ctx.y[va], np.asarray(result.val_probabilities, dtype=float)))
+    return float(np.mean(aucs)), time.perf_counter() - t0
+
+
 def _retrained(search_cfg: Any, ctx: Any, params: dict[str, Any], seeds: tuple[int, ...]) -> list[float]:
     """CV AUC of one configuration trained again with other training seeds (same data, same folds).
 
@@ -211,23 +224,13 @@ def _retrained(search_cfg: Any, ctx: Any, params: dict[str, Any], seeds: tuple[i
     """
     import dataclasses
 
-    import numpy as np
     import optuna
 
-    from automl import metrics, search, train
+    from automl import search
 
     max_batch = min(len(t) for t, _ in ctx.split.folds)
     base = search.suggest_config(optuna.trial.FixedTrial(params), search_cfg, max_batch_size=max_batch)
-    values = []
-    for offset in seeds:
-        config = dataclasses.replace(base, seed=base.seed + offset)
-        aucs = []
-        for tr, va in ctx.split.folds:
-            result = train.fit_fold(ctx.X[tr], ctx.y[tr], ctx.X[va], ctx.y[va], config=config,
-                                    num_classes=ctx.num_classes)
-            aucs.append(metrics.roc_auc(ctx.y[va], np.asarray(result.val_probabilities, dtype=float)))
-        values.append(float(np.mean(aucs)))
-    return values
+    return [cv_auc(ctx, dataclasses.replace(base, seed=base.seed + offset))[0] for offset in seeds]
 
 
 def _reach(log: list[dict[str, Any]], threshold: float) -> tuple[bool, float, float]:
