@@ -15,7 +15,7 @@ through the product's :class:`automl.search.Objective` (every trial trains every
   ones, all folds to the end (Optuna ``NopPruner``, the points enqueued in order);
 * **random** without pruning: ``RandomSampler(seed)`` + ``NopPruner`` for ``n_trials`` trials;
 * **ours**: :func:`automl.search.make_sampler` (multivariate TPE) + :func:`automl.search.make_pruner`
-  (``median`` on the fold-aware step axis) with the per-architecture default trials enqueued first,
+  (``median`` on the fold-aware step axis) with :func:`automl.search.default_trials` enqueued first,
   exactly as :func:`automl.search.run_search` does, for ``n_trials`` trials.
 
 Before the three searches of a seed, one untimed fit per architecture warms the process up (first
@@ -164,8 +164,7 @@ def _run_study(kind: str, search_cfg: Any, ctx: Any, study_dir: Path, cfg: Setti
     else:
         sampler, pruner = search.make_sampler(search_cfg), search.make_pruner(search_cfg)
         max_batch = min(len(tr) for tr, _ in ctx.split.folds)
-        enqueue = [search.default_params(m, search_cfg, max_batch_size=max_batch) for m in search_cfg.models]
-        enqueue, n_trials = enqueue[: cfg.n_trials], cfg.n_trials
+        enqueue, n_trials = search.default_trials(search_cfg, max_batch_size=max_batch), cfg.n_trials
     study = optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)
     for params in enqueue:
         study.enqueue_trial(params)
