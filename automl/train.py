@@ -11,7 +11,7 @@ How a deep model is trained (the recipe of the CT literature):
 * **Loss**: binary tasks emit one logit and use ``BCEWithLogitsLoss`` (``pos_weight`` for imbalance;
   ``"balanced"`` = n_negative / n_positive); multiclass tasks use softmax cross-entropy
   (``"balanced"`` = scikit-learn's class weights ``N / (C * n_c)``).
-* **Optimiser / schedule**: AdamW or Adam; cosine annealing per epoch, ``ReduceLROnPlateau`` on the
+* **Optimiser / schedule**: AdamW or Adam (fused kernel on CPU and CUDA); cosine annealing per epoch, ``ReduceLROnPlateau`` on the
   validation AUC (factor 0.5, patience ``max(1, patience // 2)``) or a constant rate.
 * **Early stopping** on the validation AUC (the validation loss when the AUC is undefined, i.e. a
   single-class validation fold) with ``patience`` epochs; the best epoch's weights are kept in memory
@@ -625,7 +625,11 @@ class _DeepFit:
 
     def optimizer(self, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
         cls = torch.optim.AdamW if self.config.optimizer == "adamw" else torch.optim.Adam
-        return cls(groups, lr=groups[0]["lr"], weight_decay=self.config.weight_decay)
+        # The fused kernel updates every parameter in one pass: on the 2-core CPU its step took 7.5 ms
+        # instead of the default (foreach) 26 ms for vit_tiny, 12 vs 49 ms for resnet18 (training_step
+        # benchmark notes). Same update rule; CPU and CUDA only (MPS support depends on the torch version).
+        return cls(groups, lr=groups[0]["lr"], weight_decay=self.config.weight_decay,
+                   fused=self.device.type in ("cpu", "cuda"))
 
     def set_trainable(self, trainable: list[nn.Module] | None) -> None:
         """Freeze every parameter except those of ``trainable`` (``None`` = unfreeze all)."""

@@ -12,18 +12,20 @@ input channel, one logit) at ``size`` px:
 
 Same model, image size, batch size, number of steps per epoch and threads. The first epoch of each
 side is a warm-up; the figure is the median over the remaining epochs (pooled over ``rounds``
-alternations engine -> loop when ``rounds > 1``). Target: ratio >= 0.95.
+rounds; even rounds run engine -> loop, odd rounds loop -> engine, so a drifting machine speed
+favours neither side). Target: ratio >= 0.95.
 
 Achieved GFLOP/s = training FLOPs per image x images/s, with training FLOPs = 3 x the forward FLOPs
 counted by ``torch.utils.flop_counter.FlopCounterMode`` (convolutions and matmuls, 2 FLOPs per
 multiply-add; see :func:`training_flops` for why the backward is not counted directly), reported
 against the CPU's estimated fp32 peak for the threads used (see :mod:`benchmarks._common`).
 
-The engine trains convolutional models in ``channels_last`` by default
+The engine steps a fused AdamW (one kernel for all parameters; the plain loop uses PyTorch's
+default), trains convolutional models in ``channels_last`` by default
 (:attr:`models.ModelInfo.prefers_channels_last`) and CNNs/ResNets under bf16 autocast on a CPU with
 AMX (:attr:`models.ModelInfo.trains_in_bf16_on_cpu`), both chosen from this benchmark's variants; the
 record compares it with the plain fp32 loop everybody writes (contiguous), and
-``details.ratio_same_format`` with the hand loop in the engine's memory format and precision (the
+``details.ratio_same_format`` with the hand loop in the engine's memory format, precision and fused AdamW (the
 overhead of the engine itself).
 
 Variants (``variant_models``): the engine with ``channels_last=True`` against ``channels_last=False``,
@@ -63,7 +65,7 @@ class Settings:
     epochs: int = 3  # the first is a warm-up
     variant_models: tuple[str, ...] = ("resnet18", "efficientnet_b0", "simple_cnn")
     variants: tuple[str, ...] = ("channels_last", "bf16", "compile", "all_cores")
-    rounds: int = 3  # alternations engine -> loop per model; epochs pooled over rounds
+    rounds: int = 4  # rounds per model (ABBA order, see _round); epochs pooled over rounds
 
 
 def settings(mode: str) -> Settings:
@@ -121,7 +123,7 @@ def _engine(model_name: str, data, cfg: Settings, **overrides: Any) -> dict[str,
 
 
 def _hand_loop(model_name: str, data, cfg: Settings, *, compile_model: bool = False,
-               channels_last: bool = False, amp: bool = False) -> dict[str, Any]:
+               channels_last: bool = False, amp: bool = False, fused: bool = False) -> dict[str, Any]:
     import models
     import torch
 
@@ -131,7 +133,7 @@ def _hand_loop(model_name: str, data, cfg: Settings, *, compile_model: bool = Fa
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     step_model = torch.compile(model) if compile_model else model
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4, fused=fused)
     loss_fn = torch.nn.BCEWithLogitsLoss()
     X = torch.from_numpy(Xtr).float().div_(255.0).unsqueeze(1)
     y = torch.from_numpy(ytr).float().unsqueeze(1)
@@ -148,6 +150,22 @@ def _hand_loop(model_name: str, data, cfg: Settings, *, compile_model: bool = Fa
         per_epoch.append(len(X) / (time.perf_counter() - t0))
     timed = per_epoch[1:] or per_epoch
     return {"ips": statistics.median(timed), "epochs_ips": per_epoch}
+
+
+def _round(name: str, data, cfg: Settings, index: int, *, same_format: tuple[bool, bool]) -> tuple:
+    """One round: (engine, plain hand loop, hand loop with the engine's (channels_last, amp) and fused AdamW).
+
+    Even rounds run the engine first, odd rounds last (ABBA order), so that a machine whose speed
+    drifts during the benchmark (a shared 2-core VM does) favours neither side.
+    """
+    def same() -> dict[str, Any]:
+        return _hand_loop(name, data, cfg, channels_last=same_format[0], amp=same_format[1], fused=True)
+
+    if index % 2 == 0:
+        engine = _engine(name, data, cfg)
+        return engine, _hand_loop(name, data, cfg), same()
+    same_run, loop = same(), _hand_loop(name, data, cfg)
+    return _engine(name, data, cfg), loop, same_run
 
 
 def _pool(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -177,14 +195,9 @@ def run(cfg: Settings) -> list[Record]:
         # the engine's defaults on this machine: memory format and bf16 autocast
         engine_cl = models.get_model_info(name).prefers_channels_last
         engine_amp = default_amp(torch.device("cpu"), name)
-        same = engine_cl or engine_amp
-        runs = [
-            (_engine(name, data, cfg), _hand_loop(name, data, cfg),
-             _hand_loop(name, data, cfg, channels_last=engine_cl, amp=engine_amp) if same else None)
-            for _ in range(max(1, cfg.rounds))
-        ]
+        runs = [_round(name, data, cfg, r, same_format=(engine_cl, engine_amp)) for r in range(max(1, cfg.rounds))]
         ours, base = _pool([r[0] for r in runs]), _pool([r[1] for r in runs])
-        same_format = _pool([r[2] for r in runs]) if same else base
+        same_format = _pool([r[2] for r in runs])
         model = models.create_model(name, num_classes=2, image_size=cfg.size, pretrained="no")
         flops = training_flops(model, torch.rand(cfg.batch_size, 1, cfg.size, cfg.size))
         flops_per_image = flops["estimate"] / cfg.batch_size
@@ -213,8 +226,8 @@ def run(cfg: Settings) -> list[Record]:
                 "engine_channels_last": engine_cl, "engine_bf16": engine_amp,
                 "baseline_same_format_ips": same_format["ips"],
                 "ratio_same_format": ours["ips"] / same_format["ips"],
-                "same_format": "the hand loop with the engine's memory format and precision (overhead of the engine "
-                               "itself)",
+                "same_format": "the hand loop with the engine's memory format, precision and fused AdamW "
+                               "(overhead of the engine itself)",
             },
         ))
         logger.info("%s: ours %.1f img/s, loop %.1f img/s, %.2f GFLOP/s", name, ours["ips"], base["ips"], gflops_ours)

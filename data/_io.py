@@ -209,9 +209,8 @@ def _pil_to_gray(im: Any, path: str | None) -> np.ndarray:
     if mode == "1":
         return np.asarray(im, dtype=np.float32)
     if mode == "L":
-        gray = np.asarray(im).astype(np.float32)
-        gray /= np.float32(255.0)  # in place: no second full-size temporary
-        return gray
+        # one pass, bit-identical to astype(float32) followed by / 255
+        return np.divide(np.asarray(im), np.float32(255.0), dtype=np.float32)
     if mode in ("LA", "La"):
         arr = np.asarray(im.convert("LA")).astype(np.float32) / np.float32(255.0)
         return arr[..., 0] * arr[..., 1]

@@ -391,6 +391,28 @@ def test_convolutional_models_train_in_channels_last_by_default(small_fold, monk
     assert all(p.is_contiguous() for p in auto.model.parameters())
 
 
+@pytest.mark.parametrize("optimizer", ["adamw", "adam"])
+def test_the_optimizer_is_fused_on_cpu_and_follows_the_plain_update_rule(small_fold, monkeypatch, optimizer) -> None:
+    made = []
+    original = train_mod._DeepFit.optimizer
+
+    def spy(self, groups):
+        opt = original(self, groups)
+        made.append(opt)
+        return opt
+
+    monkeypatch.setattr(train_mod._DeepFit, "optimizer", spy)
+    config = small_config(model="tiny_cnn", epochs=2, optimizer=optimizer, amp=False)
+    fused = fit_fold(*small_fold, config=config, num_classes=2)
+    assert made and all(opt.defaults["fused"] for opt in made)
+    # the same fit with PyTorch's default (foreach) kernel: same update rule, rounding-level differences
+    monkeypatch.setattr(train_mod._DeepFit, "optimizer",
+                        lambda self, groups: (torch.optim.AdamW if optimizer == "adamw" else torch.optim.Adam)(
+                            groups, lr=groups[0]["lr"], weight_decay=self.config.weight_decay))
+    plain = fit_fold(*small_fold, config=config, num_classes=2)
+    np.testing.assert_allclose(fused.val_probabilities, plain.val_probabilities, atol=1e-3)
+
+
 def test_bf16_autocast_by_default_only_where_it_was_measured_faster(small_fold, monkeypatch) -> None:
     cpu = torch.device("cpu")
     monkeypatch.setattr(models, "cpu_has_amx", lambda: True)
