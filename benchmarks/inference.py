@@ -5,7 +5,8 @@ For each architecture at its study size (``ModelInfo.default_image_size``; rando
 phantom PNG (``disk_size`` px on disk, so both sides decode and resize):
 
 * ours: ``predictor.predict(path)`` (decode + window + aspect-preserving resize + uint8 + one
-  forward in ``torch.inference_mode``; convolutional models in ``channels_last``), and
+  forward in ``torch.inference_mode``; convolutional models in ``channels_last``, the small CNNs with
+  BatchNorm folded into their convolutions), and
   ``predictor.predict_many(paths)`` for 32 paths (``Predictor.default_batch_size`` images per pass);
 * naive: what a notebook does per call, on its own copy of the same weights built by
   ``models.create_model`` + ``load_state_dict``: ``PIL.Image.open(path).convert("L").resize((S, S))``
@@ -125,6 +126,7 @@ def run(cfg: Settings) -> list[Record]:
                          "ours_call": f"predict_many(paths) ({len(paths)} paths, "
                                       f"{predictor.default_batch_size} per forward pass)",
                          "channels_last": predictor.channels_last,
+                         "fused_batchnorm": predictor.fused_batchnorm,
                          "naive_call": "the naive one-image call in a Python loop"},
             ))
             logger.info("%s@%d: p50 %.1f ms (naive %.1f), batch %.1f img/s (naive %.1f)", name, size, p50, base50,

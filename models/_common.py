@@ -29,6 +29,7 @@ __all__ = [
     "RANDOM_INIT_STD",
     "ModuleGroup",
     "StrokeNet",
+    "fuse_batchnorm_",
     "logits_to_probabilities",
     "num_outputs",
     "pick_device",
@@ -39,6 +40,19 @@ logger = logging.getLogger(__name__)
 RANDOM_INIT_MEAN = 0.5
 RANDOM_INIT_STD = 0.25
 _DEVICE_PREFERENCES = ("auto", "cpu", "cuda", "mps")
+
+
+def fuse_batchnorm_(model: nn.Module) -> int:
+    """Fold BatchNorm into the preceding convolution wherever a module knows how, in place.
+
+    Calls ``fuse_batchnorm_()`` on every submodule that defines it (e.g.
+    :class:`models.cnn.ConvBlock`); the model must be in eval mode and is then for inference only.
+
+    Returns:
+        How many BatchNorm layers were folded.
+    """
+    return sum(bool(m.fuse_batchnorm_()) for m in list(model.modules())
+               if m is not model and callable(getattr(m, "fuse_batchnorm_", None)))
 
 
 def num_outputs(num_classes: int) -> int:

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from models._common import logits_to_probabilities, pick_device
+from models._common import fuse_batchnorm_, logits_to_probabilities, pick_device
 
 __all__ = [
     "CARD_FILE",
@@ -378,7 +378,11 @@ class Predictor:
         on ``P(classes[1])``. kind: ``"deep"`` or ``"classical"``. init: The model's init. device: Torch device.
         channels_last: Whether the weights were converted to ``torch.channels_last`` (convolutional
         models, :attr:`models.ModelInfo.prefers_channels_last`; same outputs, faster convolutions).
+        fused_batchnorm: How many BatchNorm layers were folded into their convolutions
+        (:func:`models._common.fuse_batchnorm_`; the small CNNs' blocks; same outputs up to float rounding).
         default_batch_size: Images per forward pass when a call does not say.
+
+    The predictor owns ``model``: it is put in eval mode, frozen, and may be fused and converted in place.
     """
 
     def __init__(self, model: Any, card: dict[str, Any], *, device: str | torch.device = "auto") -> None:
@@ -394,8 +398,10 @@ class Predictor:
         self.init: str = card.get("init", "")
         self.device = pick_device(device)
         self.channels_last = False
+        self.fused_batchnorm = 0
         if self.kind == "deep":
             model = model.to(self.device).eval().requires_grad_(False)  # inference only: no weight gradients
+            self.fused_batchnorm = fuse_batchnorm_(model)
             info = _registry_info(card["model"])
             if info is not None and info.prefers_channels_last and self.device.type in ("cpu", "cuda"):
                 model = model.to(memory_format=torch.channels_last)

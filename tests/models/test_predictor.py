@@ -131,6 +131,42 @@ def test_default_batch_size_follows_the_memory_format(tmp_path: Path) -> None:
             predictor.predict_proba(X, batch_size=True)
 
 
+@pytest.mark.parametrize(("name", "blocks"), [("tiny_cnn", 3), ("simple_cnn", 5), ("resnet18", 0)])
+def test_the_small_cnns_are_served_with_batchnorm_folded_into_their_convolutions(
+        tmp_path: Path, name: str, blocks: int) -> None:
+    model = _make_model(name)
+    model.eval()
+    X, _ = _toy_uint8(5, seed=4)
+    expected = _reference_proba(model, X, 2)
+    predictor = models.load_predictor(models.save_checkpoint(model, tmp_path / name, card={"classes": CLASSES}),
+                                      device="cpu")
+    assert predictor.fused_batchnorm == blocks
+    if blocks:
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in predictor.model.modules())
+    np.testing.assert_allclose(predictor.predict_proba(X), expected, rtol=1e-5, atol=1e-6)
+    # Grad-CAM hooks the blocks' activations, which folding leaves in place
+    from models.attribution import explain
+
+    result = explain(predictor, X[0], method="grad_cam")
+    assert result.heatmap.shape == (S, S) and np.isfinite(result.heatmap).all() and np.abs(result.heatmap).max() > 0
+    assert result.probability == pytest.approx(float(expected[0, result.target]), abs=1e-5)
+
+
+def test_fuse_batchnorm_refuses_a_block_in_training_mode_and_is_idempotent() -> None:
+    from models._common import fuse_batchnorm_
+    from models.cnn import ConvBlock
+
+    block = ConvBlock(1, 4)
+    with pytest.raises(RuntimeError, match="eval mode"):
+        block.fuse_batchnorm_()
+    block.eval()
+    x = torch.rand(2, 1, 8, 8)
+    before = block(x)
+    assert fuse_batchnorm_(torch.nn.Sequential(block)) == 1 and isinstance(block.bn, torch.nn.Identity)
+    assert fuse_batchnorm_(torch.nn.Sequential(block)) == 0
+    torch.testing.assert_close(block(x), before, rtol=1e-5, atol=1e-6)
+
+
 def test_save_checkpoint_overwrites_in_place_and_keeps_other_files(tmp_path: Path, binary_folder: Path) -> None:
     (binary_folder / "config.json").write_text("{}")
     other = _make_model("simple_cnn")
