@@ -190,7 +190,7 @@ class Progress:
                    "n_done": self.n_done, "n_total": self.n_trials})
 
     def refit(self, model: str, i: int, n: int) -> None:
-        logger.info("refit %d/%d: %s on all CV data", i + 1, n, model)
+        logger.info("refit %d/%d: %s (threshold on its calibration part)", i + 1, n, model)
         self.emit({"event": "refit", "model": model, "i": i, "n": n})
 
     def close(self) -> None:

@@ -11,15 +11,19 @@ under an exclusive lock so two processes finishing at once do not interleave):
 1. **Trial table.** One row per finished trial (complete, pruned, failed) from the storage:
    parameters, ``init``, CV AUC mean/std/per fold (partial for pruned trials), fit time, state,
    error. Rank: complete trials first by ``cv_auc_mean``, then pruned, then failed.
-2. **Refit.** For the best complete trial of each architecture: train its configuration on all CV
-   data (train + validation folds, never the test part) for ``E`` epochs, where ``E`` is the median,
-   over folds, of the epoch whose weights the CV fits kept (early stopping's choice), so the refit
-   trains about as long as the CV models did; early stopping is off and the last epoch is kept (the
-   test part is never looked at while training). The model is saved with
-   :func:`models.save_checkpoint` to ``models/<model>/`` (card + ``config.json``). A refit is reused
-   when ``models/<model>/config.json`` names the same trial (regeneration is cheap).
-3. **Threshold** on the trial's out-of-fold predictions (``predictions/oof_<model>.csv``): Youden's J,
-   or the smallest threshold reaching ``--target-sensitivity``.
+2. **Final model ("refit").** For the best complete trial of each architecture: train its
+   configuration on the first CV fold's training part for ``E`` epochs, where ``E`` is the median,
+   over folds, of the epoch whose weights the CV fits kept (early stopping's choice); as in CV, the
+   epoch kept is the best one on the held-out **calibration part** (that fold's validation part:
+   subject-grouped, stratified, 1/K of the CV data). The test part is never looked at while
+   training. The model is saved with :func:`models.save_checkpoint` to ``models/<model>/`` (card +
+   ``config.json``), its calibration-part predictions to ``predictions/calibration_<model>.csv``. A
+   final model is reused when ``models/<model>/config.json`` names the same trial (regeneration is cheap).
+3. **Threshold** on the final model's own calibration-part predictions: Youden's J, or the smallest
+   threshold reaching ``--target-sensitivity``. Not on the out-of-fold predictions
+   (``predictions/oof_<model>.csv``, kept for the dashboard): those come from other fits, and a
+   network's probability scale moves from fit to fit, so a threshold does not carry over (see
+   :func:`_refit_one`).
 4. **Test part, scored once**: AUC with a stratified bootstrap 95% CI, accuracy, balanced accuracy,
    sensitivity, specificity, precision, F1, Brier, ECE at that threshold; paired DeLong test of each
    refitted model against the best one (the architecture of the best CV trial); subject-level AUC
@@ -238,7 +242,7 @@ def _prob_columns(classes: Sequence[str]) -> list[str]:
 
 
 def choose_threshold(y: np.ndarray, p: np.ndarray, target_sensitivity: float | None) -> tuple[float, str]:
-    """Threshold on out-of-fold positive-class probabilities: Youden's J or a target sensitivity."""
+    """Threshold on held-out positive-class probabilities: Youden's J or a target sensitivity."""
     if target_sensitivity is None:
         return float(metrics.youden_threshold(y, p)), "youden"
     return float(metrics.threshold_for_sensitivity(y, p, target_sensitivity)), f"sensitivity>={target_sensitivity:g}"
@@ -368,8 +372,19 @@ def predict_proba(model: Any, X: np.ndarray, *, num_classes: int, batch_size: in
 
 
 def _refit_one(trial: optuna.trial.FrozenTrial, ctx: Any, config: Any, study_dir: Path,
-               config_json: dict[str, Any], threshold: float | None, threshold_method: str) -> pd.DataFrame:
-    """Refit one configuration on all CV data, save the predictor, return its test predictions."""
+               config_json: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame, float | None, str]:
+    """Fit the final model of one configuration, save its predictor, choose its threshold.
+
+    The model trains on the first CV fold's training part and its decision threshold is chosen on
+    that fold's validation part (the **calibration part**: subject-grouped, stratified, 1/K of the CV
+    data), with the final model's own probabilities. A threshold must come from the model that uses
+    it: a network's probability scale changes from fit to fit (in a 3-epoch demo the fold models'
+    out-of-fold probabilities had a median of 0.41 and a refit on all CV data gave the test images a
+    median of 0.58, so the out-of-fold Youden threshold called every test image "stroke").
+
+    Returns:
+        ``(test predictions, calibration-part predictions, threshold, threshold method)``.
+    """
     import models as model_zoo
     from automl import train
 
@@ -383,24 +398,22 @@ def _refit_one(trial: optuna.trial.FrozenTrial, ctx: Any, config: Any, study_dir
             overrides["weights_dir"] = config.weights_dir
     tc = _train_config(trial, epochs=epochs, patience=None, **overrides)
     split = ctx.split
-    cv, test = split.cv_index, split.test_index
-    # fit_fold needs a validation set for its per-epoch bookkeeping; we give it training data (a
-    # stratified subsample of the CV rows) so the test part is never seen before it is scored.
-    rng = np.random.default_rng(config.seed)
-    monitor = np.sort(rng.permutation(cv)[: min(len(cv), 256)])
+    test = split.test_index
+    fit_index, calibration = split.folds[0]
     t0 = time.perf_counter()
-    result = train.fit_fold(ctx.X[cv], ctx.y[cv], ctx.X[monitor], ctx.y[monitor], config=tc,
+    # as in CV, the epoch whose weights are kept is the best one on the held-out (calibration) part;
+    # the test part is never seen before it is scored
+    result = train.fit_fold(ctx.X[fit_index], ctx.y[fit_index], ctx.X[calibration], ctx.y[calibration], config=tc,
                             num_classes=ctx.num_classes, report=None)
+    P_calibration = predict_proba(result.model, ctx.X[calibration], num_classes=ctx.num_classes)
+    if ctx.num_classes == 2:
+        threshold, threshold_method = choose_threshold(ctx.y[calibration], P_calibration[:, 1],
+                                                       config.target_sensitivity)
+    else:
+        threshold, threshold_method = None, "argmax"
     P = predict_proba(result.model, ctx.X[test], num_classes=ctx.num_classes)
-    table = ctx.manifest.table
-    frame = pd.DataFrame({
-        "path": table["path"].to_numpy()[test],
-        "label": table["label"].to_numpy()[test],
-        "y": ctx.y[test],
-        "subject": table["subject"].astype(str).to_numpy()[test],
-    })
-    for c, name in enumerate(ctx.classes):
-        frame[f"prob_{name}"] = P[:, c]
+    frame = _prediction_frame(ctx, test, P)
+    calibration_frame = _prediction_frame(ctx, calibration, P_calibration)
     folder = study_dir / "models" / model_name
     card = {
         "classes": list(ctx.classes),
@@ -422,6 +435,8 @@ def _refit_one(trial: optuna.trial.FrozenTrial, ctx: Any, config: Any, study_dir
         "trial": trial.number,
         "params": trial.params,
         "refit_epochs": epochs,
+        "refit_images": int(len(fit_index)),
+        "calibration_images": int(len(calibration)),
         "refit_seconds": time.perf_counter() - t0,
         "train_config": card["train_config"],
         "search_config": {k: config_json.get(k) for k in ("preset", "folds", "test_size", "image_size", "seed",
@@ -429,6 +444,20 @@ def _refit_one(trial: optuna.trial.FrozenTrial, ctx: Any, config: Any, study_dir
         "manifest_hash": config_json.get("manifest_hash"),
         "versions": config_json.get("versions", {}),
     }, folder / "config.json")
+    return frame, calibration_frame, threshold, threshold_method
+
+
+def _prediction_frame(ctx: Any, index: np.ndarray, P: np.ndarray) -> pd.DataFrame:
+    """Predictions of the rows ``index`` of the manifest: path, label, y, subject, ``prob_<class>``."""
+    table = ctx.manifest.table
+    frame = pd.DataFrame({
+        "path": table["path"].to_numpy()[index],
+        "label": table["label"].to_numpy()[index],
+        "y": ctx.y[index],
+        "subject": table["subject"].astype(str).to_numpy()[index],
+    })
+    for c, name in enumerate(ctx.classes):
+        frame[f"prob_{name}"] = P[:, c]
     return frame
 
 
@@ -551,7 +580,8 @@ def _markdown(table: pd.DataFrame, report: dict[str, Any], config_json: dict[str
         f"({config_json.get('test_size')}). Image size {config_json.get('image_size')} px, seed {config_json.get('seed')}.",
         "",
         f"Trials: {report.get('trial_states')}. Best model: **{report.get('best_model')}** "
-        f"(trial {report.get('best_trial')}). Threshold: {report.get('threshold_method')} on out-of-fold predictions.",
+        f"(trial {report.get('best_trial')}). Threshold: {report.get('threshold_method')} on the final model's "
+        "calibration part (held-out CV images).",
         "",
     ]
     refits = table[table["refit"]]
@@ -652,32 +682,38 @@ def write_leaderboard(
                 logger.warning("out-of-fold predictions of trial %d are missing; %s not scored", number, model)
                 continue
             oof = pd.read_csv(oof_trial)
-            P_oof = oof[_prob_columns(classes)].to_numpy(dtype=float)
-            if len(classes) == 2:
-                thr, how = choose_threshold(oof["y"].to_numpy(dtype=int), P_oof[:, 1], config.target_sensitivity)
-            else:
-                thr, how = None, "argmax"
+            calibration_path = pred_dir / f"calibration_{model}.csv"
             cached = False
-            if (folder / "config.json").is_file() and (folder / "card.json").is_file() and test_path.is_file():
+            if ((folder / "config.json").is_file() and (folder / "card.json").is_file() and test_path.is_file()
+                    and calibration_path.is_file()):
                 with contextlib.suppress(ValueError, OSError):
                     meta = json.loads((folder / "config.json").read_text(encoding="utf-8"))
                     cached = meta.get("trial") == number and meta.get("manifest_hash") == config_json.get("manifest_hash")
             if cached:
-                frame = pd.read_csv(test_path)
+                frame, calibration = pd.read_csv(test_path), pd.read_csv(calibration_path)
             elif refit:
                 if progress:
                     progress.refit(model, i, len(todo))
                 ctx_now = lazy.get()  # a ValueError here (data changed or gone) stops regeneration
                 try:
-                    frame = _refit_one(trial, ctx_now, config, study_dir, config_json, thr, how)
+                    frame, calibration, _, _ = _refit_one(trial, ctx_now, config, study_dir, config_json)
                 except KeyboardInterrupt:
                     raise
                 except Exception as exc:  # noqa: BLE001 - one failed refit must not lose the others
                     logger.exception("refit of %s (trial %d) failed: %s", model, number, exc)
                     continue
+                atomic_write_csv(calibration, calibration_path)
                 atomic_write_csv(frame, test_path)
             else:
                 continue
+            # the threshold, recomputed from the saved calibration-part predictions (so a regeneration with
+            # another --target-sensitivity needs no new fit)
+            if len(classes) == 2:
+                P_calibration = calibration[_prob_columns(classes)].to_numpy(dtype=float)
+                thr, how = choose_threshold(calibration["y"].to_numpy(dtype=int), P_calibration[:, 1],
+                                            config.target_sensitivity)
+            else:
+                thr, how = None, "argmax"
             atomic_write_csv(oof, oof_path)
             thresholds[model] = (thr, how)
             P = frame[_prob_columns(classes)].to_numpy(dtype=float)

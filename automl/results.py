@@ -243,6 +243,12 @@ class StudyResults:
         model = self._check_model(model)
         return self._predictions(f"test_{model}.csv", f"test predictions of {model}")
 
+    def calibration_predictions(self, model: str) -> pd.DataFrame:
+        """Calibration-part predictions of a refitted model, which chose its threshold
+        (``predictions/calibration_<model>.csv``)."""
+        model = self._check_model(model)
+        return self._predictions(f"calibration_{model}.csv", f"calibration-part predictions of {model}")
+
     def oof_predictions(self, model: str) -> pd.DataFrame:
         """Out-of-fold predictions of a refitted configuration (``predictions/oof_<model>.csv``)."""
         model = self._check_model(model)
@@ -299,7 +305,7 @@ class StudyResults:
         return models[0] if models else None
 
     def threshold(self, model: str) -> float:
-        """Decision threshold chosen for a refitted model on out-of-fold predictions.
+        """Decision threshold chosen for a refitted model on its calibration-part predictions.
 
         Looked up in the leaderboard's refit row, then the model card, then ``report.json`` (for the
         best model); 0.5 when none records one.

@@ -30,9 +30,10 @@ What happens (one study = one folder ``<out>/<study>/``):
    all of them (in the order of ``--models``: the presets list the cheapest first, so a timeout cuts
    the costly ones, never the baselines); TPE explores from there. Each trial trains one fold after another with :func:`automl.train.fit_fold`
    and reports on one monotone step axis (see :class:`Objective`), so the pruner can stop a poor
-   network after its first fold (classical baselines always run every fold).
+   network after its first fold (classical baselines and each architecture's default trial always run every fold).
 4. **Leaderboard** (:func:`automl.leaderboard.write_leaderboard`): best trial per architecture
-   refitted on all CV data, scored once on the test part, leakage audit, every file written
+   refitted (first CV fold's training part; threshold on its held-out calibration part, see
+   :mod:`automl.leaderboard`), scored once on the test part, leakage audit, every file written
    atomically. It can be regenerated from the storage alone with ``python -m automl.leaderboard``.
 
 ``--n-trials`` is the number of finished (complete or pruned) trials the study should hold: a
@@ -87,6 +88,7 @@ __all__ = [
     "sampler_seed",
     "default_params",
     "default_trials",
+    "default_trial_attrs",
     "recover_stale_trials",
     "run_search",
     "main",
@@ -103,6 +105,8 @@ MIN_STEPS_PER_EPOCH = 4
 #: range, see :func:`default_trials`): a classical fit costs a fraction of one deep trial (188 vs 752
 #: image-passes on the search-efficiency surrogate), and the baseline sets the bar every network must beat.
 CLASSICAL_C_POINTS = 3
+#: User attribute of the enqueued per-architecture default trials, which the pruner never stops.
+DEFAULT_TRIAL_ATTR = "default_trial"
 #: Trial states that count towards ``n_trials`` (failed trials are made up for).
 COUNTED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
 #: How many times a trial lost to a dead worker or Ctrl-C is retried.
@@ -113,7 +117,7 @@ MAX_RETRIES = 2
 # 213 training + 107 validation images (1 thread): resnet18 8.9, efficientnet_b0 7.2, vit_tiny 3.3,
 # simple_cnn 2.9, tiny_cnn 1.0, i.e. about 120 s of wall time on 2 cores for the six first trials
 # (3 folds x 2 epochs); the search stops at ``timeout`` = 150 s after the start (data included), the
-# six refits on all CV data take about 40 s more, the linear-probe leakage audit seconds.
+# six refits (first fold's training part) take about 30 s more, the linear-probe leakage audit seconds.
 PRESETS: dict[str, dict[str, Any]] = {
     "smoke": dict(
         models=("simple_cnn", "tiny_cnn", "logreg"),
@@ -435,7 +439,9 @@ def default_trials(config: SearchConfig, *, max_batch_size: int = 64) -> list[di
     """The trials a new study runs first (enqueued), in this order, at most ``config.n_trials``.
 
     1. :func:`default_params` of every model in ``config.models`` (the order of ``--models``: the
-       presets list the cheapest first), so the leaderboard compares every architecture;
+       presets list the cheapest first), so the leaderboard compares every architecture (these are
+       enqueued with the user attribute ``default_trial``: the pruner never stops them, see
+       :class:`Objective` and :func:`default_trial_attrs`);
     2. then, for each classical baseline, ``CLASSICAL_C_POINTS - 1`` more values of ``C``: with the
        default, the ``CLASSICAL_C_POINTS`` values are the centres of equal bins of the log ``C`` range
        (for logreg's [1e-4, 10] and 3 points: 6.8e-4, 0.032, 1.5). A linear model's regularisation
@@ -465,6 +471,12 @@ def default_trials(config: SearchConfig, *, max_batch_size: int = 64) -> list[di
             if not math.isclose(c, base[f"{name}_C"], rel_tol=1e-9):
                 trials.append({**base, f"{name}_C": float(c)})
     return trials[: config.n_trials]
+
+
+def default_trial_attrs(config: SearchConfig, *, max_batch_size: int = 64) -> list[tuple[dict[str, Any], bool]]:
+    """:func:`default_trials` paired with whether each is an architecture's default (never pruned)."""
+    trials = default_trials(config, max_batch_size=max_batch_size)
+    return [(params, i < len(config.models)) for i, params in enumerate(trials)]
 
 
 def suggest_config(trial: optuna.trial.BaseTrial, config: SearchConfig, *, max_batch_size: int = 64) -> Any:
@@ -635,7 +647,9 @@ class Objective:
     ``trial.should_prune()`` is asked after every report (inside ``fit_fold``'s callback, which
     stops the fold). Classical baselines report once per fold (their one "epoch") but are never
     pruned: they cost under a second per fold, and the leaderboard exists to show them next to the
-    networks (their values still feed the pruner's statistics at the end of each fold).
+    networks (their values still feed the pruner's statistics at the end of each fold). Nor is a
+    trial enqueued with the user attribute ``default_trial`` (each architecture's first trial,
+    :func:`default_trials`): without it an architecture may never reach the refit and the test part.
 
     User attributes of every trial: ``train_config`` (dict), ``init`` ("imagenet"|"random"),
     ``train_precision`` (deep models: "bf16" when the folds trained under bf16 autocast, see ``TrainConfig.amp``),
@@ -669,8 +683,10 @@ class Objective:
         import models as model_zoo
 
         # classical baselines take < 1 s per fold and are the reference the leaderboard exists to show:
-        # they report (for the plots and the pruner's statistics) but are never pruned
-        prunable = model_zoo.get_model_info(train_config.model).kind != "classical"
+        # they report (for the plots and the pruner's statistics) but are never pruned; nor is an
+        # architecture's default trial (its entry in the comparison, see default_trials)
+        prunable = (model_zoo.get_model_info(train_config.model).kind != "classical"
+                    and not trial.user_attrs.get(DEFAULT_TRIAL_ATTR))
         folds = ctx.split.folds
         if self.progress:
             self.progress.trial_start(trial.number, train_config.model)
@@ -928,7 +944,10 @@ def recover_stale_trials(study: optuna.Study, *, grace: float = 180.0) -> list[i
         # a worker killed inside suggest_config recorded only some params: the enqueued configuration
         # (Optuna keeps it in the ``fixed_params`` system attribute) fills in the rest
         params = {**(t.system_attrs.get("fixed_params") or {}), **t.params}
-        study.enqueue_trial(params, user_attrs={"retry_of": t.number, "retry_depth": depth + 1})
+        attrs = {"retry_of": t.number, "retry_depth": depth + 1}
+        if t.user_attrs.get(DEFAULT_TRIAL_ATTR):
+            attrs[DEFAULT_TRIAL_ATTR] = True
+        study.enqueue_trial(params, user_attrs=attrs)
         logger.info("trial %d will be retried with the same parameters", t.number)
         numbers.append(t.number)
     return numbers
@@ -1150,8 +1169,8 @@ def run_search(config: SearchConfig, *, on_progress: ProgressCallback | None = N
         write_study_files(config, ctx)
         if not study.get_trials(deepcopy=False):
             max_batch = min(len(tr) for tr, _ in ctx.split.folds)
-            for params in default_trials(config, max_batch_size=max_batch):
-                study.enqueue_trial(params, skip_if_exists=True)
+            for params, is_default in default_trial_attrs(config, max_batch_size=max_batch):
+                study.enqueue_trial(params, user_attrs={DEFAULT_TRIAL_ATTR: is_default}, skip_if_exists=True)
         recovered = recover_stale_trials(study, grace=config.heartbeat_grace)
         if recovered:
             logger.info("re-enqueued %d trial(s) lost by a previous run: %s", len(recovered), recovered)

@@ -164,10 +164,11 @@ def _run_study(kind: str, search_cfg: Any, ctx: Any, study_dir: Path, cfg: Setti
     else:
         sampler, pruner = search.make_sampler(search_cfg), search.make_pruner(search_cfg)
         max_batch = min(len(tr) for tr, _ in ctx.split.folds)
-        enqueue, n_trials = search.default_trials(search_cfg, max_batch_size=max_batch), cfg.n_trials
+        enqueue, n_trials = search.default_trial_attrs(search_cfg, max_batch_size=max_batch), cfg.n_trials
     study = optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)
-    for params in enqueue:
-        study.enqueue_trial(params)
+    for item in enqueue:  # ours: (params, is_default) exactly as run_search enqueues them
+        params, is_default = item if isinstance(item, tuple) else (item, False)
+        study.enqueue_trial(params, user_attrs={search.DEFAULT_TRIAL_ATTR: is_default})
     if n_trials is None:
         n_trials = len(enqueue)
     objective = search.Objective(search_cfg, ctx, study_dir / kind, heartbeat=False)

@@ -421,8 +421,12 @@ def confusion_ui(study: StudyResults, model: str | None) -> None:
     if model is None:
         st.info("No refitted model in this study.")
         return
-    part = st.radio("Predictions", ["Test part", "Out-of-fold"], horizontal=True, key="cm_part")
-    frame = study.test_predictions(model) if part == "Test part" else study.oof_predictions(model)
+    part = st.radio("Predictions", ["Test part", "Calibration part", "Out-of-fold"], horizontal=True, key="cm_part",
+                    help="Test part: scored once. Calibration part: held-out CV images on which the refitted "
+                         "model's threshold was chosen. Out-of-fold: the CV fold models (other fits, so the "
+                         "chosen threshold may not suit their probability scale).")
+    frame = {"Test part": study.test_predictions, "Calibration part": study.calibration_predictions,
+             "Out-of-fold": study.oof_predictions}[part](model)
     P = frame[results.probability_columns(study.classes)].to_numpy(dtype=float)
     y = frame["y"].to_numpy(dtype=int)
     if len(study.classes) > 2:
@@ -434,7 +438,7 @@ def confusion_ui(study: StudyResults, model: str | None) -> None:
     chosen = 0.5 if not np.isfinite(chosen) else float(np.clip(chosen, 0.0, 1.0))
     threshold = st.slider(f"Decision threshold on P({study.classes[1]})", 0.0, 1.0, value=round(chosen, 3),
                           step=0.001, format="%.3f", key=f"threshold_{model}",
-                          help=f"Default: the threshold chosen on out-of-fold predictions ({chosen:.3f}).")
+                          help=f"Default: the threshold chosen on the calibration part ({chosen:.3f}).")
     m = binary_metrics_at_threshold(y, P[:, 1], threshold)
     cols = st.columns(4)
     cols[0].metric("Sensitivity", _pct(m["sensitivity"]))

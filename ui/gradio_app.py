@@ -402,8 +402,8 @@ def _decision_markdown(view: _StudyView, model: str, probabilities: Mapping[str,
         decision = decide(classes, probabilities, threshold)
         relation = "≥" if p >= threshold else "<"
         lines.append(f"### Decision: **{decision}**")
-        lines.append(f"P({positive}) = {p:.3f} {relation} threshold {threshold:.3f} (chosen on out-of-fold "
-                     f"predictions of the search, so it can differ from 0.5).")
+        lines.append(f"P({positive}) = {p:.3f} {relation} threshold {threshold:.3f} (chosen on held-out "
+                     f"CV images of this model, the calibration part, so it can differ from 0.5).")
         lines.append(f"At this threshold the model had **sensitivity {_fmt(metrics.get('test_sensitivity'))}** "
                      f"and **specificity {_fmt(metrics.get('test_specificity'))}** on the study's held-out "
                      f"test part (test AUC {_fmt(metrics.get('test_auc'))}).")

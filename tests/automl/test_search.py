@@ -364,16 +364,21 @@ def test_every_auc_recomputes_from_the_prediction_files(smoke_study: Path) -> No
         assert row["test_specificity"] == pytest.approx(tn / (tn + fp))
         assert row["test_accuracy"] == pytest.approx((tp + tn) / len(test))
         assert row["test_brier"] == pytest.approx(brier_score_loss(test["y"], test[pos]))
-        # the threshold was chosen on the out-of-fold predictions of the same trial: it maximises
-        # Youden's J = sensitivity + specificity - 1 over all cut-offs
         oof = pd.read_csv(smoke_study / "predictions" / f"oof_{row['model']}.csv")
         assert oof.equals(pd.read_csv(smoke_study / "predictions" / f"oof_trial_{int(row['trial']):04d}.csv"))
+        # the threshold was chosen on the refitted model's own calibration-part predictions (the first
+        # fold's validation part, never trained on, disjoint from the test part): it maximises
+        # Youden's J = sensitivity + specificity - 1 over all cut-offs
+        calibration = pd.read_csv(smoke_study / "predictions" / f"calibration_{row['model']}.csv")
+        split = pd.read_csv(smoke_study / "split.csv")
+        first_fold_val = set(split.loc[(split["part"] == "cv") & (split["fold"] == 0), "path"])
+        assert set(calibration["path"]) == first_fold_val and not first_fold_val & set(test["path"])
 
         def youden(t: float) -> float:
-            p = (oof[pos] >= t).astype(int)
-            return p[oof["y"] == 1].mean() - p[oof["y"] == 0].mean()
+            p = (calibration[pos] >= t).astype(int)
+            return p[calibration["y"] == 1].mean() - p[calibration["y"] == 0].mean()
 
-        assert youden(row["threshold"]) == pytest.approx(max(youden(t) for t in oof[pos].unique()))
+        assert youden(row["threshold"]) == pytest.approx(max(youden(t) for t in calibration[pos].unique()))
         # subject-level: mean of slice probabilities per subject
         if test.groupby("subject").size().max() > 1 and test.groupby("subject")["y"].max().nunique() == 2:
             subj = test.groupby("subject").agg(y=("y", "max"), p=(pos, "mean"))
@@ -488,6 +493,24 @@ def test_pruning_stops_a_bad_configuration_before_its_last_fold(monkeypatch: pyt
     row = board[board["trial"] == bad.number].iloc[0]
     assert row["state"] == "PRUNED" and row["rank"] == 4
     assert not (config.study_dir / "predictions" / f"oof_trial_{bad.number:04d}.csv").exists()
+
+
+def test_an_architectures_default_trial_is_never_pruned(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                       search_cache: Path) -> None:
+    """The same bad configuration as above, enqueued as a default trial, runs every fold."""
+    from automl import train
+
+    monkeypatch.setattr(train, "fit_fold", _scripted_fit_fold(bad_lr=1.23e-4))
+    config = _tiny_config(tmp_path, models=("tiny_cnn",), folds=3, n_trials=3, pruner="none", n_startup_trials=2)
+    run_search(config, progress_bars=False)
+    study = open_study(config)
+    assert [t.user_attrs.get(search.DEFAULT_TRIAL_ATTR) for t in study.trials] == [True, False, False]
+    study.enqueue_trial({"model": "tiny_cnn", "lr": 1.23e-4}, user_attrs={search.DEFAULT_TRIAL_ATTR: True})
+    run_search(SearchConfig.from_dict({**config.to_dict(), "n_trials": 4, "pruner": "median"}), progress_bars=False)
+    bad = open_study(config).trials[-1]
+    assert bad.params["lr"] == pytest.approx(1.23e-4)
+    assert bad.state == TrialState.COMPLETE and len(bad.user_attrs["cv_auc_folds"]) == config.folds
+    assert bad.value < min(t.value for t in open_study(config).trials[:-1])  # the pruner had every reason
 
 
 @pytest.mark.parametrize("pruner", ["median", "halving", "hyperband"])

@@ -134,6 +134,8 @@ def make_handmade_study(root: Path, *, name: str = "handmade", classes: list[str
         oof = _predictions(cv, classes, strength, rng)
         oof.insert(4, "fold", cv["fold"].to_numpy())
         oof.to_csv(study_dir / "predictions" / f"oof_{model}.csv", index=False)
+        calibration = _predictions(cv[cv["fold"].to_numpy() == 0], classes, strength, np.random.default_rng(7))
+        calibration.to_csv(study_dir / "predictions" / f"calibration_{model}.csv", index=False)
         from sklearn.metrics import roc_auc_score
 
         auc = roc_auc_score(test_pred["y"] == len(classes) - 1, test_pred[f"prob_{classes[-1]}"])

@@ -99,11 +99,12 @@ def _counts(at: AppTest) -> dict[str, int]:
     return {labels[m.label]: int(m.value) for m in at.metric if m.label in labels}
 
 
-@pytest.mark.parametrize("part", ["Test part", "Out-of-fold"])
+@pytest.mark.parametrize("part", ["Test part", "Calibration part", "Out-of-fold"])
 def test_threshold_slider_updates_confusion_counts(app_env, binary_study: Path, part: str) -> None:
     study = load_study(binary_study)
     model = study.best_model
-    frame = study.test_predictions(model) if part == "Test part" else study.oof_predictions(model)
+    frame = {"Test part": study.test_predictions, "Calibration part": study.calibration_predictions,
+             "Out-of-fold": study.oof_predictions}[part](model)
     y, p = frame["y"].to_numpy(), frame[f"prob_{study.classes[1]}"].to_numpy()
 
     at = app_env(binary_study.parent)
