@@ -12,15 +12,15 @@ because Captum has none):
 method                      signed   what it is
 ==========================  =======  ====================================================================
 ``integrated_gradients``    yes      ``captum.attr.IntegratedGradients``; ``n_steps`` (32),
-                                     ``internal_batch_size`` (8: never more than 8 interpolated images in
-                                     memory), ``baseline`` ``"black"`` or ``"blurred"`` (Gaussian blur of
+                                     ``internal_batch_size`` (16: never more than 16 interpolated images
+                                     in memory), ``baseline`` ``"black"`` or ``"blurred"`` (Gaussian blur of
                                      the input, ``blur_sigma`` = S/16 by default). Completeness error is
                                      returned as ``Attribution.convergence_delta``.
 ``saliency``                no       ``captum.attr.Saliency`` (absolute input gradient; ``abs=False`` for
                                      the signed gradient).
 ``gradient_shap``           yes      ``captum.attr.GradientShap`` with three baselines (black, blurred,
                                      uniform noise), ``n_samples`` (16) evaluated ``internal_batch_size``
-                                     (8) at a time, ``stdevs`` (0.0), ``seed`` (0).
+                                     (16) at a time, ``stdevs`` (0.0), ``seed`` (0).
 ``occlusion``               yes      ``captum.attr.Occlusion`` with a black patch; square window S/8 and
                                      stride S/16 by default (``window_size``, ``stride``),
                                      ``perturbations_per_eval`` (16).
@@ -91,6 +91,11 @@ from models._common import cpu_has_amx
 __all__ = ["METHODS", "Attribution", "applicable_methods", "explain", "overlay"]
 
 logger = logging.getLogger(__name__)
+
+#: Interpolated images per forward/backward pass of integrated gradients and gradient SHAP. 16 took
+#: 0.90 s instead of 0.98 s (resnet18) and 1.32 instead of 1.43 s (vit_tiny) per 224 px IG-32 map on
+#: 2 CPU cores (bf16), at a fraction of the memory of all 32 steps at once (attributions benchmark).
+INTERNAL_BATCH_SIZE = 16
 
 #: Every method :func:`explain` knows, in the order the UI lists them.
 METHODS: tuple[str, ...] = (
@@ -479,7 +484,7 @@ def _integrated_gradients(fwd: nn.Module, x: torch.Tensor, target: int, opts: di
     from captum.attr import IntegratedGradients
 
     n_steps = _positive_int("n_steps", opts.get("n_steps", 32))
-    batch = _positive_int("internal_batch_size", opts.get("internal_batch_size", 8))
+    batch = _positive_int("internal_batch_size", opts.get("internal_batch_size", INTERNAL_BATCH_SIZE))
     baseline = opts.get("baseline", "black")
     if baseline == "black":
         base = torch.zeros_like(x)
@@ -507,7 +512,7 @@ def _gradient_shap(fwd: nn.Module, x: torch.Tensor, target: int, opts: dict[str,
     from captum.attr import GradientShap
 
     n_samples = _positive_int("n_samples", opts.get("n_samples", 16))
-    batch = _positive_int("internal_batch_size", opts.get("internal_batch_size", 8))
+    batch = _positive_int("internal_batch_size", opts.get("internal_batch_size", INTERNAL_BATCH_SIZE))
     stdevs = float(opts.get("stdevs", 0.0))
     if stdevs < 0:
         raise ValueError(f"stdevs must be >= 0, got {stdevs}.")

@@ -504,7 +504,7 @@ def test_an_architectures_default_trial_is_never_pruned(monkeypatch: pytest.Monk
     config = _tiny_config(tmp_path, models=("tiny_cnn",), folds=3, n_trials=3, pruner="none", n_startup_trials=2)
     run_search(config, progress_bars=False)
     study = open_study(config)
-    assert [t.user_attrs.get(search.DEFAULT_TRIAL_ATTR) for t in study.trials] == [True, False, False]
+    assert [bool(t.user_attrs.get(search.DEFAULT_TRIAL_ATTR)) for t in study.trials] == [True, False, False]
     study.enqueue_trial({"model": "tiny_cnn", "lr": 1.23e-4}, user_attrs={search.DEFAULT_TRIAL_ATTR: True})
     run_search(SearchConfig.from_dict({**config.to_dict(), "n_trials": 4, "pruner": "median"}), progress_bars=False)
     bad = open_study(config).trials[-1]
