@@ -92,9 +92,9 @@ __all__ = ["METHODS", "Attribution", "applicable_methods", "explain", "overlay"]
 
 logger = logging.getLogger(__name__)
 
-#: Interpolated images per forward/backward pass of integrated gradients and gradient SHAP. 16 took
-#: 0.90 s instead of 0.98 s (resnet18) and 1.32 instead of 1.43 s (vit_tiny) per 224 px IG-32 map on
-#: 2 CPU cores (bf16), at a fraction of the memory of all 32 steps at once (attributions benchmark).
+#: Interpolated images per forward/backward pass of integrated gradients and gradient SHAP: with 8,
+#: vit_tiny's IG-32 at 224 px was slower than Captum's all-steps-at-once call; with 16 it is faster, at
+#: a quarter of that call's peak memory (attributions benchmark, benchmarks/README.md).
 INTERNAL_BATCH_SIZE = 16
 
 #: Every method :func:`explain` knows, in the order the UI lists them.

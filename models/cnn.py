@@ -47,7 +47,7 @@ class ConvBlock(nn.Module):
 
         The block computes the same function (up to float rounding) with one operation less; it can
         no longer train its BatchNorm statistics. Used by :class:`models.predictor.Predictor`
-        (measured: one 64 px image through ``tiny_cnn`` 5 % faster, ``simple_cnn`` at 128 px 14 %).
+        (the inference benchmark's one-image calls of the small CNNs).
 
         Returns:
             Whether a BatchNorm was folded (``False`` when it already was).
