@@ -69,6 +69,7 @@ __all__ = [
     "atomic_write_json",
     "atomic_write_csv",
     "cli_error_message",
+    "prediction_frame",
     "trials_table",
     "leakage_audit",
     "write_leaderboard",
@@ -412,8 +413,8 @@ def _refit_one(trial: optuna.trial.FrozenTrial, ctx: Any, config: Any, study_dir
     else:
         threshold, threshold_method = None, "argmax"
     P = predict_proba(result.model, ctx.X[test], num_classes=ctx.num_classes)
-    frame = _prediction_frame(ctx, test, P)
-    calibration_frame = _prediction_frame(ctx, calibration, P_calibration)
+    frame = prediction_frame(ctx, test, P)
+    calibration_frame = prediction_frame(ctx, calibration, P_calibration)
     folder = study_dir / "models" / model_name
     card = {
         "classes": list(ctx.classes),
@@ -447,15 +448,21 @@ def _refit_one(trial: optuna.trial.FrozenTrial, ctx: Any, config: Any, study_dir
     return frame, calibration_frame, threshold, threshold_method
 
 
-def _prediction_frame(ctx: Any, index: np.ndarray, P: np.ndarray) -> pd.DataFrame:
-    """Predictions of the rows ``index`` of the manifest: path, label, y, subject, ``prob_<class>``."""
+def prediction_frame(ctx: Any, index: np.ndarray, P: np.ndarray, *, fold: np.ndarray | None = None) -> pd.DataFrame:
+    """Predictions of the manifest rows ``index``: path, label, y, subject, [fold], ``prob_<class>``.
+
+    The layout of every file under ``predictions/`` (out-of-fold, calibration part, test part).
+    """
     table = ctx.manifest.table
-    frame = pd.DataFrame({
+    columns = {
         "path": table["path"].to_numpy()[index],
         "label": table["label"].to_numpy()[index],
         "y": ctx.y[index],
         "subject": table["subject"].astype(str).to_numpy()[index],
-    })
+    }
+    if fold is not None:
+        columns["fold"] = fold
+    frame = pd.DataFrame(columns)
     for c, name in enumerate(ctx.classes):
         frame[f"prob_{name}"] = P[:, c]
     return frame

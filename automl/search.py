@@ -616,18 +616,9 @@ class _Heartbeat:
 
 
 def _write_oof(path: Path, ctx: DataContext, rows: np.ndarray, fold: np.ndarray, P: np.ndarray) -> None:
-    from automl.leaderboard import atomic_write_csv
+    from automl.leaderboard import atomic_write_csv, prediction_frame
 
-    table = ctx.manifest.table
-    frame = pd.DataFrame({
-        "path": table["path"].to_numpy()[rows],
-        "label": table["label"].to_numpy()[rows],
-        "y": ctx.y[rows],
-        "subject": table["subject"].astype(str).to_numpy()[rows],
-        "fold": fold,
-    })
-    for c, name in enumerate(ctx.classes):
-        frame[f"prob_{name}"] = P[:, c]
+    frame = prediction_frame(ctx, rows, P, fold=fold)
     atomic_write_csv(frame, path)
 
 
