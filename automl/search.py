@@ -117,7 +117,7 @@ MAX_RETRIES = 2
 # 213 training + 107 validation images (1 thread): resnet18 8.9, efficientnet_b0 7.2, vit_tiny 3.3,
 # simple_cnn 2.9, tiny_cnn 1.0, i.e. about 120 s of wall time on 2 cores for the six first trials
 # (3 folds x 2 epochs); the search stops at ``timeout`` = 150 s after the start (data included), the
-# six refits (first fold's training part) take about 30 s more, the linear-probe leakage audit seconds.
+# six refits (first fold's training part) took 24 s more in the session-3 demo run, the linear-probe leakage audit seconds.
 PRESETS: dict[str, dict[str, Any]] = {
     "smoke": dict(
         models=("simple_cnn", "tiny_cnn", "logreg"),
