@@ -407,14 +407,10 @@ def _refit_one(trial: optuna.trial.FrozenTrial, ctx: Any, config: Any, study_dir
     result = train.fit_fold(ctx.X[fit_index], ctx.y[fit_index], ctx.X[calibration], ctx.y[calibration], config=tc,
                             num_classes=ctx.num_classes, report=None)
     P_calibration = predict_proba(result.model, ctx.X[calibration], num_classes=ctx.num_classes)
-    if ctx.num_classes == 2:
-        threshold, threshold_method = choose_threshold(ctx.y[calibration], P_calibration[:, 1],
-                                                       config.target_sensitivity)
-    else:
-        threshold, threshold_method = None, "argmax"
+    calibration_frame = prediction_frame(ctx, calibration, P_calibration)
+    threshold, threshold_method = _calibration_threshold(calibration_frame, ctx.classes, config.target_sensitivity)
     P = predict_proba(result.model, ctx.X[test], num_classes=ctx.num_classes)
     frame = prediction_frame(ctx, test, P)
-    calibration_frame = prediction_frame(ctx, calibration, P_calibration)
     folder = study_dir / "models" / model_name
     card = {
         "classes": list(ctx.classes),
@@ -446,6 +442,16 @@ def _refit_one(trial: optuna.trial.FrozenTrial, ctx: Any, config: Any, study_dir
         "versions": config_json.get("versions", {}),
     }, folder / "config.json")
     return frame, calibration_frame, threshold, threshold_method
+
+
+def _calibration_threshold(calibration: pd.DataFrame, classes: Sequence[str],
+                          target_sensitivity: float | None) -> tuple[float | None, str]:
+    """The decision threshold of a final model from its calibration-part predictions (``None``, "argmax"
+    for multiclass); see :func:`choose_threshold`."""
+    if len(classes) != 2:
+        return None, "argmax"
+    p = calibration[_prob_columns(classes)].to_numpy(dtype=float)[:, 1]
+    return choose_threshold(calibration["y"].to_numpy(dtype=int), p, target_sensitivity)
 
 
 def prediction_frame(ctx: Any, index: np.ndarray, P: np.ndarray, *, fold: np.ndarray | None = None) -> pd.DataFrame:
@@ -698,12 +704,14 @@ def write_leaderboard(
                     cached = meta.get("trial") == number and meta.get("manifest_hash") == config_json.get("manifest_hash")
             if cached:
                 frame, calibration = pd.read_csv(test_path), pd.read_csv(calibration_path)
+                # recomputed from the saved predictions, so another --target-sensitivity needs no new fit
+                thr, how = _calibration_threshold(calibration, classes, config.target_sensitivity)
             elif refit:
                 if progress:
                     progress.refit(model, i, len(todo))
                 ctx_now = lazy.get()  # a ValueError here (data changed or gone) stops regeneration
                 try:
-                    frame, calibration, _, _ = _refit_one(trial, ctx_now, config, study_dir, config_json)
+                    frame, calibration, thr, how = _refit_one(trial, ctx_now, config, study_dir, config_json)
                 except KeyboardInterrupt:
                     raise
                 except Exception as exc:  # noqa: BLE001 - one failed refit must not lose the others
@@ -713,14 +721,6 @@ def write_leaderboard(
                 atomic_write_csv(frame, test_path)
             else:
                 continue
-            # the threshold, recomputed from the saved calibration-part predictions (so a regeneration with
-            # another --target-sensitivity needs no new fit)
-            if len(classes) == 2:
-                P_calibration = calibration[_prob_columns(classes)].to_numpy(dtype=float)
-                thr, how = choose_threshold(calibration["y"].to_numpy(dtype=int), P_calibration[:, 1],
-                                            config.target_sensitivity)
-            else:
-                thr, how = None, "argmax"
             atomic_write_csv(oof, oof_path)
             thresholds[model] = (thr, how)
             P = frame[_prob_columns(classes)].to_numpy(dtype=float)

@@ -88,7 +88,6 @@ __all__ = [
     "sampler_seed",
     "default_params",
     "default_trials",
-    "default_trial_attrs",
     "recover_stale_trials",
     "run_search",
     "main",
@@ -435,13 +434,13 @@ def default_params(model: str, config: SearchConfig, *, max_batch_size: int = 64
     return params
 
 
-def default_trials(config: SearchConfig, *, max_batch_size: int = 64) -> list[dict[str, Any]]:
+def default_trials(config: SearchConfig, *, max_batch_size: int = 64) -> list[tuple[dict[str, Any], bool]]:
     """The trials a new study runs first (enqueued), in this order, at most ``config.n_trials``.
 
     1. :func:`default_params` of every model in ``config.models`` (the order of ``--models``: the
-       presets list the cheapest first), so the leaderboard compares every architecture (these are
-       enqueued with the user attribute ``default_trial``: the pruner never stops them, see
-       :class:`Objective` and :func:`default_trial_attrs`);
+       presets list the cheapest first), so the leaderboard compares every architecture. These are
+       the architectures' **default trials**, enqueued with the user attribute ``default_trial``:
+       the pruner never stops them (see :class:`Objective`);
     2. then, for each classical baseline, ``CLASSICAL_C_POINTS - 1`` more values of ``C``: with the
        default, the ``CLASSICAL_C_POINTS`` values are the centres of equal bins of the log ``C`` range
        (for logreg's [1e-4, 10] and 3 points: 6.8e-4, 0.032, 1.5). A linear model's regularisation
@@ -455,28 +454,22 @@ def default_trials(config: SearchConfig, *, max_batch_size: int = 64) -> list[di
         max_batch_size: The smallest training fold (caps the deep models' batch size).
 
     Returns:
-        Parameter dicts for ``study.enqueue_trial``.
+        ``(params, is_default_trial)`` pairs for ``study.enqueue_trial``.
     """
     import models as model_zoo
 
-    trials = [default_params(name, config, max_batch_size=max_batch_size) for name in config.models]
-    for name in config.models:
+    defaults = [default_params(name, config, max_batch_size=max_batch_size) for name in config.models]
+    trials = [(params, True) for params in defaults]
+    for name, base in zip(config.models, defaults):
         info = model_zoo.get_model_info(name)
         if info.kind != "classical":
             continue
         low, high = _hint_range(info, "C", (1e-3, 1e2))
-        base = default_params(name, config, max_batch_size=max_batch_size)
         for i in range(CLASSICAL_C_POINTS):
             c = math.exp(math.log(low) + (i + 0.5) / CLASSICAL_C_POINTS * (math.log(high) - math.log(low)))
             if not math.isclose(c, base[f"{name}_C"], rel_tol=1e-9):
-                trials.append({**base, f"{name}_C": float(c)})
+                trials.append(({**base, f"{name}_C": float(c)}, False))
     return trials[: config.n_trials]
-
-
-def default_trial_attrs(config: SearchConfig, *, max_batch_size: int = 64) -> list[tuple[dict[str, Any], bool]]:
-    """:func:`default_trials` paired with whether each is an architecture's default (never pruned)."""
-    trials = default_trials(config, max_batch_size=max_batch_size)
-    return [(params, i < len(config.models)) for i, params in enumerate(trials)]
 
 
 def suggest_config(trial: optuna.trial.BaseTrial, config: SearchConfig, *, max_batch_size: int = 64) -> Any:
@@ -1160,7 +1153,7 @@ def run_search(config: SearchConfig, *, on_progress: ProgressCallback | None = N
         write_study_files(config, ctx)
         if not study.get_trials(deepcopy=False):
             max_batch = min(len(tr) for tr, _ in ctx.split.folds)
-            for params, is_default in default_trial_attrs(config, max_batch_size=max_batch):
+            for params, is_default in default_trials(config, max_batch_size=max_batch):
                 study.enqueue_trial(params, user_attrs={DEFAULT_TRIAL_ATTR: is_default}, skip_if_exists=True)
         recovered = recover_stale_trials(study, grace=config.heartbeat_grace)
         if recovered:

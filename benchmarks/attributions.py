@@ -11,8 +11,8 @@ the Gradio app do (convolutional models in ``channels_last``); Captum gets the p
   ``LayerAttribution.interpolate`` to 224 px for CNNs. For the ViT the plain Captum call on the
   token output yields no spatial map (ours reshapes tokens to the patch grid); it is timed as is.
 * Integrated gradients, 32 steps: ``explain(..., method="integrated_gradients", n_steps=32)``
-  (``internal_batch_size=16``, default ``precision="auto"``: bf16 autocast for ResNets/CNNs on a CPU
-  with AMX; ``details`` has the precision used, the correlation of its map with the fp32 map and both
+  (``internal_batch_size=16``, default ``precision="auto"``: bf16 autocast for ResNets, CNNs and ViTs on
+  a CPU with AMX; ``details`` has the precision used, the correlation of its map with the fp32 map and both
   completeness errors; the ``.fp32`` record times ``precision="fp32"``) vs ``captum.attr.IntegratedGradients(model).attribute(x, target=0,
   n_steps=32)`` with every other argument at Captum's default (all 32 interpolated images in one
   batch, parameters requiring gradients). Captum's own default ``n_steps`` is 50; 32 is used on both

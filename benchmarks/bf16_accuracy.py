@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from benchmarks._common import Record, make_record
-from benchmarks.search_efficiency import cv_auc, surrogate_config
+from benchmarks.search_efficiency import Surrogate, cv_auc, grid_point, surrogate_config
 
 __all__ = ["Settings", "run", "settings"]
 
@@ -36,17 +36,8 @@ NAME = "bf16_accuracy"
 
 
 @dataclass
-class Settings:
-    seeds: tuple[int, ...] = (0, 1, 2)
+class Settings(Surrogate):
     models: tuple[str, ...] = ("tiny_cnn", "simple_cnn", "resnet18")
-    lr_grid: tuple[float, ...] = (1e-5, 1e-4, 1e-3)
-    batch_grid: tuple[int, ...] = (16, 32)
-    phantom_n: int = 120
-    difficulty: float = 0.3
-    label_level: str = "slice"
-    image_size: int = 64
-    folds: int = 3
-    epochs: int = 4
 
 
 def settings(mode: str) -> Settings:
@@ -75,9 +66,7 @@ def run(cfg: Settings) -> list[Record]:
             for name in cfg.models:
                 for lr in cfg.lr_grid:
                     for batch in cfg.batch_grid:
-                        params = {"model": name, "lr": lr, "batch_size": batch, "weight_decay": 1e-4,
-                                  "aug_strength": 0.5}
-                        base = search.suggest_config(optuna.trial.FixedTrial(params), search_cfg,
+                        base = search.suggest_config(optuna.trial.FixedTrial(grid_point(name, lr, batch)), search_cfg,
                                                      max_batch_size=max_batch)
                         fp32, t32 = cv_auc(ctx, dataclasses.replace(base, amp=False))
                         bf16, t16 = cv_auc(ctx, dataclasses.replace(base, amp=True))

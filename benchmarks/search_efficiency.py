@@ -54,7 +54,7 @@ from typing import Any
 
 from benchmarks._common import Record, make_record
 
-__all__ = ["Settings", "count_compute", "cv_auc", "run", "settings", "surrogate_config"]
+__all__ = ["Settings", "Surrogate", "count_compute", "cv_auc", "grid_point", "run", "settings", "surrogate_config"]
 
 logger = logging.getLogger(__name__)
 
@@ -62,24 +62,36 @@ NAME = "search_efficiency"
 
 
 @dataclass
-class Settings:
+class Surrogate:
+    """The phantom surrogate of a real search (this benchmark's, and :mod:`benchmarks.bf16_accuracy`'s)."""
+
     seeds: tuple[int, ...] = (0, 1, 2)
     # cheapest first, as the presets list them (run_search enqueues the default trials in this order)
     models: tuple[str, ...] = ("logreg", "tiny_cnn", "simple_cnn")
     lr_grid: tuple[float, ...] = (1e-5, 1e-4, 1e-3)
     batch_grid: tuple[int, ...] = (16, 32)
-    c_grid: tuple[float, ...] = (1e-3, 1e-1, 10.0)
-    n_trials: int = 12  # budget of random search and of ours
-    n_startup_trials: int = 3
     phantom_n: int = 120
     difficulty: float = 0.3
     label_level: str = "slice"
     image_size: int = 64
     folds: int = 3
     epochs: int = 4
+
+
+@dataclass
+class Settings(Surrogate):
+    c_grid: tuple[float, ...] = (1e-3, 1e-1, 10.0)
+    n_trials: int = 12  # budget of random search and of ours
+    n_startup_trials: int = 3
     tolerance: float = 0.01
     # training-seed offsets with which the grid's best configuration is trained again (noise floor)
     retrain_seeds: tuple[int, ...] = (1000, 2000)
+
+
+def grid_point(model: str, lr: float, batch_size: int) -> dict[str, Any]:
+    """One deep-model point of the paper grid: ``lr`` x ``batch_size``, the other parameters fixed."""
+    return {"model": model, "lr": float(lr), "batch_size": int(batch_size), "weight_decay": 1e-4,
+            "aug_strength": 0.5}
 
 
 def settings(mode: str) -> Settings:
@@ -93,11 +105,10 @@ def settings(mode: str) -> Settings:
     raise ValueError(f"mode must be 'full' or 'quick', got {mode!r}.")
 
 
-def surrogate_config(cfg: Any, *, seed: int, out: str, study: str, **options: Any) -> Any:
+def surrogate_config(cfg: Surrogate, *, seed: int, out: str, study: str, **options: Any) -> Any:
     """The :class:`automl.search.SearchConfig` of the phantom surrogate ``cfg`` describes.
 
-    ``cfg`` is a settings object with ``models``, ``phantom_n``, ``difficulty``, ``label_level``,
-    ``image_size``, ``folds`` and ``epochs`` (this module's :class:`Settings`, or
+    ``cfg`` is a :class:`Surrogate` (this module's :class:`Settings`, or
     :class:`benchmarks.bf16_accuracy.Settings`); ``options`` are further ``SearchConfig`` fields.
     Random init, CPU, no leakage audit and no refit: only the cross-validation is measured.
     """
@@ -144,8 +155,7 @@ def _grid_points(cfg: Settings) -> list[dict[str, Any]]:
         if models.get_model_info(name).kind == "classical":
             points += [{"model": name, f"{name}_C": float(c)} for c in cfg.c_grid]
         else:
-            points += [{"model": name, "lr": float(lr), "batch_size": int(bs), "weight_decay": 1e-4,
-                        "aug_strength": 0.5} for lr in cfg.lr_grid for bs in cfg.batch_grid]
+            points += [grid_point(name, lr, bs) for lr in cfg.lr_grid for bs in cfg.batch_grid]
     return points
 
 
@@ -157,17 +167,16 @@ def _run_study(kind: str, search_cfg: Any, ctx: Any, study_dir: Path, cfg: Setti
 
     if kind == "grid":
         sampler, pruner = optuna.samplers.RandomSampler(seed=search_cfg.seed), optuna.pruners.NopPruner()
-        enqueue, n_trials = _grid_points(cfg), None
+        enqueue, n_trials = [(params, False) for params in _grid_points(cfg)], None
     elif kind == "random":
         sampler, pruner = optuna.samplers.RandomSampler(seed=search_cfg.seed), optuna.pruners.NopPruner()
         enqueue, n_trials = [], cfg.n_trials
     else:
         sampler, pruner = search.make_sampler(search_cfg), search.make_pruner(search_cfg)
         max_batch = min(len(tr) for tr, _ in ctx.split.folds)
-        enqueue, n_trials = search.default_trial_attrs(search_cfg, max_batch_size=max_batch), cfg.n_trials
+        enqueue, n_trials = search.default_trials(search_cfg, max_batch_size=max_batch), cfg.n_trials
     study = optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)
-    for item in enqueue:  # ours: (params, is_default) exactly as run_search enqueues them
-        params, is_default = item if isinstance(item, tuple) else (item, False)
+    for params, is_default in enqueue:  # ours: exactly as run_search enqueues them
         study.enqueue_trial(params, user_attrs={search.DEFAULT_TRIAL_ATTR: is_default})
     if n_trials is None:
         n_trials = len(enqueue)

@@ -108,12 +108,13 @@ class ModelInfo:
     def trains_in_bf16_on_cpu(self) -> bool:
         """Whether the training engine uses bf16 autocast for this architecture on a CPU with AMX.
 
-        True for the ``cnn`` and ``resnet`` families: the engine trained them 1.6-2.1x faster per training
+        True for the ``cnn`` and ``resnet`` families: the engine trained them 1.7-2.6x faster per training
         step at 128 px and 1.1-1.5x faster per whole fold at 64 px (``python -m benchmarks --only
-        training_step --only bf16_accuracy``), while the mean CV AUC over 18 paired fits each (3 phantom
-        seeds x the search benchmark's grid) moved by -0.0018 (tiny_cnn), -0.0067 (simple_cnn) and
-        +0.0009 (resnet18), far inside the training-seed noise of about 0.1 AUC on that surrogate. False
-        for EfficientNet (0.6x: depthwise convolutions), ViTs (about 0.9x) and classical models.
+        training_step --only bf16_accuracy``, ``benchmarks/results.json``), while the mean CV AUC over 18
+        paired fits each (3 phantom seeds x the search benchmark's grid) moved by -0.0018 (tiny_cnn),
+        -0.0067 (simple_cnn) and +0.0006 (resnet18), far inside the training-seed noise of 0.05-0.18 AUC
+        on that surrogate. False for EfficientNet (0.55x: depthwise convolutions), ViTs (slower in the
+        exploration runs that chose the defaults; no variant record) and classical models.
         """
         return self.kind == "deep" and self.family in ("cnn", "resnet")
 

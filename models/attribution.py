@@ -431,9 +431,10 @@ def _blur(x: torch.Tensor, sigma: float | None) -> torch.Tensor:
 _MULTI_PASS = ("integrated_gradients", "gradient_shap", "occlusion")
 _PRECISIONS = ("auto", "fp32", "bf16")
 #: Families whose multi-pass attributions measured faster under bf16 autocast on a CPU with AMX, IG
-#: with 32 steps at 224 px on 2 cores (simple_cnn at 128 px): resnet18 2.2 -> 1.0 s, vit_tiny 1.76 ->
-#: 1.31 s, simple_cnn 0.43 -> 0.22 s, maps correlating 0.98-0.99999 with fp32. EfficientNet-B0 stays
-#: in fp32: its depthwise convolutions got slower (1.88 -> 2.52 s).
+#: with 32 steps at 224 px on 2 cores: resnet18 2.04 -> 0.84 s, vit_tiny 1.72 -> 1.40 s, maps
+#: correlating 0.996 and 0.99999 with fp32 (attributions benchmark, benchmarks/results.json; simple_cnn
+#: 0.43 -> 0.22 s at 128 px in the exploration run). EfficientNet-B0 stays in fp32: its depthwise
+#: convolutions got slower (1.88 -> 2.52 s in the exploration run).
 _BF16_FAMILIES = ("resnet", "cnn", "vit")
 
 

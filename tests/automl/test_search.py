@@ -185,9 +185,11 @@ def test_default_params_are_inside_the_space() -> None:
 
 def test_default_trials_every_model_first_then_a_log_spaced_c_sweep_of_the_classical_ones() -> None:
     config = SearchConfig(preset="full", models=("logreg", "tiny_cnn", "svm_rbf"), n_trials=60)
-    trials = search.default_trials(config, max_batch_size=100)
+    pairs = search.default_trials(config, max_batch_size=100)
+    trials = [params for params, _ in pairs]
     assert [t["model"] for t in trials] == ["logreg", "tiny_cnn", "svm_rbf", "logreg", "logreg", "svm_rbf", "svm_rbf"]
     assert trials[:3] == [search.default_params(m, config, max_batch_size=100) for m in config.models]
+    assert [is_default for _, is_default in pairs] == [True] * 3 + [False] * 4  # only these are never pruned
     logreg_c = sorted(t["logreg_C"] for t in trials if t["model"] == "logreg")
     # centres of three equal bins of log10 C in [-4, 1]
     assert np.allclose(np.log10(logreg_c), [-4 + 5 / 6, -1.5, 1 - 5 / 6])
@@ -199,10 +201,10 @@ def test_default_trials_every_model_first_then_a_log_spaced_c_sweep_of_the_class
 
 def test_default_trials_are_capped_by_n_trials_and_keep_every_model_first() -> None:
     config = SearchConfig(preset="smoke", models=("logreg", "tiny_cnn", "simple_cnn"), n_trials=3)
-    assert [t["model"] for t in search.default_trials(config)] == ["logreg", "tiny_cnn", "simple_cnn"]
+    assert [t["model"] for t, _ in search.default_trials(config)] == ["logreg", "tiny_cnn", "simple_cnn"]
     assert len(search.default_trials(dataclasses.replace(config, n_trials=1))) == 1
     deep_only = SearchConfig(preset="smoke", models=("tiny_cnn",), n_trials=10)
-    assert [t["model"] for t in search.default_trials(deep_only)] == ["tiny_cnn"]
+    assert [t["model"] for t, _ in search.default_trials(deep_only)] == ["tiny_cnn"]
 
 
 @pytest.mark.parametrize(("name", "cls"), [("median", optuna.pruners.MedianPruner),
