@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -26,6 +25,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from automl.study import StudyFolder, probability_columns, valid_study_name
 
 __all__ = [
     "StudyError",
@@ -42,7 +43,6 @@ logger = logging.getLogger(__name__)
 _LEADERBOARD_REQUIRED = ("trial", "model", "state", "cv_auc_mean")
 #: Columns every prediction file must have (plus one ``prob_<class>`` per class).
 _PREDICTION_REQUIRED = ("path", "y")
-_SAFE_MODEL = re.compile(r"^[A-Za-z0-9_.\-]+$")
 
 
 class StudyError(ValueError):
@@ -51,11 +51,6 @@ class StudyError(ValueError):
     def __init__(self, message: str, *, path: str | Path | None = None) -> None:
         super().__init__(message)
         self.path = None if path is None else Path(path)
-
-
-def probability_columns(classes: list[str]) -> list[str]:
-    """Return the ``prob_<class>`` column names of a prediction table, in class order."""
-    return [f"prob_{c}" for c in classes]
 
 
 def list_studies(root: str | Path = "leaderboards") -> list[Path]:
@@ -74,7 +69,7 @@ def list_studies(root: str | Path = "leaderboards") -> list[Path]:
         return []
     return sorted(
         p for p in root.iterdir()
-        if p.is_dir() and ((p / "config.json").is_file() or (p / "leaderboard.csv").is_file())
+        if p.is_dir() and (StudyFolder(p).config_path.is_file() or StudyFolder(p).leaderboard_csv.is_file())
     )
 
 
@@ -157,22 +152,22 @@ class StudyResults:
     @cached_property
     def report(self) -> dict[str, Any]:
         """``report.json``: best model, threshold, leakage audit, DeLong and subject-level results."""
-        return _read_json(self.dir / "report.json", what="study report")
+        return _read_json(self.folder.report_path, what="study report")
 
     @cached_property
     def split(self) -> pd.DataFrame:
         """``split.csv``: path, label, y, subject, part ("cv"|"test"), fold (-1 for test)."""
-        return _read_csv(self.dir / "split.csv", what="data split", required=("path", "y", "part", "fold"))
+        return _read_csv(self.folder.split_path, what="data split", required=("path", "y", "part", "fold"))
 
     @cached_property
     def manifest(self) -> pd.DataFrame:
         """``manifest.csv``: the scanned data manifest (path, label, y, subject, QC statistics)."""
-        return _read_csv(self.dir / "manifest.csv", what="data manifest", required=("path", "label"))
+        return _read_csv(self.folder.manifest_path, what="data manifest", required=("path", "label"))
 
     @cached_property
     def bad_files(self) -> pd.DataFrame:
         """``bad_files.csv`` (empty frame when the file is absent: no bad files)."""
-        path = self.dir / "bad_files.csv"
+        path = self.folder.bad_files_path
         if not path.is_file():
             return pd.DataFrame(columns=["path", "reason"])
         return _read_csv(path, what="unreadable input files", required=("path", "reason"))
@@ -180,12 +175,12 @@ class StudyResults:
     @cached_property
     def quality(self) -> dict[str, Any]:
         """``quality.json``: :meth:`data.QualityReport.to_dict` of the dataset."""
-        return _read_json(self.dir / "quality.json", what="data quality report")
+        return _read_json(self.folder.quality_path, what="data quality report")
 
     @cached_property
     def attribution(self) -> pd.DataFrame | None:
         """``attribution.csv`` (localisation and sanity scores), or ``None`` when not computed."""
-        path = self.dir / "attribution.csv"
+        path = self.folder.attribution_path
         if not path.is_file():
             return None
         return _read_csv(path, what="attribution scores", required=("method", "model"))
@@ -202,29 +197,29 @@ class StudyResults:
         return Path(value) if value else None
 
     @property
+    def folder(self) -> StudyFolder:
+        """The study folder's layout (:class:`automl.study.StudyFolder`)."""
+        return StudyFolder(self.dir)
+
+    @property
     def storage_url(self) -> str:
         """Optuna storage of the study: the config's URL, else the folder's ``study.journal``."""
-        url = self.config.get("storage_url") or self.config.get("storage")
-        if url:
-            return str(url)
-        return str(self.dir / "study.journal")
+        return self.folder.storage_url(self.config)
 
     # ------------------------------------------------------------------ predictions
-    def _predictions(self, filename: str, what: str) -> pd.DataFrame:
-        if filename not in self._frames:
+    def _predictions(self, path: Path, what: str) -> pd.DataFrame:
+        key = path.name
+        if key not in self._frames:
             required = _PREDICTION_REQUIRED + tuple(probability_columns(self.classes))
-            frame = _read_csv(self.dir / "predictions" / filename, what=what, required=required)
+            frame = _read_csv(path, what=what, required=required)
             probs = frame[probability_columns(self.classes)].to_numpy(dtype=float)
             if not np.isfinite(probs).all():
-                raise StudyError(
-                    f"{self.dir / 'predictions' / filename} holds non-finite probabilities ({what}).",
-                    path=self.dir / "predictions" / filename,
-                )
-            self._frames[filename] = frame
-        return self._frames[filename]
+                raise StudyError(f"{path} holds non-finite probabilities ({what}).", path=path)
+            self._frames[key] = frame
+        return self._frames[key]
 
     def _check_model(self, model: str) -> str:
-        if not isinstance(model, str) or not _SAFE_MODEL.match(model):
+        if not valid_study_name(model):
             raise StudyError(f"Invalid model name {model!r}.")
         return model
 
@@ -236,28 +231,29 @@ class StudyResults:
         """
         if isinstance(trial, bool) or not isinstance(trial, (int, np.integer)) or trial < 0:
             raise StudyError(f"Invalid trial number {trial!r}: expected a non-negative int.")
-        return self._predictions(f"oof_trial_{int(trial):04d}.csv", f"out-of-fold predictions of trial {trial}")
+        return self._predictions(self.folder.oof_trial_path(int(trial)), f"out-of-fold predictions of trial {trial}")
 
     def test_predictions(self, model: str) -> pd.DataFrame:
         """Test-part predictions of a refitted model (``predictions/test_<model>.csv``)."""
         model = self._check_model(model)
-        return self._predictions(f"test_{model}.csv", f"test predictions of {model}")
+        return self._predictions(self.folder.test_predictions_path(model), f"test predictions of {model}")
 
     def calibration_predictions(self, model: str) -> pd.DataFrame:
         """Calibration-part predictions of a refitted model, which chose its threshold
         (``predictions/calibration_<model>.csv``)."""
         model = self._check_model(model)
-        return self._predictions(f"calibration_{model}.csv", f"calibration-part predictions of {model}")
+        return self._predictions(self.folder.calibration_predictions_path(model),
+                                 f"calibration-part predictions of {model}")
 
     def oof_predictions(self, model: str) -> pd.DataFrame:
         """Out-of-fold predictions of a refitted configuration (``predictions/oof_<model>.csv``)."""
         model = self._check_model(model)
-        return self._predictions(f"oof_{model}.csv", f"out-of-fold predictions of {model}")
+        return self._predictions(self.folder.oof_predictions_path(model), f"out-of-fold predictions of {model}")
 
     # ------------------------------------------------------------------ models
     def refitted_models(self) -> list[str]:
         """Names of the refitted models that have a predictor folder, best leaderboard rank first."""
-        folder = self.dir / "models"
+        folder = self.folder.models_dir
         on_disk = {p.name for p in folder.iterdir() if (p / "card.json").is_file()} if folder.is_dir() else set()
         ordered: list[str] = []
         board = self.leaderboard
@@ -271,7 +267,7 @@ class StudyResults:
     def model_dir(self, model: str) -> Path:
         """The predictor folder of a refitted model (``models/<model>/``)."""
         model = self._check_model(model)
-        path = self.dir / "models" / model
+        path = self.folder.model_dir(model)
         if not (path / "card.json").is_file():
             raise StudyError(
                 f"No refitted model {model!r} in {self.dir / 'models'} (card.json missing); "
@@ -328,27 +324,10 @@ class StudyResults:
 
     def load_optuna_study(self) -> Any:
         """Load the Optuna study from :attr:`storage_url` (journal file or RDB URL)."""
-        import optuna
-
-        url = self.storage_url
         try:
-            if "://" in url and not url.startswith(("journal://", "file://")):
-                storage: Any = url
-            else:
-                path = Path(re.sub(r"^(journal|file)://", "", url))
-                if not path.is_absolute():
-                    path = self.dir / path if (self.dir / path).exists() else path
-                if not path.is_file():
-                    raise StudyError(f"Optuna journal {path} is missing.", path=path)
-                from optuna.storages import JournalStorage
-                from optuna.storages.journal import JournalFileBackend
-
-                storage = JournalStorage(JournalFileBackend(str(path)))
-            return optuna.load_study(study_name=self.config.get("study_name") or self.name, storage=storage)
-        except StudyError:
-            raise
+            return self.folder.load_optuna_study(self.storage_url, config=self.config)
         except Exception as exc:  # optuna raises KeyError, ValueError, SQLAlchemy errors, ...
-            raise StudyError(f"Could not load the Optuna study from {url}: {exc}") from exc
+            raise StudyError(f"Could not load the Optuna study from {self.storage_url}: {exc}") from exc
 
 
 def load_study(study_dir: str | Path) -> StudyResults:
@@ -367,14 +346,15 @@ def load_study(study_dir: str | Path) -> StudyResults:
     study_dir = Path(study_dir).expanduser()
     if not study_dir.is_dir():
         raise StudyError(f"Study folder {study_dir} does not exist.", path=study_dir)
-    config = _read_json(study_dir / "config.json", what="search configuration")
+    folder = StudyFolder(study_dir)
+    config = _read_json(folder.config_path, what="search configuration")
     classes = config.get("classes")
     if not isinstance(classes, list) or len(classes) < 2 or not all(isinstance(c, str) for c in classes):
         raise StudyError(
-            f"{study_dir / 'config.json'} should list at least two class names under 'classes', found {classes!r}.",
-            path=study_dir / "config.json",
+            f"{folder.config_path} should list at least two class names under 'classes', found {classes!r}.",
+            path=folder.config_path,
         )
-    leaderboard = _read_csv(study_dir / "leaderboard.csv", what="leaderboard", required=_LEADERBOARD_REQUIRED)
+    leaderboard = _read_csv(folder.leaderboard_csv, what="leaderboard", required=_LEADERBOARD_REQUIRED)
     if "rank" in leaderboard.columns:
         leaderboard = leaderboard.sort_values("rank", kind="stable", na_position="last").reset_index(drop=True)
     if "refit" in leaderboard.columns:

@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from data._files import atomic_write_json
 from benchmarks._common import Record, machine_info, set_threads
 
 __all__ = ["BENCHMARKS", "format_table", "main", "merge_results", "run_benchmarks"]
@@ -108,13 +109,6 @@ def merge_results(path: Path, records: list[dict[str, Any]], ran: Sequence[str])
         "ratio": "ours / baseline, in the record's units; 'better' says which direction of ours is good",
         "records": merged,
     }
-
-
-def _write_json(path: Path, document: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(document, indent=2, allow_nan=False) + "\n")
-    os.replace(tmp, path)
 
 
 def _fmt(value: Any) -> str:
@@ -194,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 machine.get("torch"), machine["threads"], machine.get("load_avg_1m") or 0.0)
     records, failed = run_benchmarks(names, mode=mode)
     document = merge_results(args.out, records, names)
-    _write_json(args.out, document)
+    atomic_write_json(document, args.out)
     print(format_table(records))  # noqa: T201 - the command's output
     print(f"\nwrote {args.out} ({len(document['records'])} records)")  # noqa: T201
     if failed:

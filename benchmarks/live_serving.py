@@ -115,7 +115,7 @@ def _phase(url: str, image: Path, clients: int, n: int, classes: list[str]) -> d
 def _build_study(out: Path, models: tuple[str, ...]) -> Path:
     from automl.search import SearchConfig, run_search
 
-    config = SearchConfig(preset="smoke", study="bench_serving", out=str(out), models=tuple(models),
+    config = SearchConfig(preset="smoke", study="bench_serving", leaderboards=str(out), models=tuple(models),
                           n_trials=len(models), leakage_audit="none", device="cpu")
     return Path(run_search(config))
 

@@ -115,7 +115,7 @@ def surrogate_config(cfg: Surrogate, *, seed: int, out: str, study: str, **optio
     from automl import search
 
     return search.SearchConfig(
-        preset="smoke", study=study, out=out, models=tuple(cfg.models), timeout=0.0, folds=cfg.folds,
+        preset="smoke", study=study, leaderboards=out, models=tuple(cfg.models), timeout=0.0, folds=cfg.folds,
         epochs=cfg.epochs, search_epochs=False, image_size=cfg.image_size, pretrained="no",
         phantom_n=cfg.phantom_n, phantom_difficulty=cfg.difficulty, phantom_label_level=cfg.label_level,
         seed=seed, device="cpu", leakage_audit="none", refit=False, **options,

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import re
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
+from data._files import atomic_save_npy
 from data._io import _decode_bytes, _read_file, _resolve_window, cache_dir, resize_pad, to_uint8, window_key
 from data._scan import Manifest, parallel_map
 
@@ -52,23 +51,6 @@ def _prepare(job: tuple[str, str, str, str, int]) -> np.ndarray:
         )
     image = _decode_bytes(data, window=window, path=rel_path).image
     return to_uint8(resize_pad(image, size))
-
-
-def _write_atomic(path: Path, arr: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, arr, allow_pickle=False)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def load_arrays(
@@ -116,6 +98,6 @@ def load_arrays(
     ]
     images = parallel_map(_prepare, jobs, workers=workers)
     arr = np.stack(images).astype(np.uint8, copy=False) if images else np.zeros((0, size, size), dtype=np.uint8)
-    _write_atomic(path, arr)
+    atomic_save_npy(arr, path)
     logger.info("Cached %d images at %dx%d (%s) in %.1f s -> %s", n, size, size, key, time.perf_counter() - t0, path)
     return arr

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from data._files import json_clean
 from data._groups import phash_clusters
 from data._scan import HIST_BINS, Manifest, intensity_histogram, scan_folder
 
@@ -98,7 +99,7 @@ class QualityReport:
             value = getattr(self, f.name)
             if isinstance(value, pd.DataFrame):
                 value = value.to_dict(orient="records")
-            out[f.name] = _jsonable(value)
+            out[f.name] = json_clean(value)
         return out
 
     @classmethod
@@ -198,22 +199,6 @@ class QualityReport:
 
 
 # ------------------------------------------------------------------------------------ helpers
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return [_jsonable(v) for v in value.tolist()]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    return value
-
-
 def _indent(text: str, prefix: str = "  ") -> str:
     return "\n".join(prefix + line for line in text.splitlines())
 

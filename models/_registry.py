@@ -65,11 +65,12 @@ class ModelInfo:
         min_image_size: Smallest accepted input side length.
         patch_size: ViT patch size (image sizes must be a multiple of it), ``None`` otherwise.
         num_prefix_tokens: Tokens before the patch tokens in a ViT sequence (1: the class token), else 0.
-        param_space: Search-space hints for Optuna. Each entry is either
-            ``{"low": float, "high": float, "log": bool}`` (a float range) or a list of choices, e.g.
-            ``{"lr": {"low": 1e-5, "high": 1e-3, "log": True}, "batch_size": [16, 32]}``. Deep models
-            give ``lr``, ``batch_size``, ``weight_decay``; for pretrained models ``lr`` is the fine-tuning
-            range, ``lr_scratch`` the range for random init. Classical models give ``C`` (and ``gamma``).
+        param_space: The model's search ranges, read by ``automl.space`` (the one source of truth):
+            ``{"low": float, "high": float, "log": bool, "default": float (optional)}`` per
+            parameter. Deep models give ``lr`` (for pretrained models the fine-tuning range),
+            ``lr_scratch`` (random init; absent: ``lr``) and ``weight_decay``; classical models ``C``
+            (and ``gamma``). ``default`` is the value of the architecture's first trial (else the
+            log-midpoint). Batch sizes follow from the data, not the model.
         description: One line for the UI.
     """
 

@@ -21,9 +21,9 @@ from models._registry import register_model
 
 __all__ = ["GRADCAM_MIN_SIDE", "ConvBlock", "SimpleCNN", "gradcam_block_index"]
 
+# Search ranges read by automl.space (see models/timm_models.py); these models always start from random init.
 _CNN_PARAM_SPACE = {
-    "lr": {"low": 3e-4, "high": 3e-3, "log": True},
-    "batch_size": [16, 32, 64],
+    "lr": {"low": 1e-4, "high": 1e-3, "log": True, "default": 9.5e-4},
     "weight_decay": {"low": 1e-6, "high": 1e-3, "log": True},
 }
 

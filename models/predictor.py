@@ -27,7 +27,6 @@ import io
 import json
 import logging
 import os
-import platform
 import shutil
 import tempfile
 import uuid
@@ -38,6 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from data._files import json_clean, library_versions, usual_permissions
 from models._common import fuse_batchnorm_, logits_to_probabilities, pick_device
 
 __all__ = [
@@ -63,30 +63,6 @@ class InvalidInputError(ValueError):
 
 
 # --- saving -----------------------------------------------------------------------------------------------
-def _library_versions() -> dict[str, str]:
-    versions = {"python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__}
-    for module in ("timm", "sklearn", "safetensors", "pydicom", "PIL"):
-        try:
-            versions[module] = str(getattr(__import__(module), "__version__", "unknown"))
-        except ImportError:
-            continue
-    return versions
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return value.as_posix()
-    if isinstance(value, (set, frozenset)):
-        return sorted(value)
-    if isinstance(value, torch.Tensor):
-        return value.tolist()
-    raise TypeError(f"card value of type {type(value).__name__} is not JSON serialisable: {value!r}")
-
-
 def _model_card_fields(model: Any) -> dict[str, Any]:
     from models.classical import ClassicalModel
 
@@ -125,25 +101,6 @@ def _write_weights(model: Any, path: Path, card: dict[str, Any]) -> None:
         from safetensors.numpy import save_file as save_numpy
 
         save_numpy({k: np.ascontiguousarray(v) for k, v in model.state_arrays().items()}, str(path), metadata=metadata)
-
-
-def _current_umask() -> int:
-    """The process umask (read without changing it where ``/proc`` allows; else set and restored)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _usual_permissions(path: Path, *, folder: bool = False) -> None:
-    """Give ``path`` the permissions a plain ``open``/``mkdir`` would (``mkdtemp`` and safetensors
-    create 0700 folders / 0600 files, which other users, e.g. a shared dashboard, could not read)."""
-    os.chmod(path, (0o777 if folder else 0o666) & ~_current_umask())
 
 
 def _fsync_file(path: Path) -> None:
@@ -206,7 +163,7 @@ def save_checkpoint(model: Any, folder: str | Path, *, card: dict[str, Any]) -> 
         "metrics": card.get("metrics", {}),
         "threshold": threshold,
         "manifest_hash": card.get("manifest_hash"),
-        "versions": {**_library_versions(), **card.get("versions", {})},
+        "versions": {**library_versions(), **card.get("versions", {})},
         "created": card.get("created") or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "format_version": CARD_FORMAT_VERSION,
     }
@@ -215,7 +172,7 @@ def save_checkpoint(model: Any, folder: str | Path, *, card: dict[str, Any]) -> 
     if isinstance(full_card["window"], tuple):
         full_card["window"] = list(full_card["window"])
     try:
-        card_text = json.dumps(full_card, indent=2, default=_json_default, allow_nan=True)
+        card_text = json.dumps(json_clean(full_card), indent=2, allow_nan=False)
     except (TypeError, ValueError) as err:
         raise ValueError(f"card is not JSON serialisable: {err}") from None
 
@@ -224,11 +181,11 @@ def save_checkpoint(model: Any, folder: str | Path, *, card: dict[str, Any]) -> 
     if not folder.exists():
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
         try:
-            _usual_permissions(tmp, folder=True)
+            usual_permissions(tmp, folder=True)
             _write_weights(model, tmp / WEIGHTS_FILE, full_card)
             (tmp / CARD_FILE).write_text(card_text, encoding="utf-8")
             for name in (WEIGHTS_FILE, CARD_FILE):
-                _usual_permissions(tmp / name)
+                usual_permissions(tmp / name)
                 _fsync_file(tmp / name)
             os.replace(tmp, folder)
         except BaseException:
@@ -243,8 +200,8 @@ def save_checkpoint(model: Any, folder: str | Path, *, card: dict[str, Any]) -> 
         try:
             _write_weights(model, tmp_weights, full_card)
             tmp_card.write_text(card_text, encoding="utf-8")
-            _usual_permissions(tmp_weights)
-            _usual_permissions(tmp_card)
+            usual_permissions(tmp_weights)
+            usual_permissions(tmp_card)
             _fsync_file(tmp_weights)
             _fsync_file(tmp_card)
             os.replace(tmp_weights, folder / WEIGHTS_FILE)

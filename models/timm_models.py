@@ -27,17 +27,18 @@ logger = logging.getLogger(__name__)
 _ALLOWED_KWARGS = ("drop_rate", "drop_path_rate")
 
 # Fine-tuning (lr) vs training from scratch (lr_scratch) ranges; ViTs want smaller LRs and more decay.
+# Search ranges read by automl.space (the one source of truth): ``lr`` when the model starts from
+# ImageNet weights (fine-tuning), ``lr_scratch`` from random init; ``default`` is the first trial's value
+# (else the log-midpoint). Batch sizes are not per model: they follow from the data (the fold size).
 _CONVNET_PARAM_SPACE = {
     "lr": {"low": 1e-5, "high": 1e-3, "log": True},
-    "lr_scratch": {"low": 3e-4, "high": 3e-3, "log": True},
-    "batch_size": [16, 32, 64],
+    "lr_scratch": {"low": 1e-4, "high": 1e-3, "log": True, "default": 9.5e-4},
     "weight_decay": {"low": 1e-6, "high": 1e-2, "log": True},
 }
 _VIT_PARAM_SPACE = {
-    "lr": {"low": 5e-6, "high": 3e-4, "log": True},
+    "lr": {"low": 1e-5, "high": 3e-4, "log": True, "default": 3.9e-5},
     "lr_scratch": {"low": 1e-4, "high": 1e-3, "log": True},
-    "batch_size": [16, 32],
-    "weight_decay": {"low": 1e-4, "high": 5e-2, "log": True},
+    "weight_decay": {"low": 1e-4, "high": 1e-2, "log": True, "default": 2.2e-3},
 }
 
 

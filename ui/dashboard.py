@@ -256,7 +256,7 @@ def _run_demo(root: Path) -> None:
     try:
         from automl.search import SearchConfig, run_search
 
-        config = SearchConfig(preset="demo", study=DEMO_STUDY, out=str(root))
+        config = SearchConfig(preset="demo", study=DEMO_STUDY, leaderboards=str(root))
         bar = st.progress(0.0, text="Generating the phantom and caching images…")
         best_box, status = st.empty(), st.empty()
         best: list[float] = []

@@ -754,7 +754,7 @@ def _ensure_study(study_dir: str | Path | None, leaderboards_root: Path) -> Path
 
     logger.info("No study under %s: building the demo study from the synthetic phantom "
                 "(first start only; a few minutes on 2 CPUs)...", leaderboards_root)
-    config = SearchConfig(preset="demo", study="demo", out=str(leaderboards_root))
+    config = SearchConfig(preset="demo", study="demo", leaderboards=str(leaderboards_root))
     path = Path(run_search(config))
     logger.info("Demo study ready: %s", path)
     return path

@@ -26,80 +26,11 @@ from sklearn.metrics import (
 )
 
 from automl import leaderboard
-from automl.leaderboard import (
-    LEADERBOARD_COLUMNS,
-    atomic_write_csv,
-    atomic_write_json,
-    atomic_write_text,
-    score_predictions,
-    trials_table,
-    write_leaderboard,
-)
+from automl.leaderboard import LEADERBOARD_COLUMNS, trials_table, write_leaderboard
+from automl.scoring import choose_threshold, score_predictions, subject_level
+from automl.study import StudyFolder
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-# ------------------------------------------------------------------------------------------------ atomic writes
-
-
-def test_atomic_writes_leave_no_temp_files_and_normal_permissions(tmp_path: Path) -> None:
-    atomic_write_text("hello", tmp_path / "a" / "x.txt")
-    atomic_write_json({"nan": float("nan"), "arr": np.arange(2), "f": np.float32(0.5)}, tmp_path / "x.json")
-    atomic_write_csv(pd.DataFrame({"a": [1, 2]}), tmp_path / "x.csv")
-    assert (tmp_path / "a" / "x.txt").read_text() == "hello"
-    assert json.loads((tmp_path / "x.json").read_text()) == {"nan": None, "arr": [0, 1], "f": 0.5}
-    assert pd.read_csv(tmp_path / "x.csv")["a"].tolist() == [1, 2]
-    assert not list(tmp_path.rglob("*.tmp"))
-    # the usual permissions (umask applied), not mkstemp's private 0600
-    assert (tmp_path / "x.csv").stat().st_mode & 0o777 == 0o666 & ~leaderboard._UMASK
-
-
-def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    target = tmp_path / "board.json"
-    atomic_write_json({"v": 1}, target)
-    with pytest.raises(TypeError):
-        atomic_write_json({"v": object()}, target)  # not JSON serialisable: fails before any write
-
-    def disk_full(fd: int) -> None:
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(os, "fsync", disk_full)
-    with pytest.raises(OSError, match="No space"):
-        atomic_write_json({"v": 2}, target)
-    assert json.loads(target.read_text()) == {"v": 1}
-    assert [p.name for p in tmp_path.iterdir()] == ["board.json"]  # the temp file was removed
-
-
-@pytest.mark.parametrize("where", ["fsync", "replace", "mkstemp"])
-@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS])
-def test_atomic_write_error_names_the_file(where: str, code: int, tmp_path: Path,
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    target = tmp_path / "sub" / "leaderboard.csv"
-    atomic_write_text("old\n", target)
-
-    def fail(*args: object, **kwargs: object) -> None:
-        raise OSError(code, os.strerror(code))
-
-    monkeypatch.setattr(os if where != "mkstemp" else leaderboard.tempfile, where, fail)
-    with pytest.raises(OSError) as info:
-        atomic_write_text("new\n", target)
-    assert info.value.errno == code
-    assert str(info.value.strerror) == f"cannot write {target}: {os.strerror(code)}"
-    assert info.value.filename == str(target)
-    monkeypatch.undo()
-    assert target.read_text() == "old\n"
-    assert [p.name for p in target.parent.iterdir()] == ["leaderboard.csv"]  # no temp file left
-
-
-def test_atomic_write_passes_keyboard_interrupt_through(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def interrupt(fd: int) -> None:
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(os, "fsync", interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        atomic_write_text("x", tmp_path / "x.txt")
-    monkeypatch.undo()
-    assert list(tmp_path.iterdir()) == []
 
 
 # ------------------------------------------------------------------------------------------------ trial table
@@ -180,7 +111,7 @@ def test_choose_threshold(target: float | None) -> None:
     rng = np.random.default_rng(2)
     y = rng.integers(0, 2, 300)
     p = np.clip(y * 0.4 + rng.random(300) * 0.6, 0, 1)
-    thr, how = leaderboard.choose_threshold(y, p, target)
+    thr, how = choose_threshold(y, p, target)
     if target is None:
         assert how == "youden"
     else:
@@ -190,9 +121,9 @@ def test_choose_threshold(target: float | None) -> None:
 def test_subject_level_only_with_several_slices() -> None:
     frame = pd.DataFrame({"subject": ["a", "b", "c", "d"], "y": [0, 0, 1, 1],
                           "prob_N": [0.9, 0.6, 0.4, 0.2], "prob_S": [0.1, 0.4, 0.6, 0.8]})
-    assert leaderboard.subject_level(frame, ["N", "S"], 0.5) is None
+    assert subject_level(frame, ["N", "S"], 0.5) is None
     frame2 = pd.concat([frame, frame.assign(prob_N=1 - frame["prob_N"] * 0.5, prob_S=frame["prob_S"] * 0.5)])
-    out = leaderboard.subject_level(frame2, ["N", "S"], 0.5)
+    out = subject_level(frame2, ["N", "S"], 0.5)
     assert out["mean"]["n_subjects"] == 4 and out["max"]["auc"] == pytest.approx(1.0)
 
 
@@ -206,7 +137,7 @@ def lb_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     os.environ["STROKECT_CACHE"] = str(tmp_path_factory.getbasetemp() / "strokect-cache")
     out = tmp_path_factory.mktemp("lb")
-    config = SearchConfig(preset="smoke", study="regen", out=str(out), models=("tiny_cnn", "logreg"), n_trials=2)
+    config = SearchConfig(preset="smoke", study="regen", leaderboards=str(out), models=("tiny_cnn", "logreg"), n_trials=2)
     return run_search(config, progress_bars=False)
 
 
@@ -280,11 +211,11 @@ def test_cli_disk_errors_are_one_line(code: int, lb_study: Path, tmp_path: Path,
     lock = copy / ".leaderboard.lock"
 
     @contextlib.contextmanager
-    def failing_lock(study_dir: Path):  # what open(<lock>, "a+") raises on a read-only file system
+    def failing_lock(folder: StudyFolder):  # what open(<lock>, "a+") raises on a read-only file system
         raise OSError(code, os.strerror(code), str(lock))
         yield  # pragma: no cover
 
-    monkeypatch.setattr(leaderboard, "_locked", failing_lock)
+    monkeypatch.setattr(StudyFolder, "locked", failing_lock)
     assert leaderboard.main([str(copy), "--no-refit", "--no-audit"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == f"error: {os.strerror(code)}: {lock}"

@@ -21,7 +21,7 @@ import pytest
 from optuna.trial import TrialState
 from sklearn.metrics import roc_auc_score
 
-from automl import search
+from automl import search, space
 from automl.search import Objective, SearchConfig, make_pruner, open_study, run_search, suggest_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -39,7 +39,7 @@ def search_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def smoke_study(tmp_path_factory: pytest.TempPathFactory, search_cache: Path) -> Path:
     """A real smoke search: phantom (labels per subject), 32 px, 2 folds, 1 epoch, 3 trials."""
     out = tmp_path_factory.mktemp("leaderboards")
-    config = SearchConfig(preset="smoke", study="smoke", out=str(out), models=("tiny_cnn", "logreg"), n_trials=3)
+    config = SearchConfig(preset="smoke", study="smoke", leaderboards=str(out), models=("tiny_cnn", "logreg"), n_trials=3)
     return run_search(config, progress_bars=False, on_progress=_EVENTS.append)
 
 
@@ -48,7 +48,7 @@ _EVENTS: list[dict] = []
 
 def _tiny_config(out: Path, **kwargs) -> SearchConfig:
     """Fast studies for the tests that change a study: logistic regression only, no refit, no audit."""
-    values = dict(preset="smoke", out=str(out), models=("logreg",), n_trials=3, refit=False, leakage_audit="none")
+    values = dict(preset="smoke", leaderboards=str(out), models=("logreg",), n_trials=3, refit=False, leakage_audit="none")
     values.update(kwargs)
     return SearchConfig(**values)
 
@@ -69,7 +69,7 @@ def test_presets_fill_unset_fields_and_flags_override() -> None:
 
 
 def test_config_round_trips_through_dict(tmp_path: Path) -> None:
-    config = SearchConfig(preset="smoke", out=str(tmp_path), target_sensitivity=0.9)
+    config = SearchConfig(preset="smoke", leaderboards=str(tmp_path), target_sensitivity=0.9)
     again = SearchConfig.from_dict(json.loads(json.dumps(config.to_dict())))
     assert again == config
     assert config.study_name == "phantom_smoke"
@@ -164,13 +164,13 @@ def test_suggest_config_space(model: str) -> None:
 
 
 def test_suggest_config_searches_finetune_and_epochs_when_possible(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(search._PRETRAINED_AVAILABLE, ("resnet18", None), True)  # as if ImageNet weights were on disk
+    monkeypatch.setitem(space._PRETRAINED_AVAILABLE, ("resnet18", None), True)  # as if ImageNet weights were on disk
     config = SearchConfig(preset="smoke", models=("resnet18",), pretrained="auto", epochs=6, search_epochs=True)
     trial = optuna.trial.FixedTrial({"model": "resnet18", "lr": 1e-4, "batch_size": 16, "weight_decay": 1e-4,
                                      "aug_strength": 0.3, "finetune": "gradual", "epochs": 4})
     tc = suggest_config(trial, config)
     assert tc.finetune == "gradual" and tc.epochs == 4 and tc.pretrained == "auto"
-    monkeypatch.setitem(search._PRETRAINED_AVAILABLE, ("resnet18", None), False)  # no weights: random init, no finetune
+    monkeypatch.setitem(space._PRETRAINED_AVAILABLE, ("resnet18", None), False)  # no weights: random init, no finetune
     tc = suggest_config(optuna.trial.FixedTrial({k: v for k, v in trial.params.items() if k != "finetune"}), config)
     assert tc.finetune == "full" and tc.pretrained == "no"
 
@@ -433,7 +433,7 @@ def test_resume_adds_trials_to_the_same_study(smoke_study: Path, tmp_path: Path)
     out = tmp_path / "lb"
     shutil.copytree(smoke_study, out / "smoke")
     numbers_before = sorted(pd.read_csv(out / "smoke" / "leaderboard.csv")["trial"])
-    config = SearchConfig(preset="smoke", study="smoke", out=str(out), models=("tiny_cnn", "logreg"), n_trials=4,
+    config = SearchConfig(preset="smoke", study="smoke", leaderboards=str(out), models=("tiny_cnn", "logreg"), n_trials=4,
                           leakage_audit="probe")
     run_search(config, progress_bars=False)
     study = open_study(config)
@@ -449,7 +449,7 @@ def test_resume_adds_trials_to_the_same_study(smoke_study: Path, tmp_path: Path)
 def test_resume_with_other_settings_is_refused(smoke_study: Path, tmp_path: Path) -> None:
     out = tmp_path / "lb"
     shutil.copytree(smoke_study, out / "smoke")
-    config = SearchConfig(preset="smoke", study="smoke", out=str(out), models=("logreg",), n_trials=4, folds=3)
+    config = SearchConfig(preset="smoke", study="smoke", leaderboards=str(out), models=("logreg",), n_trials=4, folds=3)
     with pytest.raises(ValueError, match="--folds"):
         run_search(config, progress_bars=False)
 
@@ -670,7 +670,7 @@ def test_multiclass_study_uses_macro_auc_and_argmax(tmp_path: Path, search_cache
 
     data_dir = generate_phantom(tmp_path / "three", n=90, size=32, seed=0, difficulty=0.2,
                                 classes=("normal", "ischemic", "hemorrhagic"))
-    config = SearchConfig(preset="smoke", data=str(data_dir), out=str(tmp_path / "lb"), models=("logreg",),
+    config = SearchConfig(preset="smoke", data=str(data_dir), leaderboards=str(tmp_path / "lb"), models=("logreg",),
                           n_trials=1, leakage_audit="none")
     study_dir = run_search(config, progress_bars=False)
     classes = json.loads((study_dir / "config.json").read_text())["classes"]
@@ -736,7 +736,7 @@ def no_weights_anywhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path
     monkeypatch.delenv("STROKECT_WEIGHTS", raising=False)
     monkeypatch.setenv("HF_HUB_CACHE", str(empty / "hf"))
     monkeypatch.setenv("TORCH_HOME", str(empty / "torch"))
-    search._PRETRAINED_AVAILABLE.clear()
+    space._PRETRAINED_AVAILABLE.clear()
     return empty
 
 
@@ -778,7 +778,7 @@ def test_search_with_local_weights_dir_uses_imagenet_init(no_weights_anywhere: P
     weights.mkdir()
     save_file({k: v.contiguous() for k, v in timm.create_model("resnet18").state_dict().items()},
               str(weights / "resnet18.safetensors"))
-    config = SearchConfig(preset="smoke", study="local_weights", out=str(tmp_path / "out"), models=("resnet18",),
+    config = SearchConfig(preset="smoke", study="local_weights", leaderboards=str(tmp_path / "out"), models=("resnet18",),
                           n_trials=1, pretrained="yes", weights_dir=str(weights), leakage_audit="none",
                           phantom_n=60)
     study_dir = run_search(config, progress_bars=False)
@@ -796,7 +796,7 @@ def test_cli_os_error_is_one_line(tmp_path: Path, search_cache: Path, capsys: py
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     rc = search.main(["--preset", "smoke", "--models", "logreg", "--n-trials", "1", "--no-refit",
-                      "--leakage-audit", "none", "-q", "--out", str(blocker / "out")])
+                      "--leakage-audit", "none", "-q", "--leaderboards", str(blocker / "out")])
     assert rc == 2
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert lines[-1].startswith("error: ") and str(blocker) in lines[-1] and "Not a directory" in lines[-1]

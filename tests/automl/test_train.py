@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import models
+from automl import _deep_fit as deep_fit
 from automl import train as train_mod
 from automl.train import FitResult, TrainConfig, extract_head_inputs, fit_fold
 
@@ -132,13 +133,13 @@ def test_fit_fold_rejects_bad_num_classes_and_config(fold):
 
 def test_pos_weight_options():
     y = np.array([0, 0, 0, 1])
-    assert train_mod._pos_weight(TrainConfig(pos_weight="balanced"), y, 2).item() == pytest.approx(3.0)
-    assert train_mod._pos_weight(TrainConfig(pos_weight=2.5), y, 2).item() == pytest.approx(2.5)
-    assert train_mod._pos_weight(TrainConfig(), y, 2) is None
-    weights = train_mod._pos_weight(TrainConfig(pos_weight="balanced"), np.array([0, 0, 1, 2]), 3)
+    assert deep_fit._pos_weight(TrainConfig(pos_weight="balanced"), y, 2).item() == pytest.approx(3.0)
+    assert deep_fit._pos_weight(TrainConfig(pos_weight=2.5), y, 2).item() == pytest.approx(2.5)
+    assert deep_fit._pos_weight(TrainConfig(), y, 2) is None
+    weights = deep_fit._pos_weight(TrainConfig(pos_weight="balanced"), np.array([0, 0, 1, 2]), 3)
     assert weights.tolist() == pytest.approx([4 / 6, 4 / 3, 4 / 3])
     with pytest.raises(ValueError, match="binary"):
-        train_mod._pos_weight(TrainConfig(pos_weight=2.0), np.array([0, 1, 2]), 3)
+        deep_fit._pos_weight(TrainConfig(pos_weight=2.0), np.array([0, 1, 2]), 3)
 
 
 # --- learning and the result object ----------------------------------------------------------------------
@@ -212,7 +213,7 @@ def test_report_true_prunes_immediately(fold):
 
 def test_early_stopping_restores_best_epoch(fold, monkeypatch):
     aucs = iter([0.9, 0.6, 0.7, 0.8, 0.85, 0.88])
-    monkeypatch.setattr(train_mod, "roc_auc", lambda y, P: next(aucs))
+    monkeypatch.setattr(deep_fit, "roc_auc", lambda y, P: next(aucs))
     X_tr, y_tr, X_va, y_va = fold
     result = fit_fold(X_tr, y_tr, X_va, y_va, config=small_config(epochs=6, patience=2), num_classes=2)
     assert len(result.history) == 3  # epoch 0 best, then two epochs without improvement
@@ -376,13 +377,13 @@ def test_simple_cnn_learns_on_easy_phantom_fold(tmp_path):
 def test_convolutional_models_train_in_channels_last_by_default(small_fold, monkeypatch) -> None:
     """channels_last=None follows ModelInfo.prefers_channels_last; the layout changes rounding, not results."""
     formats = []
-    original = train_mod._DeepFit.__init__
+    original = deep_fit._DeepFit.__init__
 
     def spy(self, *args, **kwargs):
         original(self, *args, **kwargs)
         formats.append(self.channels_last)
 
-    monkeypatch.setattr(train_mod._DeepFit, "__init__", spy)
+    monkeypatch.setattr(deep_fit._DeepFit, "__init__", spy)
     auto = fit_fold(*small_fold, config=small_config(model="tiny_cnn", epochs=1), num_classes=2)
     plain = fit_fold(*small_fold, config=small_config(model="tiny_cnn", epochs=1, channels_last=False), num_classes=2)
     assert formats == [True, False]
@@ -394,19 +395,19 @@ def test_convolutional_models_train_in_channels_last_by_default(small_fold, monk
 @pytest.mark.parametrize("optimizer", ["adamw", "adam"])
 def test_the_optimizer_is_fused_on_cpu_and_follows_the_plain_update_rule(small_fold, monkeypatch, optimizer) -> None:
     made = []
-    original = train_mod._DeepFit.optimizer
+    original = deep_fit._DeepFit.optimizer
 
     def spy(self, groups):
         opt = original(self, groups)
         made.append(opt)
         return opt
 
-    monkeypatch.setattr(train_mod._DeepFit, "optimizer", spy)
+    monkeypatch.setattr(deep_fit._DeepFit, "optimizer", spy)
     config = small_config(model="tiny_cnn", epochs=2, optimizer=optimizer, amp=False)
     fused = fit_fold(*small_fold, config=config, num_classes=2)
     assert made and all(opt.defaults["fused"] for opt in made)
     # the same fit with PyTorch's default (foreach) kernel: same update rule, rounding-level differences
-    monkeypatch.setattr(train_mod._DeepFit, "optimizer",
+    monkeypatch.setattr(deep_fit._DeepFit, "optimizer",
                         lambda self, groups: (torch.optim.AdamW if optimizer == "adamw" else torch.optim.Adam)(
                             groups, lr=groups[0]["lr"], weight_decay=self.config.weight_decay))
     plain = fit_fold(*small_fold, config=config, num_classes=2)

@@ -1,4 +1,5 @@
-"""Tests for models.attribution_eval: metric functions, localisation on a trained model, sanity check, CLI."""
+"""Tests for models.attribution_eval (metric functions, localisation on a trained model, sanity check) and its
+study-level front automl.attribution_eval (attribution.csv, CLI), which share the phantom fixtures."""
 from __future__ import annotations
 
 import json
@@ -15,14 +16,13 @@ from models.attribution_eval import (
     SANITY_THRESHOLD,
     evaluate,
     lesion_images,
-    main,
     mass_in_mask,
     pointing_game,
     random_pointing,
     randomized_model,
     rank_similarity,
-    write_attribution_csv,
 )
+from automl.attribution_eval import main, write_attribution_csv
 
 CLASSES = ["Normal", "Stroke"]
 
@@ -284,7 +284,7 @@ def test_trained_model_beats_random_baseline(trained, phantom: Path, table: pd.D
 def test_cli_on_a_real_search(tmp_path: Path) -> None:
     """End to end: automl.search writes a study, the CLI scores it."""
     search = pytest.importorskip("automl.search")
-    config = search.SearchConfig(preset="smoke", models=("simple_cnn",), n_trials=1, out=str(tmp_path),
+    config = search.SearchConfig(preset="smoke", models=("simple_cnn",), n_trials=1, leaderboards=str(tmp_path),
                                  study="attr", phantom_label_level="slice", leakage_audit="none")
     study = search.run_search(config)
     assert main(["--study", study.name, "--leaderboards", str(tmp_path), "--methods", "grad_cam",

@@ -100,7 +100,7 @@ def smoke_study(tmp_path_factory: pytest.TempPathFactory, phantom_data: Path, se
     os.environ["STROKECT_CACHE"] = str(session_cache)
     try:
         out = tmp_path_factory.mktemp("leaderboards")
-        config = search.SearchConfig(preset="smoke", study="smoke", data=str(phantom_data), out=str(out))
+        config = search.SearchConfig(preset="smoke", study="smoke", data=str(phantom_data), leaderboards=str(out))
         study_dir = Path(search.run_search(config, progress_bars=False))
     finally:
         if old is None:

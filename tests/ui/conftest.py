@@ -208,7 +208,7 @@ def smoke_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
     os.environ["STROKECT_CACHE"] = str(cache)  # same folder as the autouse fixture
     try:
         out = tmp_path_factory.mktemp("leaderboards")
-        config = search.SearchConfig(preset="smoke", study="smoke", out=str(out))
+        config = search.SearchConfig(preset="smoke", study="smoke", leaderboards=str(out))
         study_dir = Path(search.run_search(config))
     finally:
         if old is None:

@@ -238,8 +238,8 @@ def test_demo_autostarts_with_progress(app_env, handmade_study: Path, tmp_path: 
                      "val_auc": 0.7, "running_auc": 0.7})
         on_progress({"event": "trial_end", "trial": 0, "state": "COMPLETE", "value": 0.71, "best": 0.71,
                      "n_done": 1, "n_total": 2})
-        shutil.copytree(handmade_study, Path(config.out) / config.study)
-        return Path(config.out) / config.study
+        shutil.copytree(handmade_study, Path(config.leaderboards) / config.study)
+        return Path(config.leaderboards) / config.study
 
     monkeypatch.setattr(automl.search, "run_search", fake_run_search)
     at = app_env(root)
@@ -247,7 +247,7 @@ def test_demo_autostarts_with_progress(app_env, handmade_study: Path, tmp_path: 
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     assert len(calls) == 1 and calls[0].preset == "demo" and calls[0].study == "demo"
-    assert Path(calls[0].out) == root
+    assert Path(calls[0].leaderboards) == root
     assert at.sidebar.selectbox(key="study").value == "demo"  # reran onto the new study
     at.run()
     assert len(calls) == 1, "later starts reuse the demo study"
