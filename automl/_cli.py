@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from automl._progress import setup_logging
+from data._log import add_logging_arguments, start_logging
 from automl.study import DEFAULT_LEADERBOARDS, StudyFolder
 
 __all__ = ["add_study_arguments", "add_logging_arguments", "start_logging", "locate_study", "cli_error_message",
@@ -34,19 +34,6 @@ def add_study_arguments(parser: argparse.ArgumentParser, *, required: bool = Tru
     parser.add_argument("--leaderboards", default=DEFAULT_LEADERBOARDS, help="root folder of study folders")
 
 
-def add_logging_arguments(parser: argparse.ArgumentParser) -> None:
-    """``-v`` (repeatable: more log lines) and ``-q`` (warnings only)."""
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log lines (-vv: debug)")
-    parser.add_argument("-q", "--quiet", action="store_true", help="warnings only, no progress bars")
-
-
-def start_logging(args: argparse.Namespace) -> int:
-    """Set up logging from ``-v``/``-q`` and return the verbosity (``-1`` quiet, ``0`` info, ``1+`` debug)."""
-    verbosity = -1 if getattr(args, "quiet", False) else max(0, int(getattr(args, "verbose", 0)) - 1)
-    setup_logging(verbosity)
-    return verbosity
-
-
 def locate_study(parser: argparse.ArgumentParser, args: argparse.Namespace, *, must_exist: bool = True) -> StudyFolder:
     """The :class:`StudyFolder` named by ``--study``/the positional study and ``--leaderboards``.
 
@@ -59,6 +46,8 @@ def locate_study(parser: argparse.ArgumentParser, args: argparse.Namespace, *, m
         folder = StudyFolder.locate(name, args.leaderboards)
     except ValueError as exc:
         parser.error(str(exc))
+    if must_exist and not folder.root.is_dir():
+        parser.error(f"no study {name!r}: the folder {folder.root} does not exist")
     if must_exist and not folder.config_path.is_file():
         parser.error(f"no study {name!r}: {folder.config_path} is missing")
     return folder

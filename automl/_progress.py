@@ -1,4 +1,4 @@
-"""Logging set-up shared by every CLI, and progress reporting for the search.
+"""Progress reporting for the search (the logging set-up every CLI shares is :mod:`data._log`).
 
 On a terminal the search shows ``tqdm`` bars (trials, folds, epochs, with the current best score);
 when stderr is not a TTY (CI, log files, the Streamlit app) it writes plain log lines instead. Either
@@ -23,58 +23,14 @@ import os
 import sys
 from typing import Any, Callable
 
+from data._log import setup_logging
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["setup_logging", "Progress", "ProgressCallback"]
 
 ProgressCallback = Callable[[dict[str, Any]], None]
 
-_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-
-
-def setup_logging(verbosity: int = 0, *, stream: Any = None) -> None:
-    """Configure the root logger once for a command-line entry point.
-
-    Args:
-        verbosity: ``-1`` warnings only, ``0`` info, ``1+`` debug.
-        stream: Where to log (default ``sys.stderr``).
-    """
-    level = logging.WARNING if verbosity < 0 else logging.INFO if verbosity == 0 else logging.DEBUG
-    root = logging.getLogger()
-    for handler in list(root.handlers):
-        if getattr(handler, "_strokect", False):
-            root.removeHandler(handler)
-    handler = _TqdmAwareHandler(stream or sys.stderr)
-    handler._strokect = True  # type: ignore[attr-defined]
-    handler.setFormatter(logging.Formatter(_FORMAT, datefmt="%H:%M:%S"))
-    root.addHandler(handler)
-    root.setLevel(level)
-    # Optuna logs every trial itself; our own lines say the same with more context.
-    try:
-        import optuna
-
-        optuna.logging.disable_default_handler()
-        optuna.logging.enable_propagation()
-        optuna.logging.set_verbosity(logging.WARNING if verbosity <= 0 else logging.INFO)
-    except ImportError:  # pragma: no cover
-        pass
-    for noisy in ("PIL", "matplotlib", "urllib3", "httpx", "timm"):
-        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
-
-
-class _TqdmAwareHandler(logging.StreamHandler):
-    """A stream handler that writes through ``tqdm.write`` so log lines do not break the bars."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            from tqdm import tqdm
-
-            if getattr(tqdm, "_instances", None):
-                tqdm.write(self.format(record), file=self.stream)
-                return
-        except Exception:  # pragma: no cover - fall back to the plain handler
-            pass
-        super().emit(record)
 
 
 def _use_bars(enabled: bool | None) -> bool:

@@ -139,8 +139,7 @@ class Objective:
         self.max_batch_size = min(len(tr) for tr, _ in ctx.split.folds)
 
     def __call__(self, trial: optuna.Trial) -> float:
-        from automl import metrics
-        from automl import train
+        import models as model_zoo
 
         config, ctx = self.config, self.ctx
         trial.set_user_attr("worker", worker_identity())
@@ -149,71 +148,22 @@ class Objective:
         # a retried trial may carry its predecessor's attributes: start clean
         for key, empty in (("cv_auc_folds", []), ("best_epochs", []), ("cv_auc_mean", None), ("fit_seconds", 0.0)):
             trial.set_user_attr(key, empty)
-        n_epochs_axis = config.epochs  # the stride of the step axis: the maximum epochs per fold
-        import models as model_zoo
-
         # classical baselines take < 1 s per fold and are the reference the leaderboard exists to show:
         # they report (for the plots and the pruner's statistics) but are never pruned; nor is an
         # architecture's default trial (its entry in the comparison, see default_trials)
         prunable = (model_zoo.get_model_info(train_config.model).kind != "classical"
                     and not trial.user_attrs.get(DEFAULT_TRIAL_ATTR))
-        folds = ctx.split.folds
         if self.progress:
             self.progress.trial_start(trial.number, train_config.model)
-
-        fold_aucs: list[float] = []
-        best_epochs: list[int] = []
-        oof = np.full((len(ctx.y), ctx.num_classes), np.nan)
-        fold_of = np.full(len(ctx.y), -1)
-        fit_seconds = 0.0
-        init = "random"
-        reported: set[int] = set()
-
-        def report(k: int, e: int, value: float) -> bool:
-            step = k * n_epochs_axis + min(e, n_epochs_axis - 1)
-            if step in reported or not math.isfinite(value):
-                return False
-            reported.add(step)
-            trial.report(float(value), step)
-            return prunable and trial.should_prune()
-
-        guard = _Heartbeat(trial, self.config.heartbeat_interval) if self.heartbeat else contextlib.nullcontext()
+        run = _TrialRun(trial, ctx, train_config, n_epochs_axis=config.epochs, prunable=prunable, progress=self.progress)
+        guard = _Heartbeat(trial, config.heartbeat_interval) if self.heartbeat else contextlib.nullcontext()
         try:
             with guard:
-                for k, (tr, va) in enumerate(folds):
-                    def on_epoch(epoch: int, values: dict[str, Any], _k: int = k) -> bool:
-                        val_auc = float(values.get("val_auc", math.nan))
-                        running = (sum(fold_aucs) + val_auc) / (_k + 1)
-                        if self.progress:
-                            self.progress.epoch(trial.number, _k, epoch, val_auc, running, n_epochs_axis)
-                        return report(_k, epoch, running)
-
-                    result = train.fit_fold(ctx.X[tr], ctx.y[tr], ctx.X[va], ctx.y[va], config=train_config,
-                                            num_classes=ctx.num_classes, report=on_epoch)
-                    fit_seconds += float(result.fit_seconds)
-                    init = getattr(result, "init", init) or init
-                    trial.set_user_attr("init", init)
-                    if prunable:  # deep models: fp32 or bf16 autocast (classical ones: sklearn's own)
-                        trial.set_user_attr("train_precision", result.precision)
-                    if result.pruned:
-                        trial.set_user_attr("fit_seconds", fit_seconds)
-                        raise optuna.TrialPruned(f"pruned in fold {k + 1}/{len(folds)}")
-                    P = np.asarray(result.val_probabilities, dtype=float)
-                    auc = metrics.roc_auc(ctx.y[va], P)
-                    fold_aucs.append(float(auc))
-                    best_epochs.append(int(result.best_epoch) + 1)
-                    oof[va] = P
-                    fold_of[va] = k
-                    trial.set_user_attr("cv_auc_folds", [float(a) for a in fold_aucs])
-                    trial.set_user_attr("best_epochs", best_epochs)
-                    trial.set_user_attr("fit_seconds", fit_seconds)
-                    if self.progress:
-                        self.progress.fold_end(trial.number, k, auc)
-                    if report(k, n_epochs_axis - 1, float(np.mean(fold_aucs))):
-                        raise optuna.TrialPruned(f"pruned after fold {k + 1}/{len(folds)}")
+                for k, (tr, va) in enumerate(ctx.split.folds):
+                    run.fold(k, tr, va)
         except optuna.TrialPruned:
-            if fold_aucs:
-                trial.set_user_attr("cv_auc_mean", float(np.mean(fold_aucs)))
+            if run.fold_aucs:
+                trial.set_user_attr("cv_auc_mean", float(np.mean(run.fold_aucs)))
             raise
         except KeyboardInterrupt:
             trial.set_user_attr("error", "interrupted (KeyboardInterrupt)")
@@ -222,12 +172,76 @@ class Objective:
             trial.set_user_attr("error", f"{type(exc).__name__}: {exc}"[:2000])
             raise
 
-        mean = float(np.mean(fold_aucs))
+        mean = float(np.mean(run.fold_aucs))
         if not math.isfinite(mean):
             trial.set_user_attr("error", "CV AUC is undefined (a validation fold lacks a class)")
             raise ValueError("CV AUC is undefined (a validation fold lacks a class)")
         rows = ctx.split.cv_index
-        atomic_write_csv(prediction_frame(ctx, rows, oof[rows], fold=fold_of[rows]), self.folder.oof_trial_path(trial.number))
+        frame = prediction_frame(ctx, rows, run.oof[rows], fold=run.fold_of[rows])
+        atomic_write_csv(frame, self.folder.oof_trial_path(trial.number))
         trial.set_user_attr("cv_auc_mean", mean)
-        trial.set_user_attr("cv_auc_std", float(np.std(fold_aucs)))
+        trial.set_user_attr("cv_auc_std", float(np.std(run.fold_aucs)))
         return mean
+
+
+class _TrialRun:
+    """The state of one trial across its folds: fold AUCs, out-of-fold probabilities, reported steps."""
+
+    def __init__(self, trial: optuna.Trial, ctx: DataContext, train_config: Any, *, n_epochs_axis: int,
+                 prunable: bool, progress: Progress | None) -> None:
+        self.trial, self.ctx, self.train_config = trial, ctx, train_config
+        self.n_epochs_axis = n_epochs_axis  # the stride of the step axis: the maximum epochs per fold
+        self.prunable, self.progress = prunable, progress
+        self.fold_aucs: list[float] = []
+        self.best_epochs: list[int] = []
+        self.oof = np.full((len(ctx.y), ctx.num_classes), np.nan)
+        self.fold_of = np.full(len(ctx.y), -1)
+        self.fit_seconds = 0.0
+        self.init = "random"
+        self.reported: set[int] = set()
+
+    def report(self, k: int, e: int, value: float) -> bool:
+        """Report the running mean at step ``k * E + e`` once; whether the trial should stop."""
+        step = k * self.n_epochs_axis + min(e, self.n_epochs_axis - 1)
+        if step in self.reported or not math.isfinite(value):
+            return False
+        self.reported.add(step)
+        self.trial.report(float(value), step)
+        return self.prunable and self.trial.should_prune()
+
+    def fold(self, k: int, tr: np.ndarray, va: np.ndarray) -> None:
+        """Train fold ``k``, record its AUC and out-of-fold probabilities; raise ``TrialPruned`` to stop."""
+        from automl import metrics, train
+
+        trial, ctx, n_folds = self.trial, self.ctx, len(self.ctx.split.folds)
+
+        def on_epoch(epoch: int, values: dict[str, Any]) -> bool:
+            val_auc = float(values.get("val_auc", math.nan))
+            running = (sum(self.fold_aucs) + val_auc) / (k + 1)
+            if self.progress:
+                self.progress.epoch(trial.number, k, epoch, val_auc, running, self.n_epochs_axis)
+            return self.report(k, epoch, running)
+
+        result = train.fit_fold(ctx.X[tr], ctx.y[tr], ctx.X[va], ctx.y[va], config=self.train_config,
+                                num_classes=ctx.num_classes, report=on_epoch)
+        self.fit_seconds += float(result.fit_seconds)
+        self.init = getattr(result, "init", self.init) or self.init
+        trial.set_user_attr("init", self.init)
+        if self.prunable:  # deep models: fp32 or bf16 autocast (classical ones: sklearn's own)
+            trial.set_user_attr("train_precision", result.precision)
+        if result.pruned:
+            trial.set_user_attr("fit_seconds", self.fit_seconds)
+            raise optuna.TrialPruned(f"pruned in fold {k + 1}/{n_folds}")
+        P = np.asarray(result.val_probabilities, dtype=float)
+        auc = metrics.roc_auc(ctx.y[va], P)
+        self.fold_aucs.append(float(auc))
+        self.best_epochs.append(int(result.best_epoch) + 1)
+        self.oof[va] = P
+        self.fold_of[va] = k
+        trial.set_user_attr("cv_auc_folds", [float(a) for a in self.fold_aucs])
+        trial.set_user_attr("best_epochs", self.best_epochs)
+        trial.set_user_attr("fit_seconds", self.fit_seconds)
+        if self.progress:
+            self.progress.fold_end(trial.number, k, auc)
+        if self.report(k, self.n_epochs_axis - 1, float(np.mean(self.fold_aucs))):
+            raise optuna.TrialPruned(f"pruned after fold {k + 1}/{n_folds}")

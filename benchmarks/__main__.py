@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from data._files import atomic_write_json
+from data._log import setup_logging
 from benchmarks._common import Record, machine_info, set_threads
 
 __all__ = ["BENCHMARKS", "format_table", "main", "merge_results", "run_benchmarks"]
@@ -169,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.threads is not None and args.threads < 1:
         parser.error(f"--threads must be >= 1, got {args.threads}")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(0)
     for noisy in ("optuna", "httpx", "gradio", "automl", "data", "models", "ui", "timm"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

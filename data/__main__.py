@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from pathlib import Path
 
+from data._log import add_logging_arguments, start_logging
 from data._groups import GROUP_SOURCES
 from data._io import WINDOWS
 
@@ -42,16 +42,14 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=None, help="decoding processes (default: auto)")
     parser.add_argument("--json", dest="json_out", default=None, help="also write the report as JSON to this file")
     parser.add_argument("--max-rows", type=int, default=10, help="longest list printed per section; default 10")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress and every skipped file")
+    add_logging_arguments(parser)  # -v: log progress and every skipped file
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit status."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.ERROR, format="%(levelname)s %(name)s: %(message)s"
-    )
+    start_logging(args, default=-1)
     from data.quality import quality_report
 
     try:

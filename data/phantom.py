@@ -45,7 +45,9 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
 from data._io import apply_window, cache_dir
+from data._log import add_logging_arguments, start_logging
 
 __all__ = ["CLASS_SETS", "GENERATOR_VERSION", "default_dataset", "generate_phantom", "load_mask", "main"]
 
@@ -1043,13 +1045,14 @@ def _build_parser() -> argparse.ArgumentParser:
         default=(6, 12),
         help="MIN,MAX slices per synthetic patient (default 6,12)",
     )
+    add_logging_arguments(parser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
     args = _build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    start_logging(args)
     try:
         out = generate_phantom(
             args.out,

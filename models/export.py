@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from data._log import add_logging_arguments, start_logging
 from models._common import logits_to_probabilities
 from models.predictor import CARD_FILE, Predictor, load_predictor
 
@@ -125,8 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("folder", help="checkpoint folder (model.safetensors + card.json)")
     parser.add_argument("out", help="output .onnx file (card.json is written beside it)")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset version (default 17)")
+    add_logging_arguments(parser)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    start_logging(args)
     try:
         path = export_onnx(args.folder, args.out, opset=args.opset)
     except ValueError as err:

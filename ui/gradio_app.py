@@ -91,6 +91,8 @@ from typing import Any
 
 import numpy as np
 
+from data._log import add_logging_arguments, setup_logging, start_logging
+
 __all__ = [
     "CONCURRENCY_LIMIT",
     "DISCLAIMER",
@@ -777,7 +779,7 @@ def launch(*, study_dir: str | Path | None = None, server_name: str | None = Non
         The launched ``gr.Blocks`` (``.local_url``; call ``.close()`` to stop it).
     """
     if block and not logging.getLogger().handlers:  # entry point (python app.py): show progress
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        setup_logging(0)
     name, port = resolve_server(server_name, server_port)
     limit = max_file_bytes()
     study = _ensure_study(study_dir, Path(leaderboards_root))
@@ -803,8 +805,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--leaderboards", type=Path, default=DEFAULT_LEADERBOARDS, help="folder of studies")
     parser.add_argument("--host", default=None, help="default $GRADIO_SERVER_NAME or 127.0.0.1")
     parser.add_argument("--port", type=int, default=None, help="default $GRADIO_SERVER_PORT or 7860")
+    add_logging_arguments(parser)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    start_logging(args)
     launch(study_dir=args.study, server_name=args.host, server_port=args.port,
            leaderboards_root=args.leaderboards)
 

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from automl._cli import add_logging_arguments, add_study_arguments, fail, locate_study, start_logging
 from automl.results import StudyError, StudyResults, load_study
 from ui import charts
 
@@ -192,16 +193,19 @@ def write_report(study_dir: str | Path, out: str | Path | None = None) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: ``python -m ui.report STUDY_DIR [-o OUT]``."""
+    """Command line: ``python -m ui.report --study NAME [--out FILE]`` (a study folder path works as ``STUDY`` too)."""
     parser = argparse.ArgumentParser(prog="python -m ui.report", description=__doc__.splitlines()[0])
-    parser.add_argument("study_dir")
-    parser.add_argument("-o", "--out", default=None)
+    add_study_arguments(parser, positional=True)
+    parser.add_argument("-o", "--out", default=None, help="the HTML file to write (default <study>/report.html)")
+    add_logging_arguments(parser)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    start_logging(args)
+    folder = locate_study(parser, args)
     try:
-        write_report(args.study_dir, args.out)
-    except StudyError as exc:
-        parser.exit(2, f"error: {exc}\n")
+        path = write_report(folder.root, args.out)
+    except (StudyError, OSError) as exc:
+        return fail(exc)
+    print(path)
     return 0
 
 

@@ -11,6 +11,7 @@ import torch
 
 import models
 from automl import _deep_fit as deep_fit
+from automl import _fit_parts as fit_parts
 from automl import train as train_mod
 from automl.train import FitResult, TrainConfig, extract_head_inputs, fit_fold
 
@@ -133,13 +134,13 @@ def test_fit_fold_rejects_bad_num_classes_and_config(fold):
 
 def test_pos_weight_options():
     y = np.array([0, 0, 0, 1])
-    assert deep_fit._pos_weight(TrainConfig(pos_weight="balanced"), y, 2).item() == pytest.approx(3.0)
-    assert deep_fit._pos_weight(TrainConfig(pos_weight=2.5), y, 2).item() == pytest.approx(2.5)
-    assert deep_fit._pos_weight(TrainConfig(), y, 2) is None
-    weights = deep_fit._pos_weight(TrainConfig(pos_weight="balanced"), np.array([0, 0, 1, 2]), 3)
+    assert fit_parts._pos_weight(TrainConfig(pos_weight="balanced"), y, 2).item() == pytest.approx(3.0)
+    assert fit_parts._pos_weight(TrainConfig(pos_weight=2.5), y, 2).item() == pytest.approx(2.5)
+    assert fit_parts._pos_weight(TrainConfig(), y, 2) is None
+    weights = fit_parts._pos_weight(TrainConfig(pos_weight="balanced"), np.array([0, 0, 1, 2]), 3)
     assert weights.tolist() == pytest.approx([4 / 6, 4 / 3, 4 / 3])
     with pytest.raises(ValueError, match="binary"):
-        deep_fit._pos_weight(TrainConfig(pos_weight=2.0), np.array([0, 1, 2]), 3)
+        fit_parts._pos_weight(TrainConfig(pos_weight=2.0), np.array([0, 1, 2]), 3)
 
 
 # --- learning and the result object ----------------------------------------------------------------------
@@ -213,7 +214,7 @@ def test_report_true_prunes_immediately(fold):
 
 def test_early_stopping_restores_best_epoch(fold, monkeypatch):
     aucs = iter([0.9, 0.6, 0.7, 0.8, 0.85, 0.88])
-    monkeypatch.setattr(deep_fit, "roc_auc", lambda y, P: next(aucs))
+    monkeypatch.setattr(fit_parts, "roc_auc", lambda y, P: next(aucs))
     X_tr, y_tr, X_va, y_va = fold
     result = fit_fold(X_tr, y_tr, X_va, y_va, config=small_config(epochs=6, patience=2), num_classes=2)
     assert len(result.history) == 3  # epoch 0 best, then two epochs without improvement

@@ -415,13 +415,13 @@ def test_first_start_builds_the_demo_study(monkeypatch: pytest.MonkeyPatch, tmp_
 
     def fake_run_search(config: FakeConfig) -> Path:
         calls.append(config.kwargs)
-        return make_handmade_study(Path(str(config.kwargs["out"])), name=str(config.kwargs["study"]))
+        return make_handmade_study(Path(str(config.kwargs["leaderboards"])), name=str(config.kwargs["study"]))
 
     monkeypatch.setitem(sys.modules, "automl.search",
                         SimpleNamespace(SearchConfig=FakeConfig, run_search=fake_run_search))
     root = tmp_path / "leaderboards"
     assert gradio_app._ensure_study(None, root) == root / "demo"
-    assert calls == [{"preset": "demo", "study": "demo", "out": str(root)}]
+    assert calls == [{"preset": "demo", "study": "demo", "leaderboards": str(root)}]
     # a second start finds the study and does not search again
     assert gradio_app._ensure_study(None, root) == root / "demo"
     assert len(calls) == 1
