@@ -6,10 +6,11 @@ itself, so that training, the predictor, attributions and ONNX export all feed t
 
 Input handling, by the init the model was built for:
 
-* ``init == "imagenet"`` (pretrained timm backbone, 3 input channels): the grey channel is replicated
+* a pretrained init (``"imagenet:hub"``, ``"imagenet:local"``, ``"imagenet:package"``, see
+  :func:`models.is_pretrained_init`; timm backbone with 3 input channels): the grey channel is replicated
   to 3 channels, then normalised with the backbone's own ``pretrained_cfg`` mean/std (ImageNet
-  ``(0.485, 0.456, 0.406) / (0.229, 0.224, 0.225)`` for ResNet/EfficientNet, ``0.5 / 0.5`` for the
-  AugReg ViTs).
+  ``(0.485, 0.456, 0.406) / (0.229, 0.224, 0.225)`` for ResNet/EfficientNet-B0, ``0.5 / 0.5`` for the
+  AugReg ViTs and the TensorFlow-ported EfficientNet-Lite0).
 * ``init == "random"`` (trained from scratch): the backbone has ``in_chans=1`` and the input is
   normalised as ``(x - 0.5) / 0.25``, which maps a windowed CT slice to roughly zero mean, unit scale.
 
@@ -23,6 +24,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from models._inits import INITS
 
 __all__ = [
     "RANDOM_INIT_MEAN",
@@ -94,14 +97,15 @@ class StrokeNet(nn.Module):
         model_name: Registry name (``"resnet18"``, ``"simple_cnn"``, ...).
         num_classes: Number of classes of the task (2 -> one logit).
         image_size: Side length ``S`` the model was built for.
-        init: ``"imagenet"`` or ``"random"``, the initialisation actually used.
+        init: The initialisation actually used: one of :data:`models._inits.INITS`.
         mean: Per-channel input mean (length ``in_chans``).
         std: Per-channel input std (length ``in_chans``).
         stage_fn: Returns the backbone's stages, input to head (see :meth:`stages`).
         head_fn: Returns the backbone's classifier module.
 
     Attributes:
-        init: ``"imagenet"`` or ``"random"``.
+        init: ``"imagenet:hub"``, ``"imagenet:local"``, ``"imagenet:package"`` (legacy ``"imagenet"``) or
+            ``"random"``; test it with :func:`models.is_pretrained_init`.
         normalization: ``{"mean": [...], "std": [...], "in_chans": int}``.
         backbone: The wrapped network.
         model_name, num_classes, image_size: As given.
@@ -121,8 +125,8 @@ class StrokeNet(nn.Module):
         head_fn: Any,
     ) -> None:
         super().__init__()
-        if init not in ("imagenet", "random"):
-            raise ValueError(f"init must be 'imagenet' or 'random', got {init!r}.")
+        if init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {init!r}.")
         if len(mean) != len(std) or len(mean) not in (1, 3):
             raise ValueError(f"mean/std must both have 1 or 3 entries, got {list(mean)} and {list(std)}.")
         if any(s <= 0 for s in std):

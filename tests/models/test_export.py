@@ -37,6 +37,7 @@ def _checkpoint(tmp_path: Path, name: str, num_classes: int = 2) -> Path:
         ("simple_cnn", 3),
         pytest.param("vit_tiny", 3, marks=pytest.mark.slow),
         pytest.param("efficientnet_b0", 2, marks=pytest.mark.slow),
+        pytest.param("efficientnet_lite0", 2, marks=pytest.mark.slow),  # TF 'same' padding
     ],
 )
 def test_onnx_matches_pytorch(tmp_path: Path, name: str, num_classes: int) -> None:

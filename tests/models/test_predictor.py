@@ -41,7 +41,7 @@ def _make_model(name: str, num_classes: int = 2, tmp_path: Path | None = None) -
         save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "resnet18.safetensors"))
         model = models.create_model("resnet18", num_classes=num_classes, image_size=S, pretrained="yes",
                                     weights_dir=tmp_path)
-        assert model.init == "imagenet"
+        assert model.init == "imagenet:local"
     else:
         model = models.create_model(name, num_classes=num_classes, image_size=S)
     if getattr(model, "kind", "deep") == "classical":

@@ -11,7 +11,7 @@ from models._common import StrokeNet
 from models._registry import register_model
 from models.classical import ClassicalModel, area_resize
 
-DEEP = ["efficientnet_b0", "resnet18", "simple_cnn", "tiny_cnn", "vit_small", "vit_tiny"]
+DEEP = ["efficientnet_b0", "efficientnet_lite0", "resnet18", "simple_cnn", "tiny_cnn", "vit_small", "vit_tiny"]
 CLASSICAL = ["logreg", "svm_rbf"]
 
 
@@ -29,7 +29,7 @@ def test_list_models_bad_kind() -> None:
 
 @pytest.mark.parametrize("bad", ["resnet50", "", None])
 def test_unknown_model_lists_valid_names(bad: object) -> None:
-    with pytest.raises(ValueError, match="Registered models: efficientnet_b0, logreg, resnet18"):
+    with pytest.raises(ValueError, match="Registered models: efficientnet_b0, efficientnet_lite0, logreg, resnet18"):
         models.get_model_info(bad)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="Unknown model"):
         models.create_model(bad, num_classes=2)  # type: ignore[arg-type]
@@ -40,6 +40,7 @@ def test_unknown_model_lists_valid_names(bad: object) -> None:
     [
         ("resnet18", "resnet", True, "resnet18"),
         ("efficientnet_b0", "efficientnet", True, "efficientnet_b0"),
+        ("efficientnet_lite0", "efficientnet", True, "tf_efficientnet_lite0"),
         ("vit_tiny", "vit", True, "vit_tiny_patch16_224"),
         ("vit_small", "vit", True, "vit_small_patch16_224"),
         ("simple_cnn", "cnn", False, None),
