@@ -3,7 +3,8 @@
 Every function takes plain arrays (or a DataFrame for :func:`aggregate_by_subject`), validates them,
 and returns plain Python numbers / tuples / dicts. Options after the data are keyword-only, as in
 scikit-learn, and scikit-learn is used wherever it already has the metric (ROC curves, confusion
-matrices, Brier score).
+matrices, Brier score). Intervals and tests (bootstrap, DeLong, the subject-clustered versions) live
+in :mod:`automl.uncertainty`; ``bootstrap_auc_ci`` and ``delong_test`` are still importable from here.
 
 Conventions:
 
@@ -22,10 +23,12 @@ Example:
 """
 from __future__ import annotations
 
+import importlib
 import logging
 import math
+import re
 import warnings
-from typing import Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -46,6 +49,16 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+# Names that moved to automl.uncertainty, still served from here (imported on first use: no import cycle).
+_MOVED = {"bootstrap_auc_ci": "automl.uncertainty", "delong_test": "automl.uncertainty"}
+
+
+def __getattr__(name: str) -> Any:
+    module = _MOVED.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
 
 
 class UndefinedMetricWarning(UserWarning):
@@ -174,133 +187,6 @@ def roc_auc(y: object, P: object) -> float:
         )
     aucs = [_rank_auc(y_arr == c, P_arr[:, c]) for c in present]
     return float(np.mean(aucs))
-
-
-def bootstrap_auc_ci(
-    y: object,
-    P: object,
-    *,
-    n_boot: int = 1000,
-    seed: int = 0,
-    alpha: float = 0.05,
-) -> tuple[float, float]:
-    """Percentile bootstrap confidence interval of :func:`roc_auc`.
-
-    Resampling is stratified: each class is resampled with replacement within itself, so every
-    resample keeps the class counts of the data (the usual choice for AUC on small test sets).
-    Resamples whose AUC is undefined are skipped. The AUCs of all resamples are computed in a
-    vectorised rank formula (about a millisecond per 1000 resamples of 100 cases).
-
-    Args:
-        y: Class indices, shape (N,).
-        P: Probabilities (N, C) or, for binary tasks, (N,).
-        n_boot: Number of bootstrap resamples (>= 10).
-        seed: Seed of the resampling generator.
-        alpha: Two-sided level; ``0.05`` gives a 95% interval.
-
-    Returns:
-        ``(low, high)``; ``(nan, nan)`` when the AUC itself is undefined.
-
-    Raises:
-        ValueError: On invalid inputs or options.
-    """
-    y_arr, P_arr = _check_matrix(y, P)
-    if int(n_boot) != n_boot or n_boot < 10:
-        raise ValueError(f"n_boot must be an integer >= 10, got {n_boot!r}.")
-    if not 0.0 < alpha < 1.0:
-        raise ValueError(f"alpha must lie in (0, 1), got {alpha!r}.")
-    present = np.unique(y_arr)
-    if len(present) < 2:
-        warnings.warn(
-            "Bootstrap CI of the AUC is undefined for a single class; returning (nan, nan).",
-            UndefinedMetricWarning,
-            stacklevel=2,
-        )
-        return math.nan, math.nan
-    rng = np.random.default_rng(seed)
-    n_classes = P_arr.shape[1]
-    columns = [1] if n_classes == 2 else list(present)
-    chunk = max(1, min(int(n_boot), 2_000_000 // max(1, len(y_arr))))
-    aucs: list[np.ndarray] = []
-    done = 0
-    while done < n_boot:
-        b = min(chunk, int(n_boot) - done)
-        idx = np.concatenate(
-            [rng.choice(np.flatnonzero(y_arr == c), size=(b, int((y_arr == c).sum())), replace=True) for c in present],
-            axis=1,
-        )
-        labels = y_arr[idx]
-        per_class = [_rank_auc(labels == c, P_arr[idx, c]) for c in columns]
-        aucs.append(np.mean(per_class, axis=0))
-        done += b
-    values = np.concatenate(aucs)
-    values = values[np.isfinite(values)]
-    if values.size == 0:
-        return math.nan, math.nan
-    low, high = np.quantile(values, [alpha / 2.0, 1.0 - alpha / 2.0])
-    return float(low), float(high)
-
-
-def _midrank(x: np.ndarray) -> np.ndarray:
-    """Midranks (1-based, ties averaged) of the last axis, as in Sun & Xu (2014), Algorithm 1."""
-    return stats.rankdata(x, axis=-1)
-
-
-def delong_test(y: object, p1: object, p2: object) -> tuple[float, float]:
-    """Paired DeLong test of two correlated binary ROC AUCs on the same cases.
-
-    Fast midrank implementation (Sun & Xu, 2014, "Fast implementation of DeLong's algorithm for
-    comparing the areas under correlated receiver operating characteristic curves", IEEE SPL 21(11)):
-    with ``m`` positives and ``n`` negatives, for each model ``r``
-
-    * ``T_x = midrank(positive scores)``, ``T_y = midrank(negative scores)``, ``T_z = midrank(all)``;
-    * ``AUC_r = (sum(T_z[pos]) - m (m + 1) / 2) / (m n)``;
-    * structural components ``V10 = (T_z[pos] - T_x) / n`` and ``V01 = 1 - (T_z[neg] - T_y) / m``;
-    * covariance ``S = cov(V10) / m + cov(V01) / n`` (2 x 2 over the two models);
-
-    and ``z = (AUC_1 - AUC_2) / sqrt(S11 + S22 - 2 S12)`` with a two-sided normal p-value.
-
-    Args:
-        y: Binary labels (0/1), shape (N,).
-        p1: Scores of model 1 (positive-class probabilities, (N,) or (N, 2)).
-        p2: Scores of model 2, same shape.
-
-    Returns:
-        ``(z, p_value)``. Identical (or identically ranked) predictions give ``(0.0, 1.0)``.
-        ``(nan, nan)`` with a warning when ``y`` holds a single class.
-
-    Raises:
-        ValueError: On non-binary labels, mismatched lengths or probabilities outside [0, 1].
-    """
-    y_arr, s1 = _check_binary(y, p1, "p1")
-    _, s2 = _check_binary(y_arr, p2, "p2")
-    pos = y_arr == 1
-    m, n = int(pos.sum()), int((~pos).sum())
-    if m == 0 or n == 0:
-        warnings.warn(
-            "The DeLong test is undefined for a single class; returning (nan, nan).",
-            UndefinedMetricWarning,
-            stacklevel=2,
-        )
-        return math.nan, math.nan
-    scores = np.stack([s1, s2])  # (2, N)
-    x, yneg = scores[:, pos], scores[:, ~pos]
-    tx, ty, tz = _midrank(x), _midrank(yneg), _midrank(np.concatenate([x, yneg], axis=1))
-    aucs = (tz[:, :m].sum(axis=1) - m * (m + 1) / 2.0) / (m * n)
-    v10 = (tz[:, :m] - tx) / n
-    v01 = 1.0 - (tz[:, m:] - ty) / m
-    sx = np.atleast_2d(np.cov(v10)) if m > 1 else np.zeros((2, 2))
-    sy = np.atleast_2d(np.cov(v01)) if n > 1 else np.zeros((2, 2))
-    cov = sx / m + sy / n
-    var = float(cov[0, 0] + cov[1, 1] - 2.0 * cov[0, 1])
-    diff = float(aucs[0] - aucs[1])
-    if var <= 1e-15 * max(1.0, float(cov[0, 0] + cov[1, 1])):
-        if abs(diff) < 1e-12:
-            return 0.0, 1.0
-        return math.copysign(math.inf, diff), 0.0
-    z = diff / math.sqrt(var)
-    p_value = float(2.0 * stats.norm.sf(abs(z)))
-    return float(z), min(1.0, p_value)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -481,7 +367,25 @@ def binary_metrics_at_threshold(y: object, p: object, threshold: float) -> dict[
 # ----------------------------------------------------------------------------------------------------
 
 
-def aggregate_by_subject(df: pd.DataFrame, how: Literal["mean", "max"] = "mean") -> pd.DataFrame:
+def _rule_k(how: object) -> int | None:
+    """``k`` of an aggregation rule: ``None`` for ``"mean"``, 1 for ``"max"``, k for ``"top<k>_mean"``."""
+    if how == "mean":
+        return None
+    if how == "max":
+        return 1
+    match = re.fullmatch(r"top([1-9][0-9]*)_mean", how) if isinstance(how, str) else None
+    if match is None:
+        raise ValueError(f"how must be 'mean', 'max' or 'top<k>_mean' (e.g. 'top3_mean'), got {how!r}.")
+    return int(match.group(1))
+
+
+def _top_k_mean(work: pd.DataFrame, column: str, k: int, *, largest: bool) -> pd.Series:
+    """Per subject, the mean of the ``k`` largest (or smallest) values of ``column`` (all when fewer)."""
+    ranked = work.sort_values(["subject", column], ascending=[True, not largest], kind="stable")
+    return ranked.groupby("subject", sort=True).head(k).groupby("subject", sort=True)[column].mean()
+
+
+def aggregate_by_subject(df: pd.DataFrame, how: str = "mean") -> pd.DataFrame:
     """Aggregate slice-level predictions to one row per subject (patient).
 
     The subject label is the **maximum** slice label ``y`` within the subject: with classes sorted
@@ -495,11 +399,14 @@ def aggregate_by_subject(df: pd.DataFrame, how: Literal["mean", "max"] = "mean")
     * ``how="max"``: "any slice is abnormal". Each non-negative class takes its maximum over the slices;
       binary tasks then set the negative column to ``1 - max``; multiclass rows give the negative class
       its *minimum* over slices and are renormalised to sum to one.
+    * ``how="top<k>_mean"`` (e.g. ``"top3_mean"``): as ``"max"`` with the mean of the ``k`` largest
+      values (the ``k`` smallest for the multiclass negative column; all slices when a subject has fewer
+      than ``k``): between "mean" and "max", for lesions seen on a few slices. ``"top1_mean"`` is ``"max"``.
 
     Args:
         df: Slice-level table with columns ``subject``, ``y`` and at least two ``prob_*`` columns
             (e.g. ``predictions/test_<model>.csv``). A ``label`` column, if present, is carried over.
-        how: ``"mean"`` or ``"max"``.
+        how: ``"mean"``, ``"max"`` or ``"top<k>_mean"``.
 
     Returns:
         DataFrame with columns ``subject, y, [label,] n_slices, prob_*`` sorted by subject.
@@ -507,8 +414,7 @@ def aggregate_by_subject(df: pd.DataFrame, how: Literal["mean", "max"] = "mean")
     Raises:
         ValueError: On a missing column, an unknown ``how`` or invalid labels/probabilities.
     """
-    if how not in ("mean", "max"):
-        raise ValueError(f"how must be 'mean' or 'max', got {how!r}.")
+    k = _rule_k(how)
     if not isinstance(df, pd.DataFrame):
         raise ValueError(f"df must be a pandas DataFrame, got {type(df).__name__}.")
     missing = [c for c in ("subject", "y") if c not in df.columns]
@@ -526,14 +432,20 @@ def aggregate_by_subject(df: pd.DataFrame, how: Literal["mean", "max"] = "mean")
     work.insert(0, "subject", df["subject"].astype(str).to_numpy())
     grouped = work.groupby("subject", sort=True)
     out = pd.DataFrame({"y": grouped["y"].max(), "n_slices": grouped.size()})
-    if how == "mean":
+    if k is None:
         probs = grouped[prob_cols].mean()
     else:
-        probs = grouped[prob_cols].max()
+
+        def top(column: str, largest: bool) -> pd.Series:
+            if k == 1:
+                return grouped[column].max() if largest else grouped[column].min()
+            return _top_k_mean(work, column, k, largest=largest)
+
+        probs = pd.DataFrame({c: top(c, True) for c in prob_cols[1:]})
         if len(prob_cols) == 2:
-            probs[prob_cols[0]] = 1.0 - probs[prob_cols[1]]
+            probs.insert(0, prob_cols[0], 1.0 - probs[prob_cols[1]])
         else:
-            probs[prob_cols[0]] = grouped[prob_cols[0]].min()
+            probs.insert(0, prob_cols[0], top(prob_cols[0], False))
             probs = probs.div(probs.sum(axis=1), axis=0)
     out = out.join(probs)
     if "label" in df.columns:

@@ -357,12 +357,33 @@ def test_aggregate_by_subject_max_multiclass_rows_sum_to_one():
     assert [row["prob_n"], row["prob_i"], row["prob_h"]] == pytest.approx([0.1 / total, 0.2 / total, 0.7 / total])
 
 
+def test_aggregate_by_subject_top_k_mean(slices):
+    # stroke probabilities: a [0.1, 0.7, 0.2] -> (0.7 + 0.2) / 2; b [0.3, 0.4] -> 0.35; c [0.8] -> 0.8
+    out = M.aggregate_by_subject(slices, how="top2_mean")
+    assert out["prob_stroke"].tolist() == pytest.approx([0.45, 0.35, 0.8])
+    assert out["prob_normal"].tolist() == pytest.approx([0.55, 0.65, 0.2])
+    # no subject has more than three slices: top3_mean is the mean, top1_mean the max
+    top3 = M.aggregate_by_subject(slices, how="top3_mean")
+    assert top3["prob_stroke"].tolist() == pytest.approx(M.aggregate_by_subject(slices)["prob_stroke"].tolist())
+    pd.testing.assert_frame_equal(M.aggregate_by_subject(slices, how="top1_mean"),
+                                  M.aggregate_by_subject(slices, how="max"))
+
+
+def test_aggregate_by_subject_top_k_mean_multiclass():
+    df = pd.DataFrame({"subject": ["a"] * 3, "y": [0, 1, 2], "prob_n": [0.8, 0.5, 0.2],
+                       "prob_i": [0.1, 0.4, 0.2], "prob_h": [0.1, 0.1, 0.6]})
+    row = M.aggregate_by_subject(df, how="top2_mean").iloc[0]
+    raw = [(0.5 + 0.2) / 2, (0.4 + 0.2) / 2, (0.6 + 0.1) / 2]  # negative: the two smallest
+    assert [row["prob_n"], row["prob_i"], row["prob_h"]] == pytest.approx([v / sum(raw) for v in raw])
+
+
 @pytest.mark.parametrize(
     ("mutate", "kwargs", "match"),
     [
         (lambda d: d.drop(columns="subject"), {}, "subject"),
         (lambda d: d.drop(columns="prob_normal"), {}, "two prob_"),
         (lambda d: d, {"how": "median"}, "how"),
+        (lambda d: d, {"how": "top0_mean"}, "top0_mean"),
         (lambda d: d.assign(prob_stroke=d["prob_stroke"] + 1), {}, r"\[0, 1\]"),
     ],
 )
