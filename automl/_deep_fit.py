@@ -377,7 +377,7 @@ def fit_deep(
     )
     init = str(getattr(model, "init", "random"))
     finetune = config.finetune
-    if finetune != "full" and not init.startswith("imagenet"):
+    if finetune != "full" and not models.is_pretrained_init(init):
         logger.info("finetune=%r needs an ImageNet-initialised model; %s has init=%r, using 'full'.",
                     finetune, config.model, init)
         finetune = "full"

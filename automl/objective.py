@@ -121,7 +121,7 @@ class Objective:
     trial enqueued with the user attribute ``default_trial`` (each architecture's first trial,
     :func:`automl.space.default_trials`): without it an architecture may never reach the refit and the test part.
 
-    User attributes of every trial: ``train_config`` (dict), ``init`` ("imagenet"|"random"),
+    User attributes of every trial: ``train_config`` (dict), ``init`` ("imagenet:local"|"imagenet:package"|"imagenet:hub"|"random"),
     ``train_precision`` (deep models: "bf16" when the folds trained under bf16 autocast, see ``TrainConfig.amp``),
     ``cv_auc_folds`` (list, also partial for pruned trials), ``cv_auc_mean``, ``cv_auc_std``,
     ``best_epochs`` (1-based epoch counts of the kept weights), ``fit_seconds``, ``worker`` (host,

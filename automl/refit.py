@@ -122,7 +122,7 @@ def refit_one(trial: optuna.trial.FrozenTrial, ctx: Any, config: Any, folder: St
     model_name = trial.params["model"]
     epochs = refit_epochs(trial)
     overrides: dict[str, Any] = {}
-    if str(trial.user_attrs.get("init", "")).startswith("imagenet"):
+    if model_zoo.is_pretrained_init(str(trial.user_attrs.get("init", ""))):
         # the CV fits started from ImageNet weights: so must the refit (fail loudly, never fall back)
         overrides["pretrained"] = "yes"
         if getattr(config, "weights_dir", None):

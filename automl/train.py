@@ -16,7 +16,7 @@ How a deep model is trained (the recipe of the CT literature):
 * **Early stopping** on the validation AUC (the validation loss when the AUC is undefined, i.e. a
   single-class validation fold) with ``patience`` epochs; the best epoch's weights are kept in memory
   and restored at the end.
-* **Fine-tuning** of ImageNet-initialised models (``model.init == "imagenet"``):
+* **Fine-tuning** of ImageNet-initialised models (``models.is_pretrained_init(model.init)``):
 
   - ``full``: every layer trains at ``lr`` from the first epoch.
   - ``two_stage``: stage 1 (``head_fraction`` of the epochs, at least one) trains only the classifier

@@ -171,7 +171,7 @@ class FitResult:
     Attributes:
         model: The trained model with its best-epoch weights, in eval mode (a ``StrokeNet`` on the
             training device, or a classical model).
-        init: ``"imagenet"`` or ``"random"`` for deep models (the init actually used), ``"none"`` for
+        init: ``"imagenet:local"`` / ``"imagenet:package"`` / ``"imagenet:hub"`` (where the ImageNet weights came from) or ``"random"`` for deep models (the init actually used), ``"none"`` for
             classical ones.
         history: One dict per epoch: ``epoch`` (0-based, continuous across stages), ``stage``
             (``"full"``, ``"head"``, ``"unfrozen"`` or ``"gradual_<k>"``), ``train_loss``, ``val_loss``,

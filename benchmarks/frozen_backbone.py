@@ -82,6 +82,7 @@ def write_random_weights(model_name: str, folder: Path) -> Path:
 
 
 def _fit(cfg: Settings, data: tuple[np.ndarray, ...], weights_dir: Path, cache: bool) -> dict[str, Any]:
+    import models
     from automl.train import TrainConfig, fit_fold
 
     config = TrainConfig(model=cfg.model, lr=1e-3, batch_size=cfg.batch_size, epochs=cfg.head_epochs,
@@ -89,7 +90,7 @@ def _fit(cfg: Settings, data: tuple[np.ndarray, ...], weights_dir: Path, cache: 
                          aug_strength=0.0, scheduler="none", patience=None, device="cpu", seed=0,
                          cache_features=cache)
     result = fit_fold(*data, config=config, num_classes=2)
-    if result.init != "imagenet" or any(h["stage"] != "head" for h in result.history):
+    if not models.is_pretrained_init(result.init) or any(h["stage"] != "head" for h in result.history):
         raise RuntimeError(f"expected head-only epochs of an ImageNet-initialised model, got init={result.init!r}, "
                            f"stages={[h['stage'] for h in result.history]}")
     return {"epoch_seconds": [float(h["seconds"]) for h in result.history], "fit_seconds": result.fit_seconds}

@@ -42,15 +42,12 @@ __all__ = [
     "SANITY_THRESHOLD",
     "LesionImage",
     "evaluate",
-    "evaluate_study",
     "lesion_images",
-    "main",
     "mass_in_mask",
     "pointing_game",
     "random_pointing",
     "randomized_model",
     "rank_similarity",
-    "write_attribution_csv",
 ]
 
 logger = logging.getLogger(__name__)

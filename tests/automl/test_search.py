@@ -784,11 +784,11 @@ def test_search_with_local_weights_dir_uses_imagenet_init(no_weights_anywhere: P
     study_dir = run_search(config, progress_bars=False)
     (trial,) = open_study(config).trials
     assert trial.state == TrialState.COMPLETE, trial.user_attrs.get("error")
-    assert trial.user_attrs["init"] == "imagenet"
+    assert trial.user_attrs["init"] == "imagenet:local"
     assert trial.user_attrs["train_config"]["weights_dir"] == str(weights.resolve())
     board = pd.read_csv(study_dir / "leaderboard.csv")
-    assert board["init"].tolist() == ["imagenet"] and board["refit"].tolist() == [True]
-    assert models.load_predictor(study_dir / "models" / "resnet18").card["init"] == "imagenet"
+    assert board["init"].tolist() == ["imagenet:local"] and board["refit"].tolist() == [True]
+    assert models.load_predictor(study_dir / "models" / "resnet18").card["init"] == "imagenet:local"
     assert json.loads((study_dir / "config.json").read_text())["weights_dir"] == str(weights.resolve())
 
 

@@ -273,7 +273,7 @@ def test_two_stage_reuses_frozen_backbone_features(small_fold, local_resnet_weig
         epochs=3, head_fraction=0.67, cache_features=cache, patience=None,
     )
     result = fit_fold(X_tr, y_tr, X_va, y_va, config=config, num_classes=2, report=report)
-    assert result.init == "imagenet" and result.finetune_used == "two_stage"
+    assert result.init == "imagenet:local" and result.finetune_used == "two_stage"
     assert [h["stage"] for h in result.history] == ["head", "head", "unfrozen"]
     # Backbone passes: cached -> train + val once for both head epochs; uncached -> every head epoch.
     n = len(X_tr) + len(X_va)
