@@ -374,6 +374,7 @@ def fit_deep(
         image_size=image_size,
         pretrained=config.pretrained,
         weights_dir=config.weights_dir,
+        offline=config.offline,
     )
     init = str(getattr(model, "init", "random"))
     finetune = config.finetune

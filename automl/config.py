@@ -80,6 +80,7 @@ class SearchConfig:
     search_epochs: bool | None = None       # also search epochs in [ceil(epochs/2), epochs]
     pretrained: str | None = None           # ImageNet init: auto (use if available) | yes | no
     weights_dir: str | None = None          # folder with local ImageNet weights (<timm_name>.safetensors|.pth)
+    offline: bool = False                   # never download ImageNet weights (also $HF_HUB_OFFLINE=1)
     pruner: str = "median"                  # median | halving | hyperband | none (see make_pruner)
     n_startup_trials: int | None = None     # trials before TPE and the pruner kick in (preset: 2 | 3 | 8)
     # --- evaluation ---
@@ -150,10 +151,12 @@ class SearchConfig:
             for name in self.models:
                 info = model_zoo.get_model_info(name)
                 if self.pretrained == "yes" and info.supports_pretrained and info.timm_name:
-                    from models._pretrained import find_pretrained_file, missing_weights_message
+                    from automl.space import weights_obtainable
+                    from models._pretrained import download_allowed, missing_weights_message
 
-                    if find_pretrained_file(info.timm_name, self.weights_dir) is None:
-                        raise ValueError(f"--pretrained yes: {missing_weights_message(name, info.timm_name)}")
+                    if not weights_obtainable(name, weights_dir=self.weights_dir, offline=self.offline):
+                        message = missing_weights_message(name, info.timm_name, offline=not download_allowed(self.offline))
+                        raise ValueError(f"--pretrained yes: {message}")
                 if _is_int(self.image_size) and info.patch_size and self.image_size % info.patch_size:
                     raise ValueError(f"--image-size {self.image_size} is not a multiple of {name}'s patch size "
                                      f"{info.patch_size}; pick a multiple or drop {name} from --models")
@@ -164,6 +167,7 @@ class SearchConfig:
         need(_is_num(self.timeout) and self.timeout >= 0, f"--timeout must be >= 0 seconds (0 = no limit), got {self.timeout!r}")
         need(_is_int(self.epochs) and 1 <= self.epochs <= 1000, f"--epochs must be an integer in [1, 1000], got {self.epochs!r}")
         need(isinstance(self.search_epochs, bool), f"search_epochs must be a bool, got {self.search_epochs!r}")
+        need(isinstance(self.offline, bool), f"offline must be True or False, got {self.offline!r}")
         need(self.pretrained in PRETRAINED, f"--pretrained must be one of {list(PRETRAINED)}, got {self.pretrained!r}")
         need(self.pruner in PRUNERS, f"--pruner must be one of {list(PRUNERS)}, got {self.pruner!r}")
         need(_is_int(self.n_startup_trials) and self.n_startup_trials >= 0,

@@ -148,11 +148,11 @@ class Objective:
         # a retried trial may carry its predecessor's attributes: start clean
         for key, empty in (("cv_auc_folds", []), ("best_epochs", []), ("cv_auc_mean", None), ("fit_seconds", 0.0)):
             trial.set_user_attr(key, empty)
-        # classical baselines take < 1 s per fold and are the reference the leaderboard exists to show:
-        # they report (for the plots and the pruner's statistics) but are never pruned; nor is an
-        # architecture's default trial (its entry in the comparison, see default_trials)
-        prunable = (model_zoo.get_model_info(train_config.model).kind != "classical"
-                    and not trial.user_attrs.get(DEFAULT_TRIAL_ATTR))
+        # classical baselines and the frozen-feature lane take seconds per fold and are the references the
+        # leaderboard exists to show: they report (for the plots and the pruner's statistics) but are never
+        # pruned; nor is an architecture's default trial (its entry in the comparison, see default_trials)
+        info = model_zoo.get_model_info(train_config.model)
+        prunable = info.kind != "classical" and info.head is None and not trial.user_attrs.get(DEFAULT_TRIAL_ATTR)
         if self.progress:
             self.progress.trial_start(trial.number, train_config.model)
         run = _TrialRun(trial, ctx, train_config, n_epochs_axis=config.epochs, prunable=prunable, progress=self.progress)

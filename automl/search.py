@@ -272,6 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights-dir", default=None,
                    help="folder with local ImageNet weights (<timm_name>.safetensors|.pth), searched before "
                         "$STROKECT_WEIGHTS and the Hugging Face cache")
+    p.add_argument("--offline", action="store_true",
+                   help="never download ImageNet weights (also $HF_HUB_OFFLINE=1): local files, pip packages and "
+                        "the hub caches only")
     p.add_argument("--pruner", default="median", help="median|halving|hyperband|none")
     p.add_argument("--n-startup-trials", type=_positive_int("--n-startup-trials"), default=None,
                    help="random trials before TPE, and before the pruner prunes")

@@ -33,25 +33,35 @@ MIN_STEPS_PER_EPOCH = 4
 #: baseline sets the bar every network must beat.
 CLASSICAL_C_POINTS = 3
 
-_PRETRAINED_AVAILABLE: dict[tuple[str, str | None], bool] = {}
+_PRETRAINED_AVAILABLE: dict[tuple[str, str | None, bool], bool] = {}
+
+
+def weights_obtainable(model: str, *, weights_dir: str | None, offline: bool) -> bool:
+    """Whether ImageNet weights for ``model`` can be had: on disk (local, pip package, hub caches), or by a
+    download through timm when downloads are allowed and the hub answers within seconds (cached per process)."""
+    import models as model_zoo
+    from models._pretrained import download_allowed, find_pretrained_weights, hub_reachable
+
+    info = model_zoo.get_model_info(model)
+    if not info.supports_pretrained or not info.timm_name:
+        return False
+    key = (model, weights_dir, offline)
+    if key not in _PRETRAINED_AVAILABLE:
+        found = find_pretrained_weights(info.timm_name, weights_dir, model_name=info.backbone or model) is not None
+        if not found and download_allowed(offline):
+            found = hub_reachable()
+        _PRETRAINED_AVAILABLE[key] = found
+    return _PRETRAINED_AVAILABLE[key]
 
 
 def imagenet_possible(model: str, config: SearchConfig) -> bool:
-    """Whether ``model`` can start from ImageNet weights in this run (cached per process)."""
+    """Whether ``model`` can start from ImageNet weights in this run."""
     import models as model_zoo
 
-    info = model_zoo.get_model_info(model)
-    if not info.supports_pretrained or config.pretrained == "no":
+    if not model_zoo.get_model_info(model).supports_pretrained or config.pretrained == "no":
         return False
-    if config.pretrained == "yes":
-        return True
-    key = (model, config.weights_dir)
-    if key not in _PRETRAINED_AVAILABLE:
-        from models._pretrained import find_pretrained_file
-
-        _PRETRAINED_AVAILABLE[key] = (bool(info.timm_name)
-                                      and find_pretrained_file(info.timm_name, config.weights_dir) is not None)
-    return _PRETRAINED_AVAILABLE[key]
+    return config.pretrained == "yes" or weights_obtainable(model, weights_dir=config.weights_dir,
+                                                            offline=config.offline)
 
 
 def model_range(model: str, key: str) -> tuple[float, float, float]:
@@ -78,10 +88,26 @@ def _lr_key(model: str, imagenet: bool) -> str:
     return "lr" if imagenet or "lr_scratch" not in model_zoo.get_model_info(model).param_space else "lr_scratch"
 
 
-def _has_gamma(model: str) -> bool:
+def _head_params(model: str, trial: optuna.trial.BaseTrial | None) -> dict[str, Any]:
+    """The scikit-learn head's parameters of a classical baseline or a frozen-feature candidate.
+
+    With ``trial`` they are suggested (``<model>_C``, ``<model>_gamma``, ``<model>_n_neighbors``,
+    log-uniform over the registry's ranges); without, the registry's defaults, keyed the same way.
+    """
     import models as model_zoo
 
-    return "gamma" in model_zoo.get_model_info(model).param_space
+    out: dict[str, Any] = {}
+    for key, hint in model_zoo.get_model_info(model).param_space.items():
+        if key not in ("C", "gamma", "n_neighbors"):
+            continue
+        low, high, default = model_range(model, key)
+        name = f"{model}_{key}"
+        if key == "n_neighbors":
+            out[name] = (trial.suggest_int(name, int(low), int(high), log=True) if trial is not None
+                         else int(round(default)))
+        else:
+            out[name] = trial.suggest_float(name, low, high, log=True) if trial is not None else default
+    return out
 
 
 def default_params(model: str, config: SearchConfig, *, max_batch_size: int = 64) -> dict[str, Any]:
@@ -97,11 +123,8 @@ def default_params(model: str, config: SearchConfig, *, max_batch_size: int = 64
 
     info = model_zoo.get_model_info(model)
     params: dict[str, Any] = {"model": model}
-    if info.kind == "classical":
-        params[f"{model}_C"] = model_range(model, "C")[2]
-        if _has_gamma(model):
-            params[f"{model}_gamma"] = model_range(model, "gamma")[2]
-        return params
+    if info.kind == "classical" or info.head is not None:
+        return {**params, **_head_params(model, None)}
     imagenet = imagenet_possible(model, config)
     params["lr"] = model_range(model, _lr_key(model, imagenet))[2]
     fitting = [b for b in BATCH_SIZES if b <= 32 and b * MIN_STEPS_PER_EPOCH <= max_batch_size]
@@ -176,15 +199,12 @@ def suggest_config(trial: optuna.trial.BaseTrial, config: SearchConfig, *, max_b
     # "auto" without weights would warn on every fold; ask for what will actually happen
     pretrained = config.pretrained if imagenet else "no"
     fixed = dict(model=model, seed=config.seed, device=config.device, pretrained=pretrained, epochs=config.epochs,
-                 weights_dir=config.weights_dir)
-    if info.kind == "classical":
-        c_low, c_high, _ = model_range(model, "C")
-        c = trial.suggest_float(f"{model}_C", c_low, c_high, log=True)
-        extra = {}
-        if _has_gamma(model):
-            g_low, g_high, _ = model_range(model, "gamma")
-            extra["gamma"] = trial.suggest_float(f"{model}_gamma", g_low, g_high, log=True)
-        return TrainConfig(**{**fixed, "pretrained": "no", "weights_dir": None}, C=c, **extra)
+                 weights_dir=config.weights_dir, offline=config.offline)
+    if info.kind == "classical" or info.head is not None:
+        head = {key.removeprefix(f"{model}_"): value for key, value in _head_params(model, trial).items()}
+        if info.kind == "classical":
+            fixed = {**fixed, "pretrained": "no", "weights_dir": None}
+        return TrainConfig(**fixed, **head)
     lr_low, lr_high, _ = model_range(model, _lr_key(model, imagenet))
     wd_low, wd_high, _ = model_range(model, "weight_decay")
     sizes = [b for b in BATCH_SIZES if b <= max(BATCH_SIZES[0], max_batch_size)]

@@ -37,8 +37,9 @@ How a deep model is trained (the recipe of the CT literature):
 * **Determinism**: on CPU the same ``seed`` gives the same weights and metrics (weight init, data
   order, augmentation and dropout are all seeded). The global RNG state is restored afterwards.
 
-Classical baselines (``models.get_model_info(name).kind == "classical"``) are fitted once and
-reported once, with the same :class:`FitResult`.
+Classical baselines (``models.get_model_info(name).kind == "classical"``) and the frozen-feature
+lane (``<backbone>+<head>``, :mod:`automl.features`: cached ImageNet features + a scikit-learn head)
+are fitted once and reported once, with the same :class:`FitResult`.
 
 Example:
     >>> from automl.train import TrainConfig, fit_fold
@@ -58,6 +59,7 @@ import torch
 
 import models
 from automl._deep_fit import extract_head_inputs, fit_deep, val_auc
+from automl.features import fit_frozen
 from automl.train_config import FitResult, ReportCallback, TrainConfig, _is_int, default_amp
 
 __all__ = ["FitResult", "ReportCallback", "TrainConfig", "default_amp", "extract_head_inputs", "fit_fold"]
@@ -199,6 +201,8 @@ def fit_fold(
         with torch.random.fork_rng(devices=cuda_devices):
             if info.kind == "classical":
                 return _fit_classical(data, config, num_classes, report, t_start)
+            if info.head is not None:  # the frozen-feature lane: cached backbone features + a scikit-learn head
+                return fit_frozen(data, config, num_classes, report, t_start)
             return fit_deep(data, config, num_classes, report, t_start)
     finally:
         if config.num_threads is not None:

@@ -62,10 +62,12 @@ class TrainConfig:
     pos_weight: float | str | None = None  # None | "balanced" | float > 0 (binary positive-class weight)
     pretrained: str = "auto"  # "no" | "yes" | "auto" (ImageNet weights if available, else random init)
     weights_dir: str | None = None  # folder with <timm_name>.safetensors|.pth (else $STROKECT_WEIGHTS / hub cache)
+    offline: bool = False  # never download ImageNet weights (also when $HF_HUB_OFFLINE=1)
     seed: int = 0  # weight init, data order, augmentation, dropout
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N" | "mps"
     C: float = 1.0  # inverse regularisation strength of the classical baselines
     gamma: float | str = "scale"  # RBF kernel width of svm_rbf: float > 0 | "scale" | "auto"
+    n_neighbors: int = 15  # k of the frozen-feature lane's knn head
     # None = auto: on for convolutional models (ModelInfo.prefers_channels_last) on CPU and CUDA (not measured on MPS)
     channels_last: bool | None = None
     num_threads: int | None = None  # torch intra-op threads during the fit; None = leave torch's setting
@@ -133,6 +135,10 @@ class TrainConfig:
             raise ValueError(f"unfreeze_lr_factor must lie in (0, 1], got {self.unfreeze_lr_factor!r}.")
         if not _is_number(self.layer_decay) or not 0.0 < self.layer_decay <= 1.0:
             raise ValueError(f"layer_decay must lie in (0, 1], got {self.layer_decay!r}.")
+        if not _is_int(self.n_neighbors) or self.n_neighbors < 1:
+            raise ValueError(f"n_neighbors must be an integer >= 1, got {self.n_neighbors!r}.")
+        if not isinstance(self.offline, bool):
+            raise ValueError(f"offline must be True or False, got {self.offline!r}.")
         if not isinstance(self.cache_features, bool):
             raise ValueError(f"cache_features must be True or False, got {self.cache_features!r}.")
 

@@ -44,7 +44,7 @@ _PRETRAINED_CHOICES = ("no", "yes", "auto")
 _KINDS = ("deep", "classical")
 _FAMILIES = ("cnn", "resnet", "efficientnet", "vit", "classical")
 # Modules whose import registers the built-in models.
-_BUILTIN_MODULES = ("models.cnn", "models.timm_models", "models.classical")
+_BUILTIN_MODULES = ("models.cnn", "models.timm_models", "models.classical", "models.frozen")
 
 _model_entrypoints: dict[str, Callable[..., Any]] = {}
 _model_info: dict[str, ModelInfo] = {}
@@ -75,6 +75,9 @@ class ModelInfo:
             ``lr_scratch`` (random init; absent: ``lr``) and ``weight_decay``; classical models ``C``
             (and ``gamma``). ``default`` is the value of the architecture's first trial (else the
             log-midpoint). Batch sizes follow from the data, not the model.
+        backbone: Frozen-feature lane (:mod:`models.frozen`): the registered model whose ImageNet features
+            the candidate uses, else ``None``.
+        head: Frozen-feature lane: the scikit-learn head (``"logreg"``, ``"svm_rbf"``, ``"knn"``), else ``None``.
         description: One line for the UI.
     """
 
@@ -88,6 +91,8 @@ class ModelInfo:
     patch_size: int | None = None
     num_prefix_tokens: int = 0
     param_space: dict[str, Any] = field(default_factory=dict)
+    backbone: str | None = None
+    head: str | None = None
     description: str = ""
     gradcam_fn: Callable[[Any], Any] = field(default=_no_gradcam_layer, repr=False, compare=False)
 

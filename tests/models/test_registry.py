@@ -59,7 +59,9 @@ def test_model_info(name: str, family: str, pretrained: bool, timm_name: str | N
     assert info.param_space and info.search_space is info.param_space
     for spec in info.param_space.values():  # ranges only (automl.space reads them); batch sizes follow the data
         assert spec["low"] < spec["high"] and spec["low"] <= spec.get("default", spec["low"]) <= spec["high"]
-    if info.kind == "deep":
+    if info.head is not None:  # the frozen-feature lane searches its head only
+        assert set(info.param_space) <= {"C", "gamma", "n_neighbors"}
+    elif info.kind == "deep":
         assert {"lr", "weight_decay"} <= set(info.param_space) and "batch_size" not in info.param_space
     else:
         assert "C" in info.param_space
