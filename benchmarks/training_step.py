@@ -177,6 +177,106 @@ def _pool(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _model_record(
+    name: str,
+    cfg: Settings,
+    ours: dict[str, Any],
+    base: dict[str, Any],
+    same_format: dict[str, Any],
+    flops: dict[str, int],
+    *,
+    peak_threads: float | None,
+    engine_cl: bool,
+    engine_amp: bool,
+) -> tuple[Record, float]:
+    """The engine-vs-hand-loop record of one model and the engine's achieved GFLOP/s."""
+    flops_per_image = flops["estimate"] / cfg.batch_size
+    gflops_ours = flops_per_image * ours["ips"] / 1e9
+    gflops_base = flops_per_image * base["ips"] / 1e9
+    ratio = ours["ips"] / base["ips"]
+    record = make_record(
+        f"{NAME}.{name}@{cfg.size}", ours=ours["ips"], baseline=base["ips"], units="images/s", better="higher",
+        target="ratio >= 0.95", meets_target=ratio >= 0.95,
+        details={
+            "batch_size": cfg.batch_size, "steps_per_epoch": cfg.steps_per_epoch, "epochs": cfg.epochs,
+            "rounds": cfg.rounds,
+            "ours_epochs_ips": ours["epochs_ips"], "baseline_epochs_ips": base["epochs_ips"],
+            "ours_fit_seconds": ours["fit_seconds"],
+            "gflop_per_image_train_step": flops_per_image / 1e9,
+            "gflop_per_image_forward": flops["forward"] / cfg.batch_size / 1e9,
+            "gflop_per_image_counted_fwd_bwd": flops["counted_forward_backward"] / cfg.batch_size / 1e9,
+            "achieved_gflops_ours": gflops_ours, "achieved_gflops_baseline": gflops_base,
+            "peak_gflops_for_threads": peak_threads,
+            # against the fp32 peak; under bf16 autocast on AMX tiles the fp32 peak is no bound (> 1 possible)
+            "fraction_of_peak_ours": gflops_ours / peak_threads if peak_threads else None,
+            "ours": "automl.train.fit_fold (aug_strength=0, scheduler=none, its defaults here: "
+                    f"{'channels_last' if engine_cl else 'contiguous'}, {'bf16 autocast' if engine_amp else 'fp32'}),"
+                    " training part of each epoch",
+            "baseline": "hand-written loop on the same module, AdamW, pre-converted float tensor, contiguous, fp32",
+            "engine_channels_last": engine_cl, "engine_bf16": engine_amp,
+            "baseline_same_format_ips": same_format["ips"],
+            "ratio_same_format": ours["ips"] / same_format["ips"],
+            "same_format": "the hand loop with the engine's memory format, precision and fused AdamW "
+                           "(overhead of the engine itself)",
+        },
+    )
+    return record, gflops_ours
+
+
+def _measure_variant(
+    variant: str, name: str, data, cfg: Settings, *, ours: dict[str, Any], base: dict[str, Any], threads: int
+) -> tuple[float, float, str] | None:
+    """``(variant images/s, reference images/s, reference)``; ``None`` when ``all_cores`` has nothing to compare."""
+    if variant == "channels_last":
+        v = _engine(name, data, cfg, channels_last=True)["ips"]
+        ref = _engine(name, data, cfg, channels_last=False)["ips"]
+        return v, ref, "engine with channels_last=False"
+    if variant == "bf16":
+        v = _engine(name, data, cfg, amp=True)["ips"]
+        ref = _engine(name, data, cfg, amp=False)["ips"]
+        return v, ref, "engine with amp=False"
+    if variant == "all_cores":
+        cores = os.cpu_count() or 1
+        if cores <= threads:
+            return None  # already on every core: nothing to compare
+        v = _engine(name, data, cfg, num_threads=cores)["ips"]
+        return v, ours["ips"], f"engine at {threads} thread(s) vs {cores}"
+    if variant == "compile":
+        return _hand_loop(name, data, cfg, compile_model=True)["ips"], base["ips"], "hand loop"
+    raise ValueError(f"Unknown variant {variant!r}; expected channels_last, bf16, compile or all_cores.")
+
+
+def _variant_records(
+    name: str, data, cfg: Settings, *, ours: dict[str, Any], base: dict[str, Any], threads: int
+) -> list[Record]:
+    """One informational record per variant of ``cfg.variants`` tried on ``name``."""
+    records: list[Record] = []
+    for variant in cfg.variants:
+        try:
+            measured = _measure_variant(variant, name, data, cfg, ours=ours, base=base, threads=threads)
+            if measured is None:
+                continue
+            v, ref, kind = measured
+            error = None
+        except ValueError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - e.g. no C++ compiler for inductor: report, go on
+            logger.warning("variant %s of %s failed: %s", variant, name, exc)
+            v, ref, kind, error = None, ours["ips"], "engine", f"{type(exc).__name__}: {exc}"[:300]
+        records.append(make_record(
+            f"{NAME}.variant.{name}@{cfg.size}.{variant}", ours=v, baseline=ref, units="images/s",
+            better="higher", target="informational: ratio > 1 means the variant wins on this CPU",
+            meets_target=None,
+            details={
+                "compared_with": kind if variant in ("all_cores", "channels_last", "bf16")
+                else f"{kind} default (fp32, eager)",
+                "error": error, "batch_size": cfg.batch_size, "epochs": cfg.epochs,
+                "note": "compile: the first (warm-up) epoch includes compilation" if variant == "compile" else "",
+            },
+        ))
+    return records
+
+
 def run(cfg: Settings) -> list[Record]:
     """Run the benchmark; one record per model, plus one per variant tried."""
     import models
@@ -200,76 +300,10 @@ def run(cfg: Settings) -> list[Record]:
         same_format = _pool([r[2] for r in runs])
         model = models.create_model(name, num_classes=2, image_size=cfg.size, pretrained="no")
         flops = training_flops(model, torch.rand(cfg.batch_size, 1, cfg.size, cfg.size))
-        flops_per_image = flops["estimate"] / cfg.batch_size
-        gflops_ours = flops_per_image * ours["ips"] / 1e9
-        gflops_base = flops_per_image * base["ips"] / 1e9
-        ratio = ours["ips"] / base["ips"]
-        records.append(make_record(
-            f"{NAME}.{name}@{cfg.size}", ours=ours["ips"], baseline=base["ips"], units="images/s", better="higher",
-            target="ratio >= 0.95", meets_target=ratio >= 0.95,
-            details={
-                "batch_size": cfg.batch_size, "steps_per_epoch": cfg.steps_per_epoch, "epochs": cfg.epochs,
-                "rounds": cfg.rounds,
-                "ours_epochs_ips": ours["epochs_ips"], "baseline_epochs_ips": base["epochs_ips"],
-                "ours_fit_seconds": ours["fit_seconds"],
-                "gflop_per_image_train_step": flops_per_image / 1e9,
-                "gflop_per_image_forward": flops["forward"] / cfg.batch_size / 1e9,
-                "gflop_per_image_counted_fwd_bwd": flops["counted_forward_backward"] / cfg.batch_size / 1e9,
-                "achieved_gflops_ours": gflops_ours, "achieved_gflops_baseline": gflops_base,
-                "peak_gflops_for_threads": peak_threads,
-                # against the fp32 peak; under bf16 autocast on AMX tiles the fp32 peak is no bound (> 1 possible)
-                "fraction_of_peak_ours": gflops_ours / peak_threads if peak_threads else None,
-                "ours": "automl.train.fit_fold (aug_strength=0, scheduler=none, its defaults here: "
-                        f"{'channels_last' if engine_cl else 'contiguous'}, {'bf16 autocast' if engine_amp else 'fp32'}),"
-                        " training part of each epoch",
-                "baseline": "hand-written loop on the same module, AdamW, pre-converted float tensor, contiguous, fp32",
-                "engine_channels_last": engine_cl, "engine_bf16": engine_amp,
-                "baseline_same_format_ips": same_format["ips"],
-                "ratio_same_format": ours["ips"] / same_format["ips"],
-                "same_format": "the hand loop with the engine's memory format, precision and fused AdamW "
-                               "(overhead of the engine itself)",
-            },
-        ))
+        record, gflops_ours = _model_record(name, cfg, ours, base, same_format, flops, peak_threads=peak_threads,
+                                            engine_cl=engine_cl, engine_amp=engine_amp)
+        records.append(record)
         logger.info("%s: ours %.1f img/s, loop %.1f img/s, %.2f GFLOP/s", name, ours["ips"], base["ips"], gflops_ours)
-        if name not in cfg.variant_models:
-            continue
-        for variant in cfg.variants:
-            try:
-                if variant == "channels_last":
-                    v = _engine(name, data, cfg, channels_last=True)["ips"]
-                    ref = _engine(name, data, cfg, channels_last=False)["ips"]
-                    kind = "engine with channels_last=False"
-                elif variant == "bf16":
-                    v = _engine(name, data, cfg, amp=True)["ips"]
-                    ref = _engine(name, data, cfg, amp=False)["ips"]
-                    kind = "engine with amp=False"
-                elif variant == "all_cores":
-                    cores = os.cpu_count() or 1
-                    if cores <= threads:
-                        continue  # already on every core: nothing to compare
-                    v, ref, kind = _engine(name, data, cfg, num_threads=cores)["ips"], ours["ips"], "engine"
-                    kind = f"engine at {threads} thread(s) vs {cores}"
-                elif variant == "compile":
-                    v, ref, kind = _hand_loop(name, data, cfg, compile_model=True)["ips"], base["ips"], "hand loop"
-                else:
-                    raise ValueError(
-                        f"Unknown variant {variant!r}; expected channels_last, bf16, compile or all_cores."
-                    )
-                error = None
-            except ValueError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - e.g. no C++ compiler for inductor: report, go on
-                logger.warning("variant %s of %s failed: %s", variant, name, exc)
-                v, ref, kind, error = None, ours["ips"], "engine", f"{type(exc).__name__}: {exc}"[:300]
-            records.append(make_record(
-                f"{NAME}.variant.{name}@{cfg.size}.{variant}", ours=v, baseline=ref, units="images/s",
-                better="higher", target="informational: ratio > 1 means the variant wins on this CPU",
-                meets_target=None,
-                details={
-                    "compared_with": kind if variant in ("all_cores", "channels_last", "bf16")
-                    else f"{kind} default (fp32, eager)",
-                    "error": error, "batch_size": cfg.batch_size, "epochs": cfg.epochs,
-                    "note": "compile: the first (warm-up) epoch includes compilation" if variant == "compile" else "",
-                },
-            ))
+        if name in cfg.variant_models:
+            records.extend(_variant_records(name, data, cfg, ours=ours, base=base, threads=threads))
     return records

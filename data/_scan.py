@@ -279,6 +279,105 @@ def _manifest_hash(table: pd.DataFrame, window: str) -> str:
     return digest.hexdigest()[:16]
 
 
+def _check_scan_args(
+    min_per_class: int, phash_threshold: int, group_by: str | os.PathLike[str], window: str | tuple[float, float]
+) -> str:
+    """Validate the scan options in the documented order; return the window key."""
+    if isinstance(min_per_class, bool) or not isinstance(min_per_class, (int, np.integer)) or min_per_class < 1:
+        raise ValueError(f"min_per_class must be an int >= 1, got {min_per_class!r}.")
+    _check_threshold(phash_threshold)
+    if not (isinstance(group_by, (str, os.PathLike)) and (group_by in GROUP_SOURCES or Path(group_by).is_file())):
+        raise ValueError(
+            f"group_by must be one of {list(GROUP_SOURCES)} or the path of a groups CSV file; got {group_by!r}."
+        )
+    _resolve_window(window)
+    return window_key(window)
+
+
+def _dataset_root(root: str | os.PathLike[str]) -> Path:
+    """Resolve ``root`` and check that it is an existing folder."""
+    root_path = Path(root).expanduser().resolve()
+    if not root_path.exists():
+        raise ValueError(f"Dataset folder {str(root_path)!r} does not exist.")
+    if not root_path.is_dir():
+        raise ValueError(f"Dataset path {str(root_path)!r} is not a folder (expected one subfolder per class).")
+    return root_path
+
+
+def _scan_jobs(root_path: Path, window_name: str) -> tuple[list[str], list[tuple[str, str, str]], dict[str, str]]:
+    """Classes, ``(abs path, rel path, window)`` decode jobs and the label of each rel path."""
+    classes = class_order(p.name for p in root_path.iterdir() if p.is_dir() and not _is_hidden(p.name))
+    if len(classes) < 2:
+        raise ValueError(
+            f"Dataset folder {str(root_path)!r} has {len(classes)} class subfolder(s) {classes}; "
+            "at least 2 are needed (e.g. Normal/ and Stroke/)."
+        )
+    jobs: list[tuple[str, str, str]] = []
+    labels: dict[str, str] = {}
+    for cls in classes:
+        files, ignored = _class_files(root_path / cls)
+        if ignored:
+            logger.info("Ignored %d non-image file(s) in %s.", ignored, root_path / cls)
+        if not files:
+            raise ValueError(
+                f"Class folder {str(root_path / cls)!r} is empty: 0 image files "
+                f"({', '.join(sorted(RASTER_EXTENSIONS | DICOM_EXTENSIONS))} or DICOM)."
+            )
+        for f in sorted(files, key=lambda p: _natural_key(p.relative_to(root_path).as_posix())):
+            rel = f.relative_to(root_path).as_posix()
+            labels[rel] = cls
+            jobs.append((str(f), rel, window_name))
+    return classes, jobs, labels
+
+
+def _check_class_counts(
+    root_path: Path,
+    classes: list[str],
+    labels: dict[str, str],
+    good: list[dict[str, Any]],
+    bad: list[dict[str, Any]],
+    min_per_class: int,
+) -> None:
+    """Raise if a class has fewer than ``min_per_class`` readable images."""
+    counts = {c: 0 for c in classes}
+    for r in good:
+        counts[labels[r["path"]]] += 1
+    n_bad = {c: 0 for c in classes}
+    for r in bad:
+        n_bad[labels[r["path"]]] += 1
+    short = [c for c in classes if counts[c] < min_per_class]
+    if short:
+        detail = "; ".join(f"{c!r}: {counts[c]} readable, {n_bad[c]} bad" for c in short)
+        raise ValueError(
+            f"Dataset folder {str(root_path)!r}: class folder(s) with fewer than min_per_class={min_per_class} "
+            f"readable images: {detail}."
+        )
+
+
+def _results_table(good: list[dict[str, Any]], labels: dict[str, str], classes: list[str]) -> pd.DataFrame:
+    """One row per readable file, subjects still blank, plus the DICOM id columns for grouping."""
+    y_of = {c: i for i, c in enumerate(classes)}
+    table = pd.DataFrame(
+        {
+            "path": [r["path"] for r in good],
+            "label": [labels[r["path"]] for r in good],
+            "y": [y_of[labels[r["path"]]] for r in good],
+            "subject": "",
+            "format": [r["format"] for r in good],
+            "sha1": [r["sha1"] for r in good],
+            "phash": [r["phash"] for r in good],
+            "height": [r["height"] for r in good],
+            "width": [r["width"] for r in good],
+            "mean": [r["mean"] for r in good],
+            "std": [r["std"] for r in good],
+            "sharpness": [r["sharpness"] for r in good],
+            "patient_id": [r["patient_id"] for r in good],
+            "study_uid": [r["study_uid"] for r in good],
+        }
+    )
+    return table.astype({"y": "int64", "height": "int64", "width": "int64"})
+
+
 # ------------------------------------------------------------------------------------- scan
 def scan_folder(
     root: str | os.PathLike[str],
@@ -311,83 +410,18 @@ def scan_folder(
             arguments. The message names the folder and the counts.
     """
     t0 = time.perf_counter()
-    if isinstance(min_per_class, bool) or not isinstance(min_per_class, (int, np.integer)) or min_per_class < 1:
-        raise ValueError(f"min_per_class must be an int >= 1, got {min_per_class!r}.")
-    _check_threshold(phash_threshold)
-    if not (isinstance(group_by, (str, os.PathLike)) and (group_by in GROUP_SOURCES or Path(group_by).is_file())):
-        raise ValueError(
-            f"group_by must be one of {list(GROUP_SOURCES)} or the path of a groups CSV file; got {group_by!r}."
-        )
-    _resolve_window(window)
-    window_name = window_key(window)
-    root_path = Path(root).expanduser().resolve()
-    if not root_path.exists():
-        raise ValueError(f"Dataset folder {str(root_path)!r} does not exist.")
-    if not root_path.is_dir():
-        raise ValueError(f"Dataset path {str(root_path)!r} is not a folder (expected one subfolder per class).")
-
-    classes = class_order(p.name for p in root_path.iterdir() if p.is_dir() and not _is_hidden(p.name))
-    if len(classes) < 2:
-        raise ValueError(
-            f"Dataset folder {str(root_path)!r} has {len(classes)} class subfolder(s) {classes}; "
-            "at least 2 are needed (e.g. Normal/ and Stroke/)."
-        )
-    jobs: list[tuple[str, str, str]] = []
-    labels: dict[str, str] = {}
-    for cls in classes:
-        files, ignored = _class_files(root_path / cls)
-        if ignored:
-            logger.info("Ignored %d non-image file(s) in %s.", ignored, root_path / cls)
-        if not files:
-            raise ValueError(
-                f"Class folder {str(root_path / cls)!r} is empty: 0 image files "
-                f"({', '.join(sorted(RASTER_EXTENSIONS | DICOM_EXTENSIONS))} or DICOM)."
-            )
-        for f in sorted(files, key=lambda p: _natural_key(p.relative_to(root_path).as_posix())):
-            rel = f.relative_to(root_path).as_posix()
-            labels[rel] = cls
-            jobs.append((str(f), rel, window_name))
+    window_name = _check_scan_args(min_per_class, phash_threshold, group_by, window)
+    root_path = _dataset_root(root)
+    classes, jobs, labels = _scan_jobs(root_path, window_name)
 
     results = parallel_map(_inspect_file, jobs, workers=workers)
     good = [r for r in results if r["ok"]]
     bad = [r for r in results if not r["ok"]]
     for r in bad:
         logger.warning("Skipping bad file %s: %s", r["path"], r["reason"])
+    _check_class_counts(root_path, classes, labels, good, bad, min_per_class)
 
-    counts = {c: 0 for c in classes}
-    for r in good:
-        counts[labels[r["path"]]] += 1
-    n_bad = {c: 0 for c in classes}
-    for r in bad:
-        n_bad[labels[r["path"]]] += 1
-    short = [c for c in classes if counts[c] < min_per_class]
-    if short:
-        detail = "; ".join(f"{c!r}: {counts[c]} readable, {n_bad[c]} bad" for c in short)
-        raise ValueError(
-            f"Dataset folder {str(root_path)!r}: class folder(s) with fewer than min_per_class={min_per_class} "
-            f"readable images: {detail}."
-        )
-
-    y_of = {c: i for i, c in enumerate(classes)}
-    table = pd.DataFrame(
-        {
-            "path": [r["path"] for r in good],
-            "label": [labels[r["path"]] for r in good],
-            "y": [y_of[labels[r["path"]]] for r in good],
-            "subject": "",
-            "format": [r["format"] for r in good],
-            "sha1": [r["sha1"] for r in good],
-            "phash": [r["phash"] for r in good],
-            "height": [r["height"] for r in good],
-            "width": [r["width"] for r in good],
-            "mean": [r["mean"] for r in good],
-            "std": [r["std"] for r in good],
-            "sharpness": [r["sharpness"] for r in good],
-            "patient_id": [r["patient_id"] for r in good],
-            "study_uid": [r["study_uid"] for r in good],
-        }
-    )
-    table = table.astype({"y": "int64", "height": "int64", "width": "int64"})
+    table = _results_table(good, labels, classes)
     subjects, source = assign_subjects(
         table, root_path, group_by=group_by, filename_regex=filename_regex, phash_threshold=phash_threshold
     )

@@ -365,6 +365,22 @@ def _ramp(x: np.ndarray, edge: float) -> np.ndarray:
     return np.clip(x / edge + 0.5, 0.0, 1.0)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Frame:
+    """Head-frame coordinates of one slice, cropped to the brain's bounding box."""
+
+    z: float  # slice level
+    scale: float  # relative size of the cross-section at this level
+    u: np.ndarray  # lateral (+ = patient's left)
+    v: np.ndarray  # antero-posterior (+ = posterior)
+    um: np.ndarray  # ``u`` displaced by the midline shift
+    vv: np.ndarray  # ``v`` relative to the ventricular system
+    depth: np.ndarray  # depth below the brain surface (fraction of the radius)
+    theta: np.ndarray
+    rn: np.ndarray  # radius normalised to the inner table
+    brain: np.ndarray  # bool, inside the inner table
+
+
 def _render_slice(
     anat: _Anatomy,
     z: float,
@@ -389,6 +405,41 @@ def _render_slice(
     Returns:
         The slice (HU map, lesion mask and optionally labels / clean HU).
     """
+    u, v, rn, theta, scale = _head_coordinates(anat, z, size)
+    skull_t = anat.skull_t / scale * (1.0 + anat.skull_var * np.cos(2.0 * theta + anat.skull_phase))
+
+    # Midline shift (mass effect) moves the midline structures away from the lesion side.
+    shift = lesion.shift * profile if lesion is not None and profile > 0 else 0.0
+    um = u + lesion.side * shift * np.exp(-((v / 0.55) ** 2)) if shift else u
+
+    labels = _outer_labels(anat, rn, skull_t, scale, size)
+    box, frame = _brain_frame(anat, z, scale, u, v, um, rn, theta)
+    lab = labels[box]  # a view: writes go to ``labels``
+    caudate = _paint_deep_nuclei(lab, frame)
+    csf = _paint_cortex(lab, anat, frame)
+    _paint_fissures(lab, csf, anat, frame)
+    lab[csf] = CSF
+    ventricle, periventricular = _paint_ventricles(lab, anat, frame, caudate, lesion, shift, profile)
+    _paint_calcifications(lab, anat, frame)
+
+    hu = _tissue_hu(anat, labels, rn, skull_t)
+    hub = hu[box]  # a view
+    texture = _add_realism(hub, lab, anat, frame, ventricle, periventricular)
+    mask = np.zeros((size, size), dtype=bool)
+    if lesion is not None and profile > 0:
+        lesion_mask = _paint_lesion(hub, lab, anat, frame, lesion, profile, size, ventricle, texture)
+        if lesion_mask is not None:
+            mask[box] = lesion_mask
+
+    clean = hu.copy() if keep_labels else None
+    hu = _blur_and_noise(hu, anat, size, rng)
+    return _Slice(hu=hu, mask=mask, labels=labels if keep_labels else None, hu_clean=clean)
+
+
+def _head_coordinates(
+    anat: _Anatomy, z: float, size: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
+    """Head-frame ``u``, ``v``, radius normalised to the inner table, angle and level scale of the grid."""
     x, y = _grid(size)
     cos_r, sin_r = math.cos(anat.rot), math.sin(anat.rot)
     xs, ys = x - anat.cx, y - anat.cy
@@ -402,31 +453,47 @@ def _render_slice(
     for h in range(4):
         outline += anat.shape_amp[h] * np.cos((h + 2) * theta + anat.shape_phase[h])
     rn = rho / outline  # 1 at the inner table
-    depth = 1.0 - rn  # depth below the brain surface (fraction of the radius)
+    return u, v, rn, theta, scale
 
-    skull_t = anat.skull_t / scale * (1.0 + anat.skull_var * np.cos(2.0 * theta + anat.skull_phase))
+
+def _outer_labels(anat: _Anatomy, rn: np.ndarray, skull_t: np.ndarray, scale: float, size: int) -> np.ndarray:
+    """Tissue label map with air, scalp, skull and (white matter) brain."""
     skull_out = 1.0 + skull_t
     head_out = skull_out + anat.scalp_t / scale
-
-    # Midline shift (mass effect) moves the midline structures away from the lesion side.
-    shift = lesion.shift * profile if lesion is not None and profile > 0 else 0.0
-    um = u + lesion.side * shift * np.exp(-((v / 0.55) ** 2)) if shift else u
-
     labels = np.full((size, size), AIR, dtype=np.uint8)
     labels[rn < head_out] = SCALP
     labels[rn < skull_out] = SKULL
-    brain = rn < 1.0
-    labels[brain] = WM
+    labels[rn < 1.0] = WM
+    return labels
 
-    # Everything inside the skull is computed on the brain's bounding box only (about half the pixels).
+
+def _brain_frame(
+    anat: _Anatomy,
+    z: float,
+    scale: float,
+    u: np.ndarray,
+    v: np.ndarray,
+    um: np.ndarray,
+    rn: np.ndarray,
+    theta: np.ndarray,
+) -> tuple[tuple[slice, slice], _Frame]:
+    """Brain bounding box and the coordinates inside it (everything within the skull uses only these)."""
+    depth = 1.0 - rn  # depth below the brain surface (fraction of the radius)
+    brain = rn < 1.0
     rows = np.flatnonzero(brain.any(axis=1))
     cols = np.flatnonzero(brain.any(axis=0))
     box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
-    u, v, um, depth, theta, rn_box, brain = u[box], v[box], um[box], depth[box], theta[box], rn[box], brain[box]
-    lab = labels[box]  # a view: writes go to ``labels``
+    v_box = v[box]
+    frame = _Frame(
+        z=z, scale=scale, u=u[box], v=v_box, um=um[box], vv=v_box - anat.vent_dv, depth=depth[box],
+        theta=theta[box], rn=rn[box], brain=brain[box],
+    )
+    return box, frame
 
-    # Deep grey nuclei (caudate heads, lentiform nuclei, thalami), positioned with the ventricles.
-    vv = v - anat.vent_dv
+
+def _paint_deep_nuclei(lab: np.ndarray, f: _Frame) -> np.ndarray:
+    """Deep grey nuclei (caudate heads, lentiform nuclei, thalami) placed with the ventricles; return the caudate."""
+    z, um, vv, brain = f.z, f.um, f.vv, f.brain
     caudate = np.zeros_like(brain)
     deep_shapes = (
         (0.165, -0.13, 0.06, 0.09, 0.2, _bump(z, 0.44, 0.16)),  # caudate heads
@@ -441,12 +508,16 @@ def _render_slice(
             lab[inside] = DEEP_GM
             if i == 0:
                 caudate |= inside
+    return caudate
 
-    # Cortex: a ribbon of varying thickness, gyri folded around sulci (zero set of a smooth field).
+
+def _paint_cortex(lab: np.ndarray, anat: _Anatomy, f: _Frame) -> np.ndarray:
+    """Cortex: a ribbon of varying thickness, gyri folded around sulci (zero set of a smooth field); return the CSF."""
+    z, u, v, depth, theta, brain = f.z, f.u, f.v, f.depth, f.theta, f.brain
     thick = np.ones_like(theta)
     for h in range(4):
         thick += anat.thick_amp[h] * np.cos((h + 3) * theta + anat.thick_phase[h])
-    gm_t = anat.gm_t / math.sqrt(scale) * thick
+    gm_t = anat.gm_t / math.sqrt(f.scale) * thick
     fold = np.full(u.shape, np.inf, dtype=np.float32)  # gyral folding field, only in the cortical shell
     shell = np.flatnonzero(brain & (depth < 0.36))
     us, vs = u.ravel()[shell], v.ravel()[shell]
@@ -457,8 +528,12 @@ def _render_slice(
     sulcus_w = 0.1 + 0.15 * anat.atrophy
     sulcus_depth = 0.13 + 0.05 * (1.0 + np.cos(3.0 * theta + anat.shape_phase[0])) + 0.04 * (z > 0.7)
     lab[brain & ((depth < gm_t) | ((fold < sulcus_w + 0.35) & (depth < sulcus_depth + gm_t)))] = GM
-    csf = brain & ((depth < 0.008 + 0.02 * anat.atrophy) | ((fold < sulcus_w) & (depth < sulcus_depth)))
+    return brain & ((depth < 0.008 + 0.02 * anat.atrophy) | ((fold < sulcus_w) & (depth < sulcus_depth)))
 
+
+def _paint_fissures(lab: np.ndarray, csf: np.ndarray, anat: _Anatomy, f: _Frame) -> None:
+    """Interhemispheric and Sylvian fissures lined by cortex, and the insula; adds their CSF to ``csf``."""
+    z, v, um, vv, brain = f.z, f.v, f.um, f.vv, f.brain
     # Interhemispheric fissure (interrupted by the corpus callosum at mid levels), lined by cortex.
     callosal = _bump(z, 0.52, 0.2) > 0 and z < 0.7
     fissure_zone = ((vv < -0.3) | (vv > 0.42)) if callosal else np.ones_like(brain)
@@ -480,8 +555,19 @@ def _render_slice(
             insula = _segment_distance(um, v, (side * 0.5, -0.16), (side * 0.5, 0.16))
             lab[brain & ((dist < width + anat.gm_t) | (insula < 0.7 * anat.gm_t))] = GM
             csf |= brain & (dist < width)
-    lab[csf] = CSF
 
+
+def _paint_ventricles(
+    lab: np.ndarray,
+    anat: _Anatomy,
+    f: _Frame,
+    caudate: np.ndarray,
+    lesion: _Lesion | None,
+    shift: float,
+    profile: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Lateral and third ventricles; return the ventricle mask and the periventricular distance field."""
+    z, um, vv, brain = f.z, f.um, f.vv, f.brain
     # Lateral ventricles (butterfly: frontal horns indented by the caudate heads, bodies, atria)
     # and the third ventricle.
     horn = anat.horn_angle
@@ -491,7 +577,7 @@ def _render_slice(
         (0.18, 0.24, 0.07, 0.12, -0.55, _bump(z, 0.45, 0.13)),  # atria / occipital horns
     )
     ventricle = np.zeros_like(brain)
-    periventricular = np.full(u.shape, np.inf, dtype=np.float32)
+    periventricular = np.full(f.u.shape, np.inf, dtype=np.float32)
     for side in (-1, 1):
         side_scale = anat.vent_scale * (1.0 + side * anat.vent_asym)
         if lesion is not None and shift and side == lesion.side:
@@ -508,13 +594,21 @@ def _render_slice(
         ventricle |= _ellipse(um, vv, 0.0, 0.02, 0.018 * anat.vent_scale, 0.1, 0.0) < third
     ventricle &= brain
     lab[ventricle] = VENTRICLE
+    return ventricle, periventricular
 
+
+def _paint_calcifications(lab: np.ndarray, anat: _Anatomy, f: _Frame) -> None:
+    """Choroid plexus and pineal calcifications, where the patient has them."""
+    z, um, vv = f.z, f.um, f.vv
     if anat.choroid_calc and _bump(z, 0.45, 0.1) > 0.2:
         for side in (-1, 1):
             lab[_ellipse(um, vv, side * 0.18, 0.26, 0.02, 0.028, 0.0) < 1.0] = CALCIFICATION
     if anat.pineal_calc and _bump(z, 0.34, 0.06) > 0.2:
         lab[_ellipse(um, vv, 0.0, 0.24, 0.016, 0.016, 0.0) < 1.0] = CALCIFICATION
 
+
+def _tissue_hu(anat: _Anatomy, labels: np.ndarray, rn: np.ndarray, skull_t: np.ndarray) -> np.ndarray:
+    """HU map of the tissue labels, with dense inner and outer skull tables and a softer diploe."""
     lut = np.array(
         [-1000.0, anat.hu_scalp, 0.0, anat.hu_csf, anat.hu_gm, anat.hu_wm, anat.hu_deep, anat.hu_calc, anat.hu_csf],
         dtype=np.float32,
@@ -524,43 +618,68 @@ def _render_slice(
     pos = np.clip((rn[skull] - 1.0) / skull_t[skull], 0.0, 1.0)
     table = np.abs(2.0 * pos - 1.0) ** 0.6  # dense inner and outer tables, softer diploe in between
     hu[skull] = anat.bone_diploe + (anat.bone_peak - anat.bone_diploe) * table
+    return hu
 
-    # Subtle realism: beam-hardening cupping, tissue texture, periventricular small-vessel disease.
-    hub = hu[box]  # a view
-    parenchyma = (lab == GM) | (lab == WM) | (lab == DEEP_GM)
+
+def _add_realism(
+    hub: np.ndarray,
+    lab: np.ndarray,
+    anat: _Anatomy,
+    f: _Frame,
+    ventricle: np.ndarray,
+    periventricular: np.ndarray,
+) -> np.ndarray:
+    """Add beam-hardening cupping, tissue texture and periventricular small-vessel disease; return the texture."""
+    z, u, v, brain = f.z, f.u, f.v, f.brain
     texture = np.zeros_like(u)
     for (ku, kv, kz), ph in zip(anat.texture_k, anat.texture_phase):
         texture += np.cos(ku * u + kv * v + np.float32(kz * z + ph))
-    hub += np.where(brain & ~ventricle, anat.cupping * rn_box * rn_box + 0.7 * texture, 0.0).astype(np.float32)
+    hub += np.where(brain & ~ventricle, anat.cupping * f.rn * f.rn + 0.7 * texture, 0.0).astype(np.float32)
     if anat.leuko > 0 and np.isfinite(periventricular).any():
         cap = np.clip((2.6 - periventricular) / 1.4, 0.0, 1.0) * (lab == WM)
         hub -= (anat.leuko * cap).astype(np.float32)
+    return texture
 
-    mask = np.zeros((size, size), dtype=bool)
-    if lesion is not None and profile > 0:
-        pixel = 2.0 / (size * anat.semi_x * scale)  # one pixel in head-frame units
-        weight, lesion_mask = _lesion_weight(lesion, z, profile, um, v, depth, brain, lab, pixel)
-        min_area = max(4, int(0.003 * np.count_nonzero(brain)))
-        if np.count_nonzero(lesion_mask) >= min_area:  # else too small to see: not a lesion slice
-            mask[box] = lesion_mask
-            if lesion.kind == "ischemic":
-                tissue = parenchyma | (lab == CSF)
-                effaced = np.where(lab == CSF, np.float32(anat.hu_gm), hub)  # swollen cortex effaces sulci
-                infarct = effaced - lesion.loss * (effaced - anat.hu_wm) - lesion.delta
-                hub[...] = np.where(tissue, hub + weight * (infarct - hub), hub)
-            else:
-                rim = weight["rim"] * ~ventricle
-                hub -= (lesion.edema * rim).astype(np.float32)
-                hub += (weight["blood"] * (lesion.hu + 2.0 * texture - hub)).astype(np.float32)
 
-    clean = hu.copy() if keep_labels else None
+def _paint_lesion(
+    hub: np.ndarray,
+    lab: np.ndarray,
+    anat: _Anatomy,
+    f: _Frame,
+    lesion: _Lesion,
+    profile: float,
+    size: int,
+    ventricle: np.ndarray,
+    texture: np.ndarray,
+) -> np.ndarray | None:
+    """Apply the lesion to ``hub``; return its mask on the box, or ``None`` when too small to see."""
+    pixel = 2.0 / (size * anat.semi_x * f.scale)  # one pixel in head-frame units
+    weight, lesion_mask = _lesion_weight(lesion, f.z, profile, f.um, f.v, f.depth, f.brain, lab, pixel)
+    min_area = max(4, int(0.003 * np.count_nonzero(f.brain)))
+    if np.count_nonzero(lesion_mask) < min_area:  # too small to see: not a lesion slice
+        return None
+    if lesion.kind == "ischemic":
+        parenchyma = (lab == GM) | (lab == WM) | (lab == DEEP_GM)
+        tissue = parenchyma | (lab == CSF)
+        effaced = np.where(lab == CSF, np.float32(anat.hu_gm), hub)  # swollen cortex effaces sulci
+        infarct = effaced - lesion.loss * (effaced - anat.hu_wm) - lesion.delta
+        hub[...] = np.where(tissue, hub + weight * (infarct - hub), hub)
+    else:
+        rim = weight["rim"] * ~ventricle
+        hub -= (lesion.edema * rim).astype(np.float32)
+        hub += (weight["blood"] * (lesion.hu + 2.0 * texture - hub)).astype(np.float32)
+    return lesion_mask
+
+
+def _blur_and_noise(hu: np.ndarray, anat: _Anatomy, size: int, rng: np.random.Generator | None) -> np.ndarray:
+    """Blur the HU map and add correlated scanner noise drawn from ``rng`` (none without one)."""
     blur = anat.blur * size / 128.0
     hu = _gaussian_blur(hu, blur)
     if rng is not None:
         noise_blur = 0.6 * size / 128.0
         noise = _gaussian_blur(rng.standard_normal((size, size), dtype=np.float32), noise_blur)
         hu += noise * np.float32(anat.noise / _noise_gain(noise_blur))
-    return _Slice(hu=hu, mask=mask, labels=labels if keep_labels else None, hu_clean=clean)
+    return hu
 
 
 def _lesion_weight(

@@ -266,13 +266,31 @@ def quality_report(root_or_manifest: str | os.PathLike[str] | Manifest, **scan_k
 
 
 def _build_report(manifest: Manifest, threshold: int) -> QualityReport:
+    """Measure every table of the report on the scan's statistics."""
     t = manifest.table
     classes = list(manifest.classes)
-    n = len(t)
     bad = manifest.bad_files[["path", "reason"]].reset_index(drop=True)
-    bad_class = bad["path"].map(lambda p: p.split("/", 1)[0])
+    class_counts = _class_count_table(t, classes, bad)
+    duplicates, exact_conflicts = _exact_duplicate_table(t)
+    near, near_conflicts = _near_duplicate_table(t, threshold)
+    conflicts = pd.DataFrame(exact_conflicts + near_conflicts, columns=_TABLE_COLUMNS["conflicts"])
+    sizes = _size_table(t, classes)
+    intensity, sharp = _intensity_tables(t, classes, _histograms(manifest))
+    subjects = _subject_table(t, classes)
+    summary = _summary(t, bad, classes, duplicates, near, conflicts, sizes)
+    report = QualityReport(
+        root=str(manifest.root), classes=classes, window=manifest.window, manifest_hash=manifest.hash,
+        subject_source=manifest.subject_source, phash_threshold=int(threshold), class_counts=class_counts,
+        bad_files=bad, duplicates=duplicates, near_duplicates=near, conflicts=conflicts, sizes=sizes,
+        intensity=intensity, sharpness=sharp, subjects=subjects, summary=summary,
+    )
+    report.warnings = _warnings(report, t)
+    return report
 
-    # images, bad files, subjects per class
+
+def _class_count_table(t: pd.DataFrame, classes: list[str], bad: pd.DataFrame) -> pd.DataFrame:
+    """Images, bad files, subjects and image fraction per class."""
+    bad_class = bad["path"].map(lambda p: p.split("/", 1)[0])
     class_counts = pd.DataFrame(
         {
             "label": classes,
@@ -282,9 +300,12 @@ def _build_report(manifest: Manifest, threshold: int) -> QualityReport:
             "subjects": [int(t.loc[t["label"] == c, "subject"].nunique()) for c in classes],
         }
     )
-    class_counts["fraction"] = class_counts["images"] / max(n, 1)
+    class_counts["fraction"] = class_counts["images"] / max(len(t), 1)
+    return class_counts
 
-    # exact duplicates
+
+def _exact_duplicate_table(t: pd.DataFrame) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
+    """Groups of identical files (same SHA-1) and the conflict rows of those that mix labels."""
     dup_rows = []
     conflict_rows = []
     for k, (_, rows) in enumerate(_group_rows(t, t["sha1"].to_numpy())):
@@ -295,13 +316,16 @@ def _build_report(manifest: Manifest, threshold: int) -> QualityReport:
                          "cross_class": cross, "paths": paths})
         if cross:
             conflict_rows.append({"kind": "exact", "group": k, "count": len(rows), "labels": labels, "paths": paths})
-    duplicates = pd.DataFrame(dup_rows, columns=_TABLE_COLUMNS["duplicates"])
+    return pd.DataFrame(dup_rows, columns=_TABLE_COLUMNS["duplicates"]), conflict_rows
 
-    # near duplicates
+
+def _near_duplicate_table(t: pd.DataFrame, threshold: int) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
+    """Perceptual-hash clusters within ``threshold`` bits and the conflict rows of those that mix labels."""
     from data._groups import hamming_distances, phash_to_uint64
 
     hashes = phash_to_uint64(list(t["phash"]))
     near_rows = []
+    conflict_rows = []
     for k, (_, rows) in enumerate(_group_rows(t, phash_clusters(hashes, threshold))):
         labels = t["label"].iloc[rows].tolist()
         paths = t["path"].iloc[rows].tolist()
@@ -311,10 +335,11 @@ def _build_report(manifest: Manifest, threshold: int) -> QualityReport:
                           "max_distance": max_distance, "paths": paths})
         if cross:
             conflict_rows.append({"kind": "near", "group": k, "count": len(rows), "labels": labels, "paths": paths})
-    near = pd.DataFrame(near_rows, columns=_TABLE_COLUMNS["near_duplicates"])
-    conflicts = pd.DataFrame(conflict_rows, columns=_TABLE_COLUMNS["conflicts"])
+    return pd.DataFrame(near_rows, columns=_TABLE_COLUMNS["near_duplicates"]), conflict_rows
 
-    # sizes
+
+def _size_table(t: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
+    """Image sizes with their count and per-class counts, most frequent first."""
     size_rows = []
     for (h, w), part in t.groupby(["height", "width"], sort=False):
         size_rows.append({"height": int(h), "width": int(w), "count": len(part),
@@ -322,9 +347,13 @@ def _build_report(manifest: Manifest, threshold: int) -> QualityReport:
     sizes = pd.DataFrame(size_rows, columns=_TABLE_COLUMNS["sizes"])
     if len(sizes):
         sizes = sizes.sort_values(["count", "height", "width"], ascending=[False, False, False]).reset_index(drop=True)
+    return sizes
 
-    # intensity (pixel-weighted, pooled from per-image mean/std and histograms)
-    hists = _histograms(manifest)
+
+def _intensity_tables(
+    t: pd.DataFrame, classes: list[str], hists: np.ndarray
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per-class intensity (pixel-weighted, pooled from per-image mean/std and histograms) and sharpness."""
     pixels = (t["height"] * t["width"]).to_numpy(dtype=np.float64)
     intensity_rows, sharp_rows = [], []
     for c in classes:
@@ -347,9 +376,11 @@ def _build_report(manifest: Manifest, threshold: int) -> QualityReport:
         } if mask.any() else {"label": c, "images": 0})
     intensity = pd.DataFrame(intensity_rows, columns=_TABLE_COLUMNS["intensity"])
     sharp = pd.DataFrame(sharp_rows, columns=_TABLE_COLUMNS["sharpness"])
+    return intensity, sharp
 
-    # subjects
-    per_subject = t.groupby("subject").size()
+
+def _subject_table(t: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
+    """Subjects per class and the spread of slices per subject."""
     subject_rows = []
     for c in classes:
         sizes_c = t.loc[t["label"] == c].groupby("subject").size()
@@ -360,11 +391,23 @@ def _build_report(manifest: Manifest, threshold: int) -> QualityReport:
             "slices_mean": float(sizes_c.mean()) if len(sizes_c) else float("nan"),
             "slices_max": int(sizes_c.max()) if len(sizes_c) else 0,
         })
-    subjects = pd.DataFrame(subject_rows, columns=_TABLE_COLUMNS["subjects"])
-    multi_class = int((t.groupby("subject")["label"].nunique() > 1).sum())
+    return pd.DataFrame(subject_rows, columns=_TABLE_COLUMNS["subjects"])
 
-    summary = {
-        "n_images": n,
+
+def _summary(
+    t: pd.DataFrame,
+    bad: pd.DataFrame,
+    classes: list[str],
+    duplicates: pd.DataFrame,
+    near: pd.DataFrame,
+    conflicts: pd.DataFrame,
+    sizes: pd.DataFrame,
+) -> dict[str, Any]:
+    """Headline counts of the report."""
+    per_subject = t.groupby("subject").size()
+    multi_class = int((t.groupby("subject")["label"].nunique() > 1).sum())
+    return {
+        "n_images": len(t),
         "n_bad_files": len(bad),
         "n_classes": len(classes),
         "exact_duplicate_groups": len(duplicates),
@@ -382,14 +425,6 @@ def _build_report(manifest: Manifest, threshold: int) -> QualityReport:
         "slices_per_subject_max": int(per_subject.max()) if len(per_subject) else 0,
         "n_sizes": len(sizes),
     }
-    report = QualityReport(
-        root=str(manifest.root), classes=classes, window=manifest.window, manifest_hash=manifest.hash,
-        subject_source=manifest.subject_source, phash_threshold=int(threshold), class_counts=class_counts,
-        bad_files=bad, duplicates=duplicates, near_duplicates=near, conflicts=conflicts, sizes=sizes,
-        intensity=intensity, sharpness=sharp, subjects=subjects, summary=summary,
-    )
-    report.warnings = _warnings(report, t)
-    return report
 
 
 def _warnings(report: QualityReport, t: pd.DataFrame) -> list[str]:

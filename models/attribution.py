@@ -692,6 +692,56 @@ def applicable_methods(model_name: str) -> list[str]:
     return methods
 
 
+def _check_method(method: str, opts: dict[str, Any]) -> None:
+    """Raise for an unknown method or an option the method does not take."""
+    if method not in _IMPL:
+        raise ValueError(f"Unknown attribution method {method!r}; expected one of {list(METHODS)}.")
+    unknown = sorted(set(opts) - _OPTIONS[method])
+    if unknown:
+        raise ValueError(f"Unknown option(s) {unknown} for method {method!r}; accepted: {sorted(_OPTIONS[method])}.")
+
+
+def _check_applicable(method: str, res: _Resolved, target: Any) -> None:
+    """Raise for attention rollout on a non-ViT model or a target of the wrong type."""
+    if method == "attention_rollout" and not _is_vit(res.model):
+        raise ValueError(f"method 'attention_rollout' does not apply to model {res.name or type(res.model).__name__!r} "
+                         f"(vision transformers only).")
+    if target is not None and not isinstance(target, (int, np.integer, str)):
+        raise ValueError(f"target must be None, a class index or a class name, got {type(target).__name__}.")
+
+
+def _run_method(
+    method: str, model_or_predictor: Any, res: _Resolved, target: Any, opts: dict[str, Any], *, bf16: bool
+) -> tuple[_TargetForward, torch.Tensor, dict[str, Any], float | None]:
+    """Run one method on ``res.x`` under the lock, frozen eval mode and autocast; return its forward and outputs."""
+    model, x = res.model, res.x
+    # A Predictor put its model in eval mode with frozen parameters when it loaded it; walking every
+    # submodule and parameter again costs milliseconds on a ViT. Only a root in training mode (someone
+    # called predictor.model.train()) brings the full check back. (Parameters that require gradients
+    # would only cost time: every method differentiates with respect to the input or a layer.)
+    trusted = _is_predictor(model_or_predictor) and not model.training
+    state = contextlib.nullcontext() if trusted else _frozen_eval(model)
+    with _LOCK, state, torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+        # The target is resolved inside Captum's own forward pass (see _TargetForward): no extra
+        # inference pass for the methods whose first forward call is on x itself.
+        fwd = _TargetForward(model, x, target, res.classes, res.threshold, fp32_target=bf16)
+        impl = _IMPL[method]
+        if method in ("grad_cam", "attention_rollout"):
+            attr, params, delta = impl(fwd, x.clone(), 0, opts, model=model, name=res.name)
+        else:
+            attr, params, delta = impl(fwd, x.clone(), 0, opts)
+    return fwd, attr, params, delta
+
+
+def _finite_heatmap(attr: torch.Tensor, method: str, name: str | None) -> np.ndarray:
+    """The attribution as a 2-D float32 numpy map, non-finite values replaced by 0 (with a warning)."""
+    heat = attr.detach().reshape(attr.shape[-2:]).to("cpu", torch.float32).numpy()
+    if not np.isfinite(heat).all():
+        logger.warning("%s on %s produced non-finite values; replaced by 0.", method, name)
+        heat = np.nan_to_num(heat, nan=0.0, posinf=0.0, neginf=0.0)
+    return heat
+
+
 def explain(
     model_or_predictor: Any,
     image: Any,
@@ -738,43 +788,18 @@ def explain(
             attention rollout on a CNN), a bad target, or an input of the wrong size, shape, dtype or
             range (a predictor's bad files raise :class:`models.InvalidInputError`, also a ValueError).
     """
-    if method not in _IMPL:
-        raise ValueError(f"Unknown attribution method {method!r}; expected one of {list(METHODS)}.")
-    unknown = sorted(set(opts) - _OPTIONS[method])
-    if unknown:
-        raise ValueError(f"Unknown option(s) {unknown} for method {method!r}; accepted: {sorted(_OPTIONS[method])}.")
+    _check_method(method, opts)
     start = time.perf_counter()
     res = _resolve(model_or_predictor, image, model_name=model_name, classes=classes, window=ct_window)
-    model, x = res.model, res.x
-    if method == "attention_rollout" and not _is_vit(model):
-        raise ValueError(f"method 'attention_rollout' does not apply to model {res.name or type(model).__name__!r} "
-                         f"(vision transformers only).")
-    if target is not None and not isinstance(target, (int, np.integer, str)):
-        raise ValueError(f"target must be None, a class index or a class name, got {type(target).__name__}.")
+    x = res.x
+    _check_applicable(method, res, target)
     bf16 = _use_bf16(precision, method, res.name, x.device)
-    # A Predictor put its model in eval mode with frozen parameters when it loaded it; walking every
-    # submodule and parameter again costs milliseconds on a ViT. Only a root in training mode (someone
-    # called predictor.model.train()) brings the full check back. (Parameters that require gradients
-    # would only cost time: every method differentiates with respect to the input or a layer.)
-    trusted = _is_predictor(model_or_predictor) and not model.training
-    state = contextlib.nullcontext() if trusted else _frozen_eval(model)
-    with _LOCK, state, torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
-        # The target is resolved inside Captum's own forward pass (see _TargetForward): no extra
-        # inference pass for the methods whose first forward call is on x itself.
-        fwd = _TargetForward(model, x, target, res.classes, res.threshold, fp32_target=bf16)
-        impl = _IMPL[method]
-        if method in ("grad_cam", "attention_rollout"):
-            attr, params, delta = impl(fwd, x.clone(), 0, opts, model=model, name=res.name)
-        else:
-            attr, params, delta = impl(fwd, x.clone(), 0, opts)
+    fwd, attr, params, delta = _run_method(method, model_or_predictor, res, target, opts, bf16=bf16)
     params = {**params, "precision": "bf16" if bf16 else "fp32"}
     if fwd.index is None:  # pragma: no cover - every method calls the model
         raise RuntimeError(f"{method} never called the model, so the target could not be resolved.")
     index, names, probability = fwd.index, fwd.names, fwd.probability
-    heat = attr.detach().reshape(attr.shape[-2:]).to("cpu", torch.float32).numpy()
-    if not np.isfinite(heat).all():
-        logger.warning("%s on %s produced non-finite values; replaced by 0.", method, res.name)
-        heat = np.nan_to_num(heat, nan=0.0, posinf=0.0, neginf=0.0)
+    heat = _finite_heatmap(attr, method, res.name)
     seconds = time.perf_counter() - start
     logger.debug("%s on %s (target %s) took %.3f s", method, res.name, names[index], seconds)
     return Attribution(

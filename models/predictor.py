@@ -108,42 +108,22 @@ def _fsync_file(path: Path) -> None:
         os.fsync(f.fileno())
 
 
-def save_checkpoint(model: Any, folder: str | Path, *, card: dict[str, Any]) -> Path:
-    """Save a model as ``folder/model.safetensors`` + ``folder/card.json``.
-
-    Args:
-        model: A deep model (:class:`~models._common.StrokeNet`) or a fitted
-            :class:`~models.classical.ClassicalModel`.
-        folder: Target folder (created; an existing checkpoint in it is replaced, other files are kept).
-        card: Card fields. Required: ``classes`` (sorted, negative class first; ``len == num_classes``).
-            Usual: ``window`` (name or ``[level, width]``, default ``"brain"``), ``threshold`` (decision
-            threshold on ``P(classes[1])`` for binary tasks, default 0.5), ``train_config``, ``metrics``,
-            ``manifest_hash``. Filled from the model (and overriding the card): ``model``, ``kind``,
-            ``init``, ``num_classes``, ``image_size``, ``normalization``; added: ``versions``, ``created``,
-            ``format_version``.
-
-    Returns:
-        The folder.
-
-    Raises:
-        ValueError: Bad model, or a card that is missing ``classes``, inconsistent, or not JSON serialisable.
-
-    The write is atomic: a new folder is assembled next to the target and renamed into place; when
-    the folder already exists, each file is written to a temporary name and ``os.replace``-d, weights
-    first and ``card.json`` last, so a reader never sees a half-written file.
-    """
-    if not isinstance(card, dict):
-        raise ValueError(f"card must be a dict, got {type(card).__name__}.")
-    fields = _model_card_fields(model)
-    classes = card.get("classes")
+def _check_classes(classes: Any, num_classes: int) -> None:
+    """Raise unless ``classes`` is a list of ``num_classes`` distinct class names."""
     if not isinstance(classes, (list, tuple)) or not all(isinstance(c, str) for c in classes):
         raise ValueError(f"card['classes'] must be a list of class names, got {classes!r}.")
-    if len(classes) != fields["num_classes"]:
+    if len(classes) != num_classes:
         raise ValueError(
-            f"card['classes'] has {len(classes)} names but the model has num_classes={fields['num_classes']}."
+            f"card['classes'] has {len(classes)} names but the model has num_classes={num_classes}."
         )
     if len(set(classes)) != len(classes):
         raise ValueError(f"card['classes'] has duplicate names: {list(classes)}.")
+
+
+def _full_card(card: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
+    """Validate the caller's ``card`` and complete it with the model's ``fields``, versions and defaults."""
+    classes = card.get("classes")
+    _check_classes(classes, fields["num_classes"])
     for key in _MODEL_OWNED_KEYS:
         if key in card and card[key] != fields[key]:
             logger.warning("card[%r]=%r replaced by the model's value %r", key, card[key], fields[key])
@@ -171,6 +151,73 @@ def save_checkpoint(model: Any, folder: str | Path, *, card: dict[str, Any]) -> 
         full_card.setdefault(key, value)
     if isinstance(full_card["window"], tuple):
         full_card["window"] = list(full_card["window"])
+    return full_card
+
+
+def _write_new_checkpoint(model: Any, folder: Path, full_card: dict[str, Any], card_text: str) -> None:
+    """Assemble the checkpoint in a temporary sibling folder and rename it to ``folder``."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+    try:
+        usual_permissions(tmp, folder=True)
+        _write_weights(model, tmp / WEIGHTS_FILE, full_card)
+        (tmp / CARD_FILE).write_text(card_text, encoding="utf-8")
+        for name in (WEIGHTS_FILE, CARD_FILE):
+            usual_permissions(tmp / name)
+            _fsync_file(tmp / name)
+        os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _replace_checkpoint(model: Any, folder: Path, full_card: dict[str, Any], card_text: str) -> None:
+    """Replace the checkpoint files of an existing ``folder``, weights first and the card last."""
+    if not folder.is_dir():
+        raise ValueError(f"Checkpoint folder {folder} exists and is not a folder.")
+    token = uuid.uuid4().hex[:8]
+    tmp_weights = folder / f".{WEIGHTS_FILE}.{token}.tmp"
+    tmp_card = folder / f".{CARD_FILE}.{token}.tmp"
+    try:
+        _write_weights(model, tmp_weights, full_card)
+        tmp_card.write_text(card_text, encoding="utf-8")
+        usual_permissions(tmp_weights)
+        usual_permissions(tmp_card)
+        _fsync_file(tmp_weights)
+        _fsync_file(tmp_card)
+        os.replace(tmp_weights, folder / WEIGHTS_FILE)
+        os.replace(tmp_card, folder / CARD_FILE)
+    finally:
+        tmp_weights.unlink(missing_ok=True)
+        tmp_card.unlink(missing_ok=True)
+
+
+def save_checkpoint(model: Any, folder: str | Path, *, card: dict[str, Any]) -> Path:
+    """Save a model as ``folder/model.safetensors`` + ``folder/card.json``.
+
+    Args:
+        model: A deep model (:class:`~models._common.StrokeNet`) or a fitted
+            :class:`~models.classical.ClassicalModel`.
+        folder: Target folder (created; an existing checkpoint in it is replaced, other files are kept).
+        card: Card fields. Required: ``classes`` (sorted, negative class first; ``len == num_classes``).
+            Usual: ``window`` (name or ``[level, width]``, default ``"brain"``), ``threshold`` (decision
+            threshold on ``P(classes[1])`` for binary tasks, default 0.5), ``train_config``, ``metrics``,
+            ``manifest_hash``. Filled from the model (and overriding the card): ``model``, ``kind``,
+            ``init``, ``num_classes``, ``image_size``, ``normalization``; added: ``versions``, ``created``,
+            ``format_version``.
+
+    Returns:
+        The folder.
+
+    Raises:
+        ValueError: Bad model, or a card that is missing ``classes``, inconsistent, or not JSON serialisable.
+
+    The write is atomic: a new folder is assembled next to the target and renamed into place; when
+    the folder already exists, each file is written to a temporary name and ``os.replace``-d, weights
+    first and ``card.json`` last, so a reader never sees a half-written file.
+    """
+    if not isinstance(card, dict):
+        raise ValueError(f"card must be a dict, got {type(card).__name__}.")
+    full_card = _full_card(card, _model_card_fields(model))
     try:
         card_text = json.dumps(json_clean(full_card), indent=2, allow_nan=False)
     except (TypeError, ValueError) as err:
@@ -179,36 +226,9 @@ def save_checkpoint(model: Any, folder: str | Path, *, card: dict[str, Any]) -> 
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     if not folder.exists():
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
-        try:
-            usual_permissions(tmp, folder=True)
-            _write_weights(model, tmp / WEIGHTS_FILE, full_card)
-            (tmp / CARD_FILE).write_text(card_text, encoding="utf-8")
-            for name in (WEIGHTS_FILE, CARD_FILE):
-                usual_permissions(tmp / name)
-                _fsync_file(tmp / name)
-            os.replace(tmp, folder)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        _write_new_checkpoint(model, folder, full_card, card_text)
     else:
-        if not folder.is_dir():
-            raise ValueError(f"Checkpoint folder {folder} exists and is not a folder.")
-        token = uuid.uuid4().hex[:8]
-        tmp_weights = folder / f".{WEIGHTS_FILE}.{token}.tmp"
-        tmp_card = folder / f".{CARD_FILE}.{token}.tmp"
-        try:
-            _write_weights(model, tmp_weights, full_card)
-            tmp_card.write_text(card_text, encoding="utf-8")
-            usual_permissions(tmp_weights)
-            usual_permissions(tmp_card)
-            _fsync_file(tmp_weights)
-            _fsync_file(tmp_card)
-            os.replace(tmp_weights, folder / WEIGHTS_FILE)
-            os.replace(tmp_card, folder / CARD_FILE)
-        finally:
-            tmp_weights.unlink(missing_ok=True)
-            tmp_card.unlink(missing_ok=True)
+        _replace_checkpoint(model, folder, full_card, card_text)
     logger.info("Saved %s checkpoint (%s) to %s", full_card["model"], full_card["init"], folder)
     return folder
 

@@ -641,6 +641,87 @@ def _run(view: _StudyView, uploads: _Uploads, payload: Any, window: str, model: 
             uploads.discard(resolved[0])
 
 
+def _input_column(view: _StudyView, default_methods: list[str]) -> tuple[list[Any], Any]:
+    """File, window, model and method inputs (file first), the Predict button, and the examples."""
+    import gradio as gr
+
+    from data import WINDOWS
+
+    file_in = gr.File(label="CT slice: PNG, JPEG, TIFF or DICOM", file_types=_FILE_TYPES,
+                      file_count="single", type="filepath")
+    window_in = gr.Dropdown(choices=list(WINDOWS), value=view.default_window,
+                            label="DICOM window preset (raster images are already windowed)")
+    model_in = gr.Dropdown(choices=view.models, value=view.default_model,
+                           label="Model (refitted on the study; default: leaderboard best)")
+    method_in = gr.Dropdown(choices=[(_METHOD_LABELS.get(m, m), m) for m in default_methods],
+                            value=default_methods[0], label="Attribution method")
+    run_btn = gr.Button("Predict", variant="primary")
+    if view.examples:
+        before = set(file_in.temp_files)
+        gr.Examples(examples=[[str(p)] for p, _ in view.examples], inputs=[file_in],
+                    example_labels=[label for _, label in view.examples],
+                    label="Examples (phantom test images of each class, a DICOM CT slice)",
+                    cache_examples=False)
+        # Gradio copies examples into its cache without protecting them from delete_cache;
+        # keep them (and never treat them as uploads to delete).
+        file_in.keep_in_cache.update(set(file_in.temp_files) - before)
+    return [file_in, window_in, model_in, method_in], run_btn
+
+
+def _output_column(view: _StudyView) -> list[Any]:
+    """Probabilities, decision Markdown, attribution overlay and preprocessed image outputs."""
+    import gradio as gr
+
+    label_out = gr.Label(label="Class probabilities", num_top_classes=len(view.classes))
+    decision_out = gr.Markdown(f"_{DISCLAIMER}_")
+    with gr.Row():
+        overlay_out = gr.Image(label="Attribution overlay", format="png", interactive=False)
+        seen_out = gr.Image(label="What the model saw (preprocessed input)", format="png",
+                            image_mode="L", interactive=False)
+    return [label_out, decision_out, overlay_out, seen_out]
+
+
+def _wire_events(view: _StudyView, uploads: _Uploads, inputs: list[Any], outputs: list[Any], *,
+                 run_btn: Any, api_btn: Any) -> None:
+    """Register the ``/analyze`` and ``/predict`` endpoints and the model -> methods update."""
+    import gradio as gr
+
+    file_in, window_in, model_in, method_in = inputs
+    label_out, decision_out, overlay_out, seen_out = outputs
+
+    # Both handlers run with postprocess=False so that the gr.Label headline is the decision at the
+    # study threshold rather than the argmax; images are post-processed here by their components.
+    def image_payload(component: Any, array: np.ndarray | None) -> Any:
+        return None if array is None else component.postprocess(array).model_dump()
+
+    def analyze(image: Any, window: str, model: str, method: str) -> tuple[Any, str, Any, Any]:
+        result = _run(view, uploads, image, window, model, method, explain=True)
+        if result is None:
+            return {}, f"_{DISCLAIMER}_", None, None
+        return (_label_payload(result.probabilities, result.label), result.decision_md,
+                image_payload(overlay_out, result.overlay), image_payload(seen_out, result.seen))
+
+    def predict(image: Any, window: str = view.default_window, model: str = view.default_model) -> Any:
+        result = _run(view, uploads, image, window, model, NO_ATTRIBUTION, explain=False)
+        if result is None:
+            raise gr.Error("No file received.", print_exception=False)
+        return _label_payload(result.probabilities, result.label)
+
+    def methods_for(model: str) -> Any:
+        if model not in view.models:
+            return gr.update()
+        methods = view.methods(model)
+        return gr.update(choices=[(_METHOD_LABELS.get(m, m), m) for m in methods], value=methods[0])
+
+    gr.on([run_btn.click, file_in.change], analyze, inputs=[file_in, window_in, model_in, method_in],
+          outputs=[label_out, decision_out, overlay_out, seen_out], api_name="analyze",
+          preprocess=False, postprocess=False)
+    api_btn.click(predict, inputs=[file_in, window_in, model_in], outputs=[label_out], api_name="predict",
+                  preprocess=False, postprocess=False)
+    model_in.change(methods_for, inputs=[model_in], outputs=[method_in], api_visibility="private",
+                    preprocess=False)
+
+
 def build_app(study_dir: str | Path | None = None, *, leaderboards_root: str | Path = DEFAULT_LEADERBOARDS) -> Any:
     """Build the Gradio Blocks of the live demo (without launching it).
 
@@ -658,8 +739,6 @@ def build_app(study_dir: str | Path | None = None, *, leaderboards_root: str | P
             no refitted model.
     """
     import gradio as gr
-
-    from data import WINDOWS
 
     chosen = _pick_study(study_dir, leaderboards_root)
     if chosen is None:
@@ -680,66 +759,13 @@ def build_app(study_dir: str | Path | None = None, *, leaderboards_root: str | P
         )
         with gr.Row():
             with gr.Column(scale=1):
-                file_in = gr.File(label="CT slice: PNG, JPEG, TIFF or DICOM", file_types=_FILE_TYPES,
-                                  file_count="single", type="filepath")
-                window_in = gr.Dropdown(choices=list(WINDOWS), value=view.default_window,
-                                        label="DICOM window preset (raster images are already windowed)")
-                model_in = gr.Dropdown(choices=view.models, value=view.default_model,
-                                       label="Model (refitted on the study; default: leaderboard best)")
-                method_in = gr.Dropdown(choices=[(_METHOD_LABELS.get(m, m), m) for m in default_methods],
-                                        value=default_methods[0], label="Attribution method")
-                run_btn = gr.Button("Predict", variant="primary")
-                if view.examples:
-                    before = set(file_in.temp_files)
-                    gr.Examples(examples=[[str(p)] for p, _ in view.examples], inputs=[file_in],
-                                example_labels=[label for _, label in view.examples],
-                                label="Examples (phantom test images of each class, a DICOM CT slice)",
-                                cache_examples=False)
-                    # Gradio copies examples into its cache without protecting them from delete_cache;
-                    # keep them (and never treat them as uploads to delete).
-                    file_in.keep_in_cache.update(set(file_in.temp_files) - before)
+                inputs, run_btn = _input_column(view, default_methods)
             with gr.Column(scale=1):
-                label_out = gr.Label(label="Class probabilities", num_top_classes=len(view.classes))
-                decision_out = gr.Markdown(f"_{DISCLAIMER}_")
-                with gr.Row():
-                    overlay_out = gr.Image(label="Attribution overlay", format="png", interactive=False)
-                    seen_out = gr.Image(label="What the model saw (preprocessed input)", format="png",
-                                        image_mode="L", interactive=False)
+                outputs = _output_column(view)
         api_btn = gr.Button(visible=False)  # carries the one-input /predict API endpoint
 
-        uploads = _Uploads(demo, file_in)
-
-        # Both handlers run with postprocess=False so that the gr.Label headline is the decision at the
-        # study threshold rather than the argmax; images are post-processed here by their components.
-        def image_payload(component: Any, array: np.ndarray | None) -> Any:
-            return None if array is None else component.postprocess(array).model_dump()
-
-        def analyze(image: Any, window: str, model: str, method: str) -> tuple[Any, str, Any, Any]:
-            result = _run(view, uploads, image, window, model, method, explain=True)
-            if result is None:
-                return {}, f"_{DISCLAIMER}_", None, None
-            return (_label_payload(result.probabilities, result.label), result.decision_md,
-                    image_payload(overlay_out, result.overlay), image_payload(seen_out, result.seen))
-
-        def predict(image: Any, window: str = view.default_window, model: str = view.default_model) -> Any:
-            result = _run(view, uploads, image, window, model, NO_ATTRIBUTION, explain=False)
-            if result is None:
-                raise gr.Error("No file received.", print_exception=False)
-            return _label_payload(result.probabilities, result.label)
-
-        def methods_for(model: str) -> Any:
-            if model not in view.models:
-                return gr.update()
-            methods = view.methods(model)
-            return gr.update(choices=[(_METHOD_LABELS.get(m, m), m) for m in methods], value=methods[0])
-
-        gr.on([run_btn.click, file_in.change], analyze, inputs=[file_in, window_in, model_in, method_in],
-              outputs=[label_out, decision_out, overlay_out, seen_out], api_name="analyze",
-              preprocess=False, postprocess=False)
-        api_btn.click(predict, inputs=[file_in, window_in, model_in], outputs=[label_out], api_name="predict",
-                      preprocess=False, postprocess=False)
-        model_in.change(methods_for, inputs=[model_in], outputs=[method_in], api_visibility="private",
-                        preprocess=False)
+        uploads = _Uploads(demo, inputs[0])
+        _wire_events(view, uploads, inputs, outputs, run_btn=run_btn, api_btn=api_btn)
 
     demo.queue(default_concurrency_limit=CONCURRENCY_LIMIT, max_size=QUEUE_MAX_SIZE)
     demo.strokect_study = view.study  # for callers (dashboard) and tests
