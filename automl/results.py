@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from automl.study import StudyFolder, probability_columns, valid_study_name
+from automl.study import StudyFolder, probability_columns, valid_model_name
 
 __all__ = [
     "StudyError",
@@ -219,7 +219,7 @@ class StudyResults:
         return self._frames[key]
 
     def _check_model(self, model: str) -> str:
-        if not valid_study_name(model):
+        if not valid_model_name(model):
             raise StudyError(f"Invalid model name {model!r}.")
         return model
 

@@ -37,6 +37,7 @@ __all__ = [
     "parse_storage_url",
     "open_storage",
     "probability_columns",
+    "valid_model_name",
     "valid_study_name",
 ]
 
@@ -45,12 +46,18 @@ DEFAULT_LEADERBOARDS = "leaderboards"
 #: The default storage of a study, relative to its folder.
 JOURNAL_FILE = "study.journal"
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
+_SAFE_MODEL = re.compile(r"^[A-Za-z0-9_.+\-]+$")  # registry names; the frozen-feature lane's hold a "+"
 _OOF_TRIAL = re.compile(r"^oof_trial_(\d+)\.csv$")
 
 
 def probability_columns(classes: list[str] | tuple[str, ...]) -> list[str]:
     """The ``prob_<class>`` columns of every file under ``predictions/``, in class order."""
     return [f"prob_{c}" for c in classes]
+
+
+def valid_model_name(name: Any) -> bool:
+    """Whether ``name`` can be a registered model's file name (letters, digits, ``- _ . +``, not hidden)."""
+    return isinstance(name, str) and bool(_SAFE_MODEL.match(name)) and not name.startswith(".")
 
 
 def valid_study_name(name: Any) -> bool:
@@ -182,7 +189,7 @@ class StudyFolder:
         return found
 
     def _model_file(self, prefix: str, model: str) -> Path:
-        if not valid_study_name(model):
+        if not valid_model_name(model):
             raise ValueError(f"invalid model name {model!r}")
         return self.predictions_dir / f"{prefix}_{model}.csv"
 
@@ -200,7 +207,7 @@ class StudyFolder:
 
     def model_dir(self, model: str) -> Path:
         """The predictor folder of a refitted model."""
-        if not valid_study_name(model):
+        if not valid_model_name(model):
             raise ValueError(f"invalid model name {model!r}")
         return self.models_dir / model
 
