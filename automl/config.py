@@ -17,7 +17,7 @@ import numpy as np
 
 from automl.study import DEFAULT_LEADERBOARDS, parse_storage_url, valid_study_name
 
-__all__ = ["PRESETS", "PRUNERS", "SearchConfig"]
+__all__ = ["PRESETS", "PRUNERS", "SearchConfig", "cpu_preset_models"]
 
 PRUNERS = ("median", "halving", "hyperband", "none")
 GROUP_BY = ("auto", "csv", "dicom", "filename", "phash", "none")
@@ -45,6 +45,20 @@ PRESETS: dict[str, dict[str, Any]] = {
         n_trials=14, timeout=200.0, folds=3, test_size=0.2, image_size=64, epochs=3, search_epochs=False,
         pretrained="auto", leakage_audit="probe", n_startup_trials=3,
         phantom_n=400, phantom_difficulty=0.3, phantom_label_level="slice",
+    ),
+    # A real folder on a CPU (2,500 slices of 512-650 px, ~80 subjects, 2 cores: <= 20 min): a fixed plan,
+    # no wall-clock cut and no TPE exploration (n_trials None = exactly the planned trials, see
+    # automl.space.default_trials), so every requested family reaches the leaderboard and no trial waits.
+    # Models (cpu_preset_models): the pixel baselines, the frozen-feature lane of every backbone whose
+    # ImageNet weights can be had (efficientnet_lite0 always: its pip package), simple_cnn from scratch,
+    # and short fine-tunes (two_stage: 1 head epoch on cached features + 1 full epoch) of the pretrained
+    # CNNs. Budget arithmetic (measured figures: README "CPU preset"): scan + cache ~25 s; features of
+    # 2,500 images at 128 px ~15 s per backbone, then ~1 s per head trial; a fine-tune ~65 s per fold-epoch
+    # (1,333 training images) x 3 folds + its refit; simple_cnn ~45 s per fold-epoch x 2 epochs x 3 folds.
+    "cpu": dict(
+        models=None, n_trials=None, timeout=0.0, folds=3, test_size=0.2, image_size=128, epochs=2,
+        search_epochs=False, pretrained="auto", leakage_audit="probe", n_startup_trials=0,
+        phantom_n=1000, phantom_difficulty=0.5, phantom_label_level="subject",
     ),
     "full": dict(
         models=("logreg", "svm_rbf", "tiny_cnn", "simple_cnn", "vit_tiny", "efficientnet_b0", "resnet18", "vit_small"),
@@ -74,7 +88,8 @@ class SearchConfig:
     phantom_label_level: str | None = None  # phantom labels per "subject" or "slice" (preset: subject | slice | subject)
     # --- search space and budget ---
     models: tuple[str, ...] | None = None   # architectures to compare (registry names)
-    n_trials: int | None = None             # finished (complete+pruned) trials the study should hold
+    n_trials: int | None = None             # finished (complete+pruned) trials the study should hold;
+                                            # cpu preset: None = exactly the planned (default) trials
     timeout: float | None = None            # seconds for the search part of this run; 0 -> no limit
     epochs: int | None = None               # epochs per fold (the maximum when search_epochs)
     search_epochs: bool | None = None       # also search epochs in [ceil(epochs/2), epochs]
@@ -109,6 +124,8 @@ class SearchConfig:
         for key, value in PRESETS[self.preset].items():
             if getattr(self, key) is None:
                 setattr(self, key, value)
+        if self.models is None:  # the cpu preset: what this machine can run
+            self.models = cpu_preset_models(weights_dir=self.weights_dir, offline=bool(self.offline))
         if isinstance(self.models, str):
             self.models = tuple(m.strip() for m in self.models.split(",") if m.strip())
         self.models = tuple(self.models)
@@ -151,10 +168,9 @@ class SearchConfig:
             for name in self.models:
                 info = model_zoo.get_model_info(name)
                 if self.pretrained == "yes" and info.supports_pretrained and info.timm_name:
-                    from automl.space import weights_obtainable
                     from models._pretrained import download_allowed, missing_weights_message
 
-                    if not weights_obtainable(name, weights_dir=self.weights_dir, offline=self.offline):
+                    if not model_zoo.weights_obtainable(name, weights_dir=self.weights_dir, offline=self.offline):
                         message = missing_weights_message(name, info.timm_name, offline=not download_allowed(self.offline))
                         raise ValueError(f"--pretrained yes: {message}")
                 if _is_int(self.image_size) and info.patch_size and self.image_size % info.patch_size:
@@ -163,7 +179,8 @@ class SearchConfig:
                 if _is_int(self.image_size) and self.image_size < info.min_image_size:
                     raise ValueError(f"--image-size {self.image_size} is below {name}'s minimum "
                                      f"{info.min_image_size}; raise it or drop {name} from --models")
-        need(_is_int(self.n_trials) and self.n_trials >= 1, f"--n-trials must be an integer >= 1, got {self.n_trials!r}")
+        need(self.n_trials is None or _is_int(self.n_trials) and self.n_trials >= 1,
+             f"--n-trials must be an integer >= 1, got {self.n_trials!r}")
         need(_is_num(self.timeout) and self.timeout >= 0, f"--timeout must be >= 0 seconds (0 = no limit), got {self.timeout!r}")
         need(_is_int(self.epochs) and 1 <= self.epochs <= 1000, f"--epochs must be an integer in [1, 1000], got {self.epochs!r}")
         need(isinstance(self.search_epochs, bool), f"search_epochs must be a bool, got {self.search_epochs!r}")
@@ -234,6 +251,25 @@ class SearchConfig:
             setattr(config, f.name, kwargs.get(f.name, default))
         config._apply_preset()
         return config
+
+
+def cpu_preset_models(*, weights_dir: str | None = None, offline: bool = False) -> tuple[str, ...]:
+    """The ``cpu`` preset's models on this machine, cheapest first.
+
+    The pixel baselines; ``<backbone>+logreg|svm_rbf|knn`` for every backbone whose ImageNet weights
+    can be had (:func:`models.weights_obtainable`: local files, a pip package, the hub caches, or a
+    download when online); ``simple_cnn`` from scratch; fine-tunes of the pretrained CNNs among
+    ``efficientnet_lite0`` and ``resnet18``.
+    """
+    import models as model_zoo
+
+    def obtainable(name: str) -> bool:
+        return model_zoo.weights_obtainable(name, weights_dir=weights_dir, offline=offline)
+
+    lane_backbones = [b for b in ("efficientnet_lite0", "resnet18", "efficientnet_b0", "vit_tiny") if obtainable(b)]
+    lane = [f"{b}+{head}" for b in lane_backbones for head in ("logreg", "svm_rbf", "knn")]
+    finetune = [b for b in ("efficientnet_lite0", "resnet18") if b in lane_backbones]
+    return ("logreg", "svm_rbf", *lane, "simple_cnn", *finetune)
 
 
 #: Fields that define what a trial's number means: a resumed study must agree on them.

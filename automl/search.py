@@ -181,11 +181,14 @@ def run_search(config: SearchConfig, *, on_progress: ProgressCallback | None = N
         progress.phase("data", "scanning and caching images")
         ctx = prepare_data(config)
         config.study_dir.mkdir(parents=True, exist_ok=True)
+        max_batch = min(len(tr) for tr, _ in ctx.split.folds)
+        if config.n_trials is None:  # a fixed plan: exactly the planned trials
+            config.n_trials = len(default_trials(config, max_batch_size=max_batch))
+            progress.n_trials = config.n_trials
         study = open_study(config)
         _check_resume(config, study, ctx.manifest.hash)
         write_study_files(config, ctx)
         if not study.get_trials(deepcopy=False):
-            max_batch = min(len(tr) for tr, _ in ctx.split.folds)
             for params, is_default in default_trials(config, max_batch_size=max_batch):
                 study.enqueue_trial(params, user_attrs={DEFAULT_TRIAL_ATTR: is_default}, skip_if_exists=True)
         recovered = recover_stale_trials(study, grace=config.heartbeat_grace)

@@ -33,35 +33,14 @@ MIN_STEPS_PER_EPOCH = 4
 #: baseline sets the bar every network must beat.
 CLASSICAL_C_POINTS = 3
 
-_PRETRAINED_AVAILABLE: dict[tuple[str, str | None, bool], bool] = {}
-
-
-def weights_obtainable(model: str, *, weights_dir: str | None, offline: bool) -> bool:
-    """Whether ImageNet weights for ``model`` can be had: on disk (local, pip package, hub caches), or by a
-    download through timm when downloads are allowed and the hub answers within seconds (cached per process)."""
-    import models as model_zoo
-    from models._pretrained import download_allowed, find_pretrained_weights, hub_reachable
-
-    info = model_zoo.get_model_info(model)
-    if not info.supports_pretrained or not info.timm_name:
-        return False
-    key = (model, weights_dir, offline)
-    if key not in _PRETRAINED_AVAILABLE:
-        found = find_pretrained_weights(info.timm_name, weights_dir, model_name=info.backbone or model) is not None
-        if not found and download_allowed(offline):
-            found = hub_reachable()
-        _PRETRAINED_AVAILABLE[key] = found
-    return _PRETRAINED_AVAILABLE[key]
-
-
 def imagenet_possible(model: str, config: SearchConfig) -> bool:
     """Whether ``model`` can start from ImageNet weights in this run."""
     import models as model_zoo
 
     if not model_zoo.get_model_info(model).supports_pretrained or config.pretrained == "no":
         return False
-    return config.pretrained == "yes" or weights_obtainable(model, weights_dir=config.weights_dir,
-                                                            offline=config.offline)
+    return config.pretrained == "yes" or model_zoo.weights_obtainable(model, weights_dir=config.weights_dir,
+                                                                      offline=config.offline)
 
 
 def model_range(model: str, key: str) -> tuple[float, float, float]:
@@ -145,27 +124,29 @@ def default_trials(config: SearchConfig, *, max_batch_size: int = 64) -> list[tu
        presets list the cheapest first), so the leaderboard compares every architecture. These are
        the architectures' **default trials**, enqueued with the user attribute ``default_trial``:
        the pruner never stops them (see :class:`automl.objective.Objective`);
-    2. then, for each classical baseline, ``CLASSICAL_C_POINTS - 1`` more values of ``C``: with the
+    2. then, for each classical baseline and frozen-feature head with a ``C``, ``CLASSICAL_C_POINTS - 1`` (or
+       ``CLASSICAL_C_POINTS``, when the default is not one of them) more values of ``C``: with the
        default, the ``CLASSICAL_C_POINTS`` values are the centres of equal bins of the log ``C`` range.
        A linear model's regularisation decides whether it underfits or memorises pixels, its fits
        are cheap, and TPE then starts with a picture of the whole range instead of one point.
 
     Returns:
-        ``(params, is_default_trial)`` pairs for ``study.enqueue_trial``.
+        ``(params, is_default_trial)`` pairs for ``study.enqueue_trial``; all of them when
+        ``config.n_trials`` is ``None`` (the ``cpu`` preset's fixed plan).
     """
     import models as model_zoo
 
     defaults = [default_params(name, config, max_batch_size=max_batch_size) for name in config.models]
     trials = [(params, True) for params in defaults]
     for name, base in zip(config.models, defaults):
-        if model_zoo.get_model_info(name).kind != "classical":
+        if "C" not in model_zoo.get_model_info(name).param_space:  # classical baselines and lane heads
             continue
         low, high, _ = model_range(name, "C")
         for i in range(CLASSICAL_C_POINTS):
             c = math.exp(math.log(low) + (i + 0.5) / CLASSICAL_C_POINTS * (math.log(high) - math.log(low)))
             if not math.isclose(c, base[f"{name}_C"], rel_tol=1e-9):
                 trials.append(({**base, f"{name}_C": float(c)}, False))
-    return trials[: config.n_trials]
+    return trials if config.n_trials is None else trials[: config.n_trials]
 
 
 def suggest_config(trial: optuna.trial.BaseTrial, config: SearchConfig, *, max_batch_size: int = 64) -> Any:

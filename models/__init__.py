@@ -16,6 +16,7 @@ _EXPORTS = {
     "ModelInfo": "models._registry",
     "PretrainedWeightsUnavailable": "models._pretrained",
     "find_pretrained_weights": "models._pretrained",
+    "weights_obtainable": "models._pretrained",
     "is_pretrained_init": "models._inits",
     "extract_features": "models.features",
     "load_backbone": "models.features",

@@ -336,3 +336,22 @@ def create_timm_pretrained(
     if required:
         raise PretrainedWeightsUnavailable(missing_weights_message(model_name, timm_name, offline=not allowed))
     return None
+
+
+_OBTAINABLE: dict[tuple[str, str | None, bool], bool] = {}
+
+
+def weights_obtainable(model_name: str, *, weights_dir: str | Path | None = None, offline: bool = False) -> bool:
+    """Whether ImageNet weights for a registered model can be had in this process: on disk (local files,
+    a pip package, the hub caches), or by a download through timm when downloads are allowed and the hub
+    answers within seconds. Cached per process (the answer does not change during a search)."""
+    from models._registry import get_model_info
+
+    info = get_model_info(model_name)
+    if not info.supports_pretrained or not info.timm_name:
+        return False
+    key = (model_name, None if weights_dir is None else str(weights_dir), bool(offline))
+    if key not in _OBTAINABLE:
+        found = find_pretrained_weights(info.timm_name, weights_dir, model_name=info.backbone or model_name) is not None
+        _OBTAINABLE[key] = found or (download_allowed(offline) and hub_reachable())
+    return _OBTAINABLE[key]

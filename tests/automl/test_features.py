@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 import models
-from automl import features, space
+from automl import features, space  # noqa: F401
 from automl.features import FeatureCache, fit_head, image_digests
 from automl.search import SearchConfig, run_search
 from automl.train import TrainConfig, fit_fold
@@ -126,7 +126,7 @@ def test_offline_yes_without_weights_stops_before_any_work(monkeypatch: pytest.M
 
     monkeypatch.setattr(_pretrained, "find_pretrained_weights", lambda *a, **k: None)
     monkeypatch.setattr(_pretrained, "hub_reachable", lambda *a, **k: pytest.fail("offline must not probe the hub"))
-    space._PRETRAINED_AVAILABLE.clear()
+    _pretrained._OBTAINABLE.clear()
     with pytest.raises(ValueError, match="--pretrained yes: No ImageNet weights for resnet18"):
         SearchConfig(preset="smoke", models=("resnet18",), pretrained="yes", offline=True, leaderboards=str(tmp_path))
-    space._PRETRAINED_AVAILABLE.clear()
+    _pretrained._OBTAINABLE.clear()

@@ -22,6 +22,7 @@ from optuna.trial import TrialState
 from sklearn.metrics import roc_auc_score
 
 from automl import search, space
+from models import _pretrained
 from automl.search import Objective, SearchConfig, make_pruner, open_study, run_search, suggest_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -164,13 +165,13 @@ def test_suggest_config_space(model: str) -> None:
 
 
 def test_suggest_config_searches_finetune_and_epochs_when_possible(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(space._PRETRAINED_AVAILABLE, ("resnet18", None), True)  # as if ImageNet weights were on disk
+    monkeypatch.setitem(_pretrained._OBTAINABLE, ("resnet18", None, False), True)  # as if ImageNet weights were on disk
     config = SearchConfig(preset="smoke", models=("resnet18",), pretrained="auto", epochs=6, search_epochs=True)
     trial = optuna.trial.FixedTrial({"model": "resnet18", "lr": 1e-4, "batch_size": 16, "weight_decay": 1e-4,
                                      "aug_strength": 0.3, "finetune": "gradual", "epochs": 4})
     tc = suggest_config(trial, config)
     assert tc.finetune == "gradual" and tc.epochs == 4 and tc.pretrained == "auto"
-    monkeypatch.setitem(space._PRETRAINED_AVAILABLE, ("resnet18", None), False)  # no weights: random init, no finetune
+    monkeypatch.setitem(_pretrained._OBTAINABLE, ("resnet18", None, False), False)  # no weights: random init, no finetune
     tc = suggest_config(optuna.trial.FixedTrial({k: v for k, v in trial.params.items() if k != "finetune"}), config)
     assert tc.finetune == "full" and tc.pretrained == "no"
 
@@ -736,7 +737,7 @@ def no_weights_anywhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path
     monkeypatch.delenv("STROKECT_WEIGHTS", raising=False)
     monkeypatch.setenv("HF_HUB_CACHE", str(empty / "hf"))
     monkeypatch.setenv("TORCH_HOME", str(empty / "torch"))
-    space._PRETRAINED_AVAILABLE.clear()
+    _pretrained._OBTAINABLE.clear()
     return empty
 
 
@@ -753,7 +754,7 @@ def test_pretrained_yes_without_weights_fails_before_any_work(weights_dir: bool,
         search.main(argv)
     assert info.value.code == 2
     err = capsys.readouterr().err
-    assert missing_weights_message("resnet18", "resnet18") in err
+    assert missing_weights_message("resnet18", "resnet18", offline=True) in err  # tests run with HF_HUB_OFFLINE=1
     assert not out.exists()  # nothing scanned, trained or written
 
 
