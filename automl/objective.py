@@ -25,7 +25,7 @@ from automl.space import suggest_config
 from automl.study import StudyFolder
 from data._files import atomic_write_csv, json_clean
 
-__all__ = ["DEFAULT_TRIAL_ATTR", "Objective", "worker_identity", "pid_alive"]
+__all__ = ["DEFAULT_TRIAL_ATTR", "Objective", "worker_identity", "pid_alive", "process_start_time"]
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_TRIAL_ATTR = "default_trial"
 
 
-def _process_start_time(pid: int) -> str | None:
+def process_start_time(pid: int) -> str | None:
     """Start time of a process in clock ticks since boot (Linux ``/proc``), to detect pid reuse."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -59,7 +59,7 @@ def pid_alive(pid: int, start: str | None = None) -> bool:
     except (OSError, IndexError):
         pass
     if start is not None:
-        current = _process_start_time(int(pid))
+        current = process_start_time(int(pid))
         if current is not None and current != start:
             return False  # the pid was reused by another process
     return True
@@ -68,7 +68,7 @@ def pid_alive(pid: int, start: str | None = None) -> bool:
 def worker_identity() -> dict[str, Any]:
     """Host, pid and process start time recorded on every running trial (stale-trial detection)."""
     pid = os.getpid()
-    return {"host": socket.gethostname(), "pid": pid, "start": _process_start_time(pid)}
+    return {"host": socket.gethostname(), "pid": pid, "start": process_start_time(pid)}
 
 
 class _Heartbeat:
