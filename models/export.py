@@ -1,13 +1,13 @@
 """Export a trained deep model to ONNX, with its preprocessing metadata.
 
 Usage:
-    python -m models.export leaderboards/<study>/models/resnet18 resnet18.onnx [--opset 17]
+    python -m models.export leaderboards/<study>/models/resnet18 resnet18.onnx [--opset 17] [--card FILE]
 
 The ONNX graph takes ``input``: float32 ``(batch, 1, S, S)`` in ``[0, 1]`` — the same tensor the
 PyTorch model takes (channel replication and normalisation are inside the graph) — and returns
 ``logits`` (``(batch, 1)`` binary, ``(batch, C)`` multiclass) and ``probabilities`` ``(batch, C)``.
 The batch axis is dynamic. Every ``card.json`` field is stored in the model's ``metadata_props``
-(values JSON-encoded) and ``card.json`` is written beside the ``.onnx`` file, so a consumer can
+(values JSON-encoded; ``--card FILE`` also writes it as a JSON file), so a consumer can
 reproduce the preprocessing (``data.load_image`` with the card's window -> ``data.resize_pad`` to
 ``image_size`` -> ``data.to_uint8`` -> ``/ 255``) and apply the card's ``threshold``.
 
@@ -27,7 +27,7 @@ from torch import nn
 
 from data._log import add_logging_arguments, start_logging
 from models._common import logits_to_probabilities
-from models.predictor import CARD_FILE, Predictor, load_predictor
+from models.predictor import Predictor, load_predictor
 
 __all__ = ["export_onnx", "main"]
 
@@ -47,21 +47,30 @@ class _ExportWrapper(nn.Module):
         return logits, logits_to_probabilities(logits, self.num_classes)
 
 
-def export_onnx(predictor_or_folder: Predictor | str | Path, out_path: str | Path, *, opset: int = 17) -> Path:
+def export_onnx(predictor_or_folder: Predictor | str | Path, out_path: str | Path, *, opset: int = 17,
+                card_path: str | Path | None = None) -> Path:
     """Export a deep model checkpoint to ONNX.
 
     Args:
         predictor_or_folder: A :class:`~models.predictor.Predictor` or a checkpoint folder.
-        out_path: Target ``.onnx`` file; ``card.json`` is written in the same folder.
+        out_path: Target ``.onnx`` file, the only file written unless ``card_path`` is given.
         opset: ONNX opset version (>= 14).
+        card_path: Optional file to write the model card to as JSON (it is in the ONNX metadata anyway).
 
     Returns:
         ``out_path``.
 
     Raises:
         ValueError: For a classical model, an invalid opset or checkpoint.
+        ModuleNotFoundError: When the ``onnx`` package is not installed.
     """
-    import onnx
+    try:
+        import onnx
+    except ModuleNotFoundError as err:
+        raise ModuleNotFoundError(
+            "ONNX export needs the onnx package, a dependency of strokect-automl: "
+            "pip install -r requirements.txt (or pip install 'onnx>=1.16')."
+        ) from err
 
     if isinstance(predictor_or_folder, Predictor):
         predictor = predictor_or_folder
@@ -115,7 +124,10 @@ def export_onnx(predictor_or_folder: Predictor | str | Path, out_path: str | Pat
     finally:
         tmp_path.unlink(missing_ok=True)
         model.to(device)
-    (out_path.parent / CARD_FILE).write_text(json.dumps(predictor.card, indent=2), encoding="utf-8")
+    if card_path is not None:
+        card_path = Path(card_path)
+        card_path.parent.mkdir(parents=True, exist_ok=True)
+        card_path.write_text(json.dumps(predictor.card, indent=2), encoding="utf-8")
     logger.info("Exported %s to %s", predictor.card["model"], out_path)
     return out_path
 
@@ -124,14 +136,15 @@ def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit code."""
     parser = argparse.ArgumentParser(prog="python -m models.export", description=__doc__.split("\n\n")[0])
     parser.add_argument("folder", help="checkpoint folder (model.safetensors + card.json)")
-    parser.add_argument("out", help="output .onnx file (card.json is written beside it)")
+    parser.add_argument("out", help="output .onnx file (the card is inside its metadata)")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset version (default 17)")
+    parser.add_argument("--card", default=None, help="also write the model card to this JSON file")
     add_logging_arguments(parser)
     args = parser.parse_args(argv)
     start_logging(args)
     try:
-        path = export_onnx(args.folder, args.out, opset=args.opset)
-    except ValueError as err:
+        path = export_onnx(args.folder, args.out, opset=args.opset, card_path=args.card)
+    except (ValueError, ModuleNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(path)

@@ -1,7 +1,8 @@
-"""ONNX export: same probabilities as PyTorch, dynamic batch, card metadata inside and beside."""
+"""ONNX export: same probabilities as PyTorch, dynamic batch, card metadata inside, no stray files."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -59,7 +60,7 @@ def test_onnx_matches_pytorch(tmp_path: Path, name: str, num_classes: int) -> No
 
 def test_onnx_carries_the_card(tmp_path: Path) -> None:
     folder = _checkpoint(tmp_path, "simple_cnn")
-    out = export_onnx(folder, tmp_path / "out" / "model.onnx", opset=17)
+    out = export_onnx(folder, tmp_path / "out" / "model.onnx", opset=17, card_path=tmp_path / "card" / "c.json")
     proto = onnx.load(str(out))
     assert proto.opset_import[0].version == 17
     meta = {p.key: p.value for p in proto.metadata_props}
@@ -68,7 +69,8 @@ def test_onnx_carries_the_card(tmp_path: Path) -> None:
     assert json.loads(meta["classes"]) == ["normal", "stroke"]
     assert json.loads(meta["threshold"]) == 0.42 and meta["window"] == "stroke"
     assert json.loads(meta["normalization"]) == card["normalization"]
-    assert json.loads((out.parent / "card.json").read_text()) == card
+    assert json.loads((tmp_path / "card" / "c.json").read_text()) == card
+    assert [p.name for p in out.parent.iterdir()] == ["model.onnx"]  # nothing else beside the export
 
 
 def test_classical_models_are_not_exportable(tmp_path: Path) -> None:
@@ -87,9 +89,45 @@ def test_export_validation(tmp_path: Path, out: str, opset: int, match: str) -> 
     assert not (tmp_path / out).exists()
 
 
-def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_writes_only_where_told_and_round_trips_through_onnx_runtime(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The README's `python -m models.export FOLDER out.onnx`, run in an empty folder: one file appears,
+    and ONNX Runtime fed the predictor's own preprocessing gives the predictor's probabilities."""
     folder = _checkpoint(tmp_path, "simple_cnn")
-    assert main([str(folder), str(tmp_path / "cli.onnx")]) == 0
-    assert (tmp_path / "cli.onnx").is_file()
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    assert main([str(folder), "cli.onnx"]) == 0
+    assert sorted(p.name for p in work.iterdir()) == ["cli.onnx"]
+    assert main([str(folder), "cli2.onnx", "--card", "cli2.card.json"]) == 0
+    assert sorted(p.name for p in work.iterdir()) == ["cli.onnx", "cli2.card.json", "cli2.onnx"]
+
+    from PIL import Image
+
+    predictor = models.load_predictor(folder, device="cpu")
+    session = ort.InferenceSession(str(work / "cli.onnx"), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(1)
+    worst = 0.0
+    for i, size in enumerate([(S, S), (90, 70), (40, 128)]):  # resize/pad happens in the shared preprocessing
+        path = tmp_path / f"slice{i}.png"
+        Image.fromarray(rng.integers(0, 256, size).astype(np.uint8)).save(path)
+        expected = predictor.predict(path)["probabilities"]
+        _, probs = session.run(None, {"input": predictor.preprocess(path).cpu().numpy().astype(np.float32)})
+        worst = max(worst, float(np.abs(probs[0] - [expected[c] for c in predictor.classes]).max()))
+    assert worst < 1e-4, worst
+
     assert main([str(tmp_path / "nowhere"), str(tmp_path / "bad.onnx")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_missing_onnx_names_the_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    folder = _checkpoint(tmp_path, "simple_cnn")
+    monkeypatch.setitem(sys.modules, "onnx", None)  # `import onnx` raises ModuleNotFoundError
+    with pytest.raises(ModuleNotFoundError, match=r"needs the onnx package.*pip install"):
+        export_onnx(folder, tmp_path / "x.onnx")
+    assert main([str(folder), str(tmp_path / "x.onnx")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ONNX export needs the onnx package") and "\n" not in err
+    assert not (tmp_path / "x.onnx").exists()
