@@ -16,7 +16,6 @@ Example::
 """
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -27,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from automl.study import StudyFolder, probability_columns, valid_model_name
+from data._files import read_json_object
 
 __all__ = [
     "StudyError",
@@ -94,15 +94,10 @@ def study_fingerprint(study_dir: str | Path) -> float:
 
 
 def _read_json(path: Path, *, what: str) -> dict[str, Any]:
-    if not path.is_file():
-        raise StudyError(f"{path.name} is missing in {path.parent} ({what}).", path=path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise StudyError(f"{path} is not valid JSON ({what}): {exc}", path=path) from exc
-    if not isinstance(data, dict):
-        raise StudyError(f"{path} should hold a JSON object ({what}), found {type(data).__name__}.", path=path)
-    return data
+        return read_json_object(path, missing=f"{path.name} is missing in {path.parent} ({what}).")
+    except ValueError as exc:
+        raise StudyError(f"{exc} ({what})" if path.is_file() else str(exc), path=path) from exc
 
 
 def _read_csv(path: Path, *, what: str, required: tuple[str, ...] = ()) -> pd.DataFrame:

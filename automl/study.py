@@ -23,13 +23,12 @@ Example::
 from __future__ import annotations
 
 import contextlib
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from data._files import atomic_write_json
+from data._files import atomic_write_json, read_json_object
 
 __all__ = [
     "DEFAULT_LEADERBOARDS",
@@ -218,16 +217,8 @@ class StudyFolder:
         Raises:
             ValueError: The file is missing or not a JSON object; the message names it.
         """
-        path = self.config_path
-        if not path.is_file():
-            raise ValueError(f"{path} is missing: is {self.root} a study folder written by automl.search?")
-        try:
-            config = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{path} is not valid JSON: {exc}") from exc
-        if not isinstance(config, dict):
-            raise ValueError(f"{path} should hold a JSON object, found {type(config).__name__}")
-        return config
+        return read_json_object(self.config_path, missing=f"{self.config_path} is missing: is {self.root} a "
+                                                          "study folder written by automl.search?")
 
     def write_config(self, payload: dict[str, Any]) -> Path:
         """Write ``config.json`` atomically."""

@@ -30,6 +30,7 @@ __all__ = [
     "atomic_write_csv",
     "atomic_save_npy",
     "json_clean",
+    "read_json_object",
     "library_versions",
     "current_umask",
     "usual_permissions",
@@ -146,6 +147,29 @@ def json_clean(value: Any, *, default: Callable[[Any], Any] | None = None) -> An
     if default is not None:
         return json_clean(default(value))
     raise TypeError(f"a value of type {type(value).__name__} is not JSON serialisable: {value!r}")
+
+
+def read_json_object(path: str | Path, *, missing: str) -> dict[str, Any]:
+    """Read a JSON file that must hold an object.
+
+    Args:
+        path: The file.
+        missing: The whole error message when the file does not exist.
+
+    Raises:
+        ValueError: ``missing``; ``<path> is not valid JSON: <reason>``; or ``<path> should hold a
+            JSON object, found <type>``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(missing)
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path} should hold a JSON object, found {type(value).__name__}")
+    return value
 
 
 _VERSION_MODULES = ("numpy", "pandas", "torch", "timm", "optuna", "sklearn", "safetensors", "pydicom", "PIL")

@@ -22,11 +22,11 @@ import functools
 import hashlib
 import importlib.metadata
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from data._files import atomic_writer
 
 __all__ = [
     "PACKAGE_WEIGHTS",
@@ -158,7 +158,7 @@ def convert_state_dict(
 
 def _convert_to_cache(spec: PackageWeights, source: Path, target: Path) -> None:
     import torch
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     try:
         state = torch.load(source, map_location="cpu", weights_only=True)
@@ -174,15 +174,8 @@ def _convert_to_cache(spec: PackageWeights, source: Path, target: Path) -> None:
         )
     except ValueError as err:
         raise PackageWeightsError(str(err)) from err
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
-        save_file(converted, tmp, metadata={"source": f"{spec.distribution}/{spec.filename}"})
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_writer(target, "wb") as handle:
+        handle.write(save(converted, metadata={"source": f"{spec.distribution}/{spec.filename}"}))
     logger.info("Converted %s (%s) to timm %s: %s", spec.filename, spec.distribution, spec.timm_name, target)
 
 

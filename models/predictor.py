@@ -29,7 +29,6 @@ import logging
 import os
 import shutil
 import tempfile
-import uuid
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from data._files import json_clean, library_versions, usual_permissions
+from data._files import (
+    atomic_write_text,
+    atomic_writer,
+    json_clean,
+    library_versions,
+    read_json_object,
+    usual_permissions,
+)
 from models._common import fuse_batchnorm_, logits_to_probabilities, pick_device
 
 __all__ = [
@@ -90,22 +96,17 @@ def _model_card_fields(model: Any) -> dict[str, Any]:
     )
 
 
-def _write_weights(model: Any, path: Path, card: dict[str, Any]) -> None:
+def _weights_bytes(model: Any, card: dict[str, Any]) -> bytes:
+    """The model's state as safetensors bytes (torch tensors for deep models, numpy arrays otherwise)."""
     metadata = {"format": "pt" if card["kind"] == "deep" else "np", "model": card["model"]}
     if card["kind"] == "deep":
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
         state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
-        save_file(state, str(path), metadata=metadata)
-    else:
-        from safetensors.numpy import save_file as save_numpy
+        return save(state, metadata=metadata)
+    from safetensors.numpy import save as save_numpy
 
-        save_numpy({k: np.ascontiguousarray(v) for k, v in model.state_arrays().items()}, str(path), metadata=metadata)
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
+    return save_numpy({k: np.ascontiguousarray(v) for k, v in model.state_arrays().items()}, metadata=metadata)
 
 
 def _check_classes(classes: Any, num_classes: int) -> None:
@@ -159,12 +160,10 @@ def _write_new_checkpoint(model: Any, folder: Path, full_card: dict[str, Any], c
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
     try:
         usual_permissions(tmp, folder=True)
-        _write_weights(model, tmp / WEIGHTS_FILE, full_card)
-        (tmp / CARD_FILE).write_text(card_text, encoding="utf-8")
-        for name in (WEIGHTS_FILE, CARD_FILE):
-            usual_permissions(tmp / name)
-            _fsync_file(tmp / name)
-        os.replace(tmp, folder)
+        with atomic_writer(tmp / WEIGHTS_FILE, "wb") as handle:
+            handle.write(_weights_bytes(model, full_card))
+        atomic_write_text(card_text, tmp / CARD_FILE)
+        os.replace(tmp, folder)  # the folder appears whole
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -174,21 +173,10 @@ def _replace_checkpoint(model: Any, folder: Path, full_card: dict[str, Any], car
     """Replace the checkpoint files of an existing ``folder``, weights first and the card last."""
     if not folder.is_dir():
         raise ValueError(f"Checkpoint folder {folder} exists and is not a folder.")
-    token = uuid.uuid4().hex[:8]
-    tmp_weights = folder / f".{WEIGHTS_FILE}.{token}.tmp"
-    tmp_card = folder / f".{CARD_FILE}.{token}.tmp"
-    try:
-        _write_weights(model, tmp_weights, full_card)
-        tmp_card.write_text(card_text, encoding="utf-8")
-        usual_permissions(tmp_weights)
-        usual_permissions(tmp_card)
-        _fsync_file(tmp_weights)
-        _fsync_file(tmp_card)
-        os.replace(tmp_weights, folder / WEIGHTS_FILE)
-        os.replace(tmp_card, folder / CARD_FILE)
-    finally:
-        tmp_weights.unlink(missing_ok=True)
-        tmp_card.unlink(missing_ok=True)
+    weights = _weights_bytes(model, full_card)
+    with atomic_writer(folder / WEIGHTS_FILE, "wb") as handle:
+        handle.write(weights)
+    atomic_write_text(card_text, folder / CARD_FILE)
 
 
 def save_checkpoint(model: Any, folder: str | Path, *, card: dict[str, Any]) -> Path:
@@ -236,14 +224,8 @@ def save_checkpoint(model: Any, folder: str | Path, *, card: dict[str, Any]) -> 
 # --- loading ----------------------------------------------------------------------------------------------
 def _read_card(folder: Path) -> dict[str, Any]:
     path = folder / CARD_FILE
-    if not path.is_file():
-        raise ValueError(f"{path} is missing: {folder} is not a model folder saved by models.save_checkpoint.")
-    try:
-        card = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path} is not valid JSON ({err}); the checkpoint is corrupt.") from None
-    if not isinstance(card, dict):
-        raise ValueError(f"{path} must hold a JSON object, got {type(card).__name__}.")
+    card = read_json_object(path, missing=f"{path} is missing: {folder} is not a model folder saved by "
+                                          "models.save_checkpoint.")
     missing = [k for k in _REQUIRED_CARD_KEYS if k not in card]
     if missing:
         raise ValueError(f"{path} lacks the required key(s) {missing}.")
