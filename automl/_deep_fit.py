@@ -270,10 +270,14 @@ class _DeepFit:
         train_feats = val_feats = None
         if self.config.cache_features:
             t0 = time.perf_counter()
-            options = {"batch_size": self.eval_batch_size, "device": self.device, "channels_last": self.channels_last}
-            train_feats = extract_head_inputs(self.model, self.Xtr, **options)
+            train_feats, val_feats = self._lane_features()
+            if train_feats is None:
+                options = {"batch_size": self.eval_batch_size, "device": self.device,
+                           "channels_last": self.channels_last}
+                train_feats = extract_head_inputs(self.model, self.Xtr, **options)
+                if train_feats is not None:
+                    val_feats = extract_head_inputs(self.model, self.Xva, **options)
             if train_feats is not None:
-                val_feats = extract_head_inputs(self.model, self.Xva, **options)
                 logger.info(
                     "Cached frozen-backbone features %s in %.2f s.", tuple(train_feats.shape), time.perf_counter() - t0
                 )
@@ -288,6 +292,34 @@ class _DeepFit:
             self.run_stage(
                 stage, n_epochs, optimizer, lambda: self.train_epoch_full(optimizer), self.evaluate, full_network=False
             )
+
+    def _lane_features(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The head stage of a pretrained timm model starts from the frozen-feature lane's disk cache
+        (:mod:`automl.features`, the same pooled vectors), when it holds the same weights and reproduces
+        the model's output on a probe batch; ``(None, None)`` otherwise."""
+        from automl.features import feature_cache
+
+        info = models.get_model_info(self.config.model)
+        if not info.timm_name or info.head is not None or not models.is_pretrained_init(self.model.init):
+            return None, None
+        try:
+            cache = feature_cache(self.config.model, image_size=int(self.Xtr.shape[1]), pretrained=self.config.pretrained,
+                                  weights_dir=self.config.weights_dir, offline=self.config.offline,
+                                  device=str(self.device))
+        except Exception as exc:  # noqa: BLE001 - the per-fold extraction below still works
+            logger.debug("no feature cache for %s: %s", self.config.model, exc)
+            return None, None
+        if cache.backbone.init != self.model.init:
+            return None, None
+        train = torch.from_numpy(cache.features(self.Xtr)).to(self.device)
+        probe = _to_float(torch.from_numpy(np.ascontiguousarray(self.Xtr[:4])).to(self.device), self.device,
+                          self.channels_last)
+        self.model.eval()
+        with torch.no_grad():
+            same = torch.allclose(self.model.head()(train[:4]).float(), self.model(probe).float(), atol=1e-3, rtol=1e-3)
+        if not same:
+            return None, None
+        return train, torch.from_numpy(cache.features(self.Xva)).to(self.device)
 
     # -- strategies -----------------------------------------------------------------------------------
 

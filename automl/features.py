@@ -2,7 +2,7 @@
 
 A candidate ``<backbone>+<head>`` (:mod:`models.frozen`) never trains its backbone, so its features
 depend only on the image, the backbone and its weights. :class:`FeatureCache` keeps them on disk
-under ``cache_dir()/features/<backbone>_<init>_<size>.npz``, keyed by a digest of each image's
+under ``cache_dir()/features/<backbone>_<init>_<size>_<weights digest>.npz``, keyed by a digest of each image's
 ``uint8`` bytes (which already carry the manifest's window and size): every trial, fold, refit and
 later study on the same images reuses them, so after the first extraction a trial costs the head
 fit alone. :func:`fit_frozen` is what :func:`automl.train.fit_fold` runs for such a candidate:
@@ -44,6 +44,15 @@ def image_digests(images: np.ndarray) -> np.ndarray:
                      for img in images], dtype=f"S{_DIGEST_BYTES}")
 
 
+def _weights_digest(model: Any) -> str:
+    """8 hex digits of a digest of the model's weights: features of other weights never mix."""
+    digest = hashlib.blake2b(digest_size=4)
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().to("cpu").contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
 class FeatureCache:
     """Pooled features of one frozen backbone, on disk and in memory, keyed by image content.
 
@@ -54,7 +63,8 @@ class FeatureCache:
 
     def __init__(self, backbone: Any, folder: Path | None = None) -> None:
         self.backbone = backbone
-        name = f"{backbone.model_name}_{backbone.init.replace(':', '-')}_{backbone.image_size}.npz"
+        name = (f"{backbone.model_name}_{backbone.init.replace(':', '-')}_{backbone.image_size}_"
+                f"{_weights_digest(backbone.model)}.npz")
         self.path = Path(folder or cache_dir() / "features") / name
         self._index: dict[bytes, int] = {}
         self._rows = np.zeros((0, backbone.num_features), dtype=np.float32)

@@ -76,7 +76,7 @@ def run(cfg: Settings) -> list[Record]:
     y = manifest.table["y"].to_numpy(dtype=np.int64)
     folds = make_split(manifest, test_size=0.2, n_folds=cfg.folds, seed=0).folds
     features._CACHES.clear()  # the lane pays its feature extraction inside the timed run
-    for path in (data.cache_dir() / "features").glob(f"efficientnet_lite0_*_{cfg.size}.npz"):
+    for path in (data.cache_dir() / "features").glob(f"efficientnet_lite0_*_{cfg.size}_*.npz"):
         path.unlink()
     lane_auc, lane_cpu = _cv("efficientnet_lite0+logreg", X, y, folds, pretrained="yes", C=0.05)
     scratch_auc, scratch_cpu = _cv("simple_cnn", X, y, folds, pretrained="no", epochs=cfg.epochs, lr=9.5e-4,

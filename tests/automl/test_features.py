@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 import pandas as pd
 import pytest
 
@@ -20,7 +21,11 @@ class _CountingBackbone:
     model_name, init, image_size, num_features = "fake", "imagenet:local", 8, 2
 
     def __init__(self) -> None:
+        import torch
+
         self.calls: list[int] = []
+        self.model = torch.nn.Linear(2, 2)
+        torch.nn.init.ones_(self.model.weight)  # the same "weights" every time: one cache file
 
     def extract(self, images: np.ndarray, *, batch_size: int = 32) -> np.ndarray:
         self.calls.append(len(images))
@@ -52,6 +57,9 @@ def test_feature_cache_computes_each_image_once_and_persists(tmp_path: Path) -> 
     assert len(reopened) == 13
     np.testing.assert_array_equal(reopened.features(X), first)
     assert reopened.backbone.calls == []
+    other = _CountingBackbone()
+    torch.nn.init.zeros_(other.model.weight)  # other weights: their own file, nothing reused
+    assert len(FeatureCache(other, folder=tmp_path)) == 0
 
 
 def test_an_unreadable_cache_file_is_ignored(tmp_path: Path) -> None:
@@ -90,7 +98,7 @@ def test_fit_fold_runs_the_lane_with_package_weights(tmp_path: Path, monkeypatch
     assert result.init == "imagenet:package" and result.finetune_used == "frozen"
     assert len(reports) == 1 and reports[0]["stage"] == "frozen"
     assert result.best_metrics["val_auc"] > 0.9
-    assert list((tmp_path / "features").glob("efficientnet_lite0_imagenet-package_32.npz"))
+    assert list((tmp_path / "features").glob("efficientnet_lite0_imagenet-package_32_*.npz"))
 
 
 def test_search_space_of_the_lane() -> None:

@@ -275,10 +275,17 @@ def test_two_stage_reuses_frozen_backbone_features(small_fold, local_resnet_weig
     result = fit_fold(X_tr, y_tr, X_va, y_va, config=config, num_classes=2, report=report)
     assert result.init == "imagenet:local" and result.finetune_used == "two_stage"
     assert [h["stage"] for h in result.history] == ["head", "head", "unfrozen"]
-    # Backbone passes: cached -> train + val once for both head epochs; uncached -> every head epoch.
+    # Backbone passes of the fine-tuned model: cached -> the head stage reads the frozen-feature lane's cache
+    # (automl.features, computed by its own frozen copy) and checks it on a 4-image probe batch; uncached ->
+    # the frozen backbone runs in every head epoch.
     n = len(X_tr) + len(X_va)
     head_epochs, full_epochs = 2, 1
-    assert counter["images"] == (1 if cache else head_epochs) * n + full_epochs * n
+    assert counter["images"] == (4 if cache else head_epochs * n) + full_epochs * n
+    if cache:
+        from automl import features
+
+        lane = [c for key, c in features._CACHES.items() if key[0] == "resnet18"]
+        assert lane and len(lane[0]) >= n
     # The backbone is frozen (weights and BatchNorm statistics) during the head epochs, then trains.
     for key, value in snapshots[0].items():
         assert torch.equal(value, snapshots[1][key]), key
