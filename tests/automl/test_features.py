@@ -26,6 +26,7 @@ class _CountingBackbone:
         self.calls: list[int] = []
         self.model = torch.nn.Linear(2, 2)
         torch.nn.init.ones_(self.model.weight)  # the same "weights" every time: one cache file
+        torch.nn.init.zeros_(self.model.bias)
 
     def extract(self, images: np.ndarray, *, batch_size: int = 32) -> np.ndarray:
         self.calls.append(len(images))
