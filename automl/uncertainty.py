@@ -171,6 +171,16 @@ class Comparison:
 # ----------------------------------------------------------------------------------------------------
 
 
+def _check_metrics(metrics: Sequence[str], n_bins: object) -> None:
+    if isinstance(metrics, str) or not metrics:
+        raise ValueError(f"metrics must be a non-empty sequence of names from {METRICS}, got {metrics!r}.")
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown:
+        raise ValueError(f"unknown metric(s) {unknown}; choose from {METRICS}.")
+    if not _is_int(n_bins, 1):
+        raise ValueError(f"n_bins must be a positive integer, got {n_bins!r}.")
+
+
 def _check_threshold(metrics: Sequence[str], threshold: object, n_classes: int) -> None:
     """Threshold metrics need a binary task and a threshold in [0, 1]."""
     binary = n_classes == 2
@@ -236,13 +246,7 @@ def cluster_bootstrap(
         ValueError: On invalid inputs or options (the message names the bad value).
     """
     _check_options(n_boot, alpha, min_subjects)
-    if isinstance(metrics, str) or not metrics:
-        raise ValueError(f"metrics must be a non-empty sequence of names from {METRICS}, got {metrics!r}.")
-    unknown = [m for m in metrics if m not in METRICS]
-    if unknown:
-        raise ValueError(f"unknown metric(s) {unknown}; choose from {METRICS}.")
-    if not _is_int(n_bins, 1):
-        raise ValueError(f"n_bins must be a positive integer, got {n_bins!r}.")
+    _check_metrics(metrics, n_bins)
     n_boot, n_bins = int(n_boot), int(n_bins)
     cl = _clusters(y, P, subjects, classes)
     _check_threshold(metrics, threshold, cl.P.shape[1])
