@@ -55,6 +55,7 @@ __all__ = [
     "SubjectRule",
     "compare_subject_level",
     "headline",
+    "not_estimable_text",
     "select_subject_rule",
     "small_cohort_warning",
     "verdict_sentence",
@@ -342,6 +343,19 @@ def _format_p(p: float, alpha: float) -> str:
     return f"p = {text}"
 
 
+def not_estimable_text(n_subjects: Mapping[str, int], *, unit: str = "patient") -> str:
+    """``"not estimable (n = 1 stroke / 7 normal patients)"``: what a display shows instead of a number.
+
+    Args:
+        n_subjects: Subjects per class, class name -> count, negative class first.
+        unit: Noun for a subject.
+
+    Returns:
+        The phrase (lesion classes first, as in every count of this module).
+    """
+    return f"not estimable (n = {_count_phrase(n_subjects, unit + 's')})"
+
+
 def small_cohort_warning(
     n_subjects: Mapping[str, int], *, minimum: int = 10, unit: str = "patient"
 ) -> str | None:
@@ -377,6 +391,7 @@ def verdict_sentence(
     *,
     alpha: float = 0.05,
     unit: str = "patient",
+    no_comparison: str = "the only model scored",
 ) -> str:
     """One sentence on the best model: its subject-level AUC and how it compares with others.
 
@@ -389,6 +404,8 @@ def verdict_sentence(
             (e.g. the pixel baseline ``logreg`` and the runner-up), in the order to mention them.
         alpha: Significance level of the comparisons.
         unit: Noun for a subject.
+        no_comparison: The closing clause when ``comparisons`` is empty (e.g. ``"no paired test for a
+            multiclass task"`` when other models exist but cannot be compared).
 
     Returns:
         The sentence.
@@ -426,6 +443,6 @@ def verdict_sentence(
         else:
             direction = "better" if c.difference > 0 else "worse"
             clauses.append(f"{direction} than {other} ({_format_p(c.p_value, alpha)})")
-    if not comparisons:
-        clauses.append("the only model scored")
+    if not comparisons and no_comparison:
+        clauses.append(no_comparison)
     return "; ".join([text, *clauses]) + "."
