@@ -24,13 +24,18 @@ under an exclusive lock so two processes finishing at once do not interleave):
    (``predictions/oof_<model>.csv``, kept for the dashboard): those come from other fits, and a
    network's probability scale moves from fit to fit, so a threshold does not carry over (see
    :func:`_refit_one`).
-4. **Test part, scored once**: AUC with a stratified bootstrap 95% CI, accuracy, balanced accuracy,
-   sensitivity, specificity, precision, F1, Brier, ECE at that threshold; paired DeLong test of each
-   refitted model against the best one (the architecture of the best CV trial); subject-level AUC
-   (slice probabilities averaged, or maxed, per subject) when subjects have several slices.
-   Multiclass: macro one-vs-rest AUC; the other metrics at the arg-max class (sensitivity, precision,
-   F1 macro-averaged over classes, specificity the macro mean of one-vs-rest specificities); no
-   threshold and no DeLong test.
+4. **Test part, scored once** (:mod:`automl.scoring`; the patient is the unit): AUC, accuracy,
+   balanced accuracy, sensitivity, specificity, precision, F1, Brier, ECE at that threshold, each
+   interval a cluster bootstrap over subjects (``ci_method``; the stratified image bootstrap, same
+   numbers as before, with one image per subject); the **patient-level headline**: subject rule
+   chosen on ``oof_<model>.csv``, subject threshold on the calibration part, AUC, sensitivity and
+   specificity with intervals and patients per class, ``nan`` + ``subject_note`` where not
+   estimable; each refitted model compared with the best (the architecture of the best CV trial):
+   paired cluster bootstrap on slices (``compare_p``, ``compare_method``), DeLong on patients
+   (``subject_compare_p``); the verdict sentence and the warnings (fewer than 10 test patients in
+   a class). Multiclass: macro one-vs-rest AUC; the other metrics at the arg-max class (sensitivity,
+   precision, F1 macro-averaged over classes, specificity the macro mean of one-vs-rest
+   specificities); no threshold and no paired test.
 5. **Leakage audit** (see :func:`automl.refit.leakage_audit`).
 6. ``leaderboard.csv``, ``leaderboard.md``, ``report.json``.
 
@@ -44,8 +49,6 @@ import json
 import logging
 import math
 import time
-import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -54,13 +57,25 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
-from automl import metrics
 from automl._cli import add_logging_arguments, add_study_arguments, fail, locate_study, start_logging
+from automl._leaderboard_columns import Refit, comparison_values, subject_values, test_values, uncertainty_report
+from automl._leaderboard_md import render_markdown
 from automl._progress import Progress
 from automl.config import SearchConfig
 from automl.refit import LEAKAGE_GAP, LazyContext, leakage_audit, refit_epochs, refit_one, update_card
-from automl.scoring import calibration_threshold, score_predictions, subject_level
+from automl.scoring import (
+    assess_subjects,
+    calibration_threshold,
+    compare_subjects_with_best,
+    compare_with_best,
+    interval_scores,
+    score_predictions,
+    study_verdict,
+    study_warnings,
+    subject_level,
+)
 from automl.study import StudyFolder, parse_storage_url, probability_columns
+from automl.uncertainty import Comparison
 from data._files import atomic_write_csv, atomic_write_json, atomic_write_text, json_clean
 
 logger = logging.getLogger(__name__)
@@ -76,13 +91,23 @@ __all__ = [
 
 LEADERBOARD_COLUMNS = [
     "rank", "trial", "model", "init", "train_precision", "lr", "batch_size", "weight_decay", "finetune",
-    "cv_auc_mean", "cv_auc_std", "cv_auc_folds",
-    "test_auc", "test_auc_ci_low", "test_auc_ci_high", "test_accuracy", "test_balanced_accuracy",
-    "test_sensitivity", "test_specificity", "test_precision", "test_f1", "test_brier", "test_ece",
-    "delong_p", "subject_auc_mean", "subject_auc_max",
+    "cv_auc_mean", "cv_auc_std", "cv_auc_folds", "selected_of",
+    # patient level, the headline (rule chosen on out-of-fold, threshold on the calibration part)
+    "subject_rule", "subject_threshold", "subject_auc", "subject_auc_ci_low", "subject_auc_ci_high",
+    "subject_sensitivity", "subject_sensitivity_ci_low", "subject_sensitivity_ci_high",
+    "subject_specificity", "subject_specificity_ci_low", "subject_specificity_ci_high",
+    "subject_ci_method", "subject_note", "subject_compare_p", "n_test_subjects_pos", "n_test_subjects_neg",
+    # slices (intervals resample subjects: ci_method)
+    "test_auc", "test_auc_ci_low", "test_auc_ci_high", "test_accuracy", "test_accuracy_ci_low",
+    "test_accuracy_ci_high", "test_balanced_accuracy", "test_sensitivity", "test_sensitivity_ci_low",
+    "test_sensitivity_ci_high", "test_specificity", "test_specificity_ci_low", "test_specificity_ci_high",
+    "test_precision", "test_f1", "test_brier", "test_brier_ci_low", "test_brier_ci_high", "test_ece",
+    "test_ece_ci_low", "test_ece_ci_high", "ci_method", "test_note", "n_test_images",
+    "compare_p", "compare_method", "delong_p", "subject_auc_mean", "subject_auc_max",
     "threshold", "fit_seconds", "state", "refit", "params",
     "aug_strength", "epochs", "refit_epochs", "error", "retry_of",
 ]
+
 _STATE_ORDER = {"COMPLETE": 0, "PRUNED": 1, "FAIL": 2}
 
 
@@ -142,70 +167,6 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
     return table
 
 
-def _fmt(value: Any, digits: int = 3) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "–"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
-
-
-def _fmt_lr(value: Any) -> str:
-    return "–" if value is None or pd.isna(value) else f"{float(value):.1e}"
-
-
-def _markdown(table: pd.DataFrame, report: dict[str, Any], config_json: dict[str, Any]) -> str:
-    lines = [f"# Leaderboard: {config_json.get('study_name')}", ""]
-    audit = report.get("leakage_audit")
-    if audit:
-        flag = "⚠️ **LEAKAGE SUSPECTED**" if audit.get("flagged") else "✅ no leakage signal"
-        lines += [
-            f"> **Leakage audit** ({audit.get('description')}): subject-grouped CV AUC "
-            f"**{_fmt(audit.get('grouped_auc'))}** vs slice-level CV AUC **{_fmt(audit.get('slice_auc'))}** "
-            f"(gap {_fmt(audit.get('gap'))}, flag above {LEAKAGE_GAP}): {flag}.",
-        ]
-        if audit.get("flagged"):
-            lines.append("> A slice-level split would overstate this model: slices of one patient resemble each "
-                         "other, so it would be scored on patients it has already seen. The grouped numbers "
-                         "below are the honest ones.")
-        lines.append("")
-    n_img, n_sub = config_json.get("n_images"), config_json.get("n_subjects")
-    lines += [
-        f"Data: `{config_json.get('data_dir')}` — {n_img} images, {n_sub} subjects "
-        f"(grouping: {config_json.get('subject_source')}), classes {config_json.get('classes')}. "
-        f"Split: {config_json.get('folds')}-fold subject-grouped CV + untouched test part "
-        f"({config_json.get('test_size')}). Image size {config_json.get('image_size')} px, seed {config_json.get('seed')}.",
-        "",
-        f"Trials: {report.get('trial_states')}. Best model: **{report.get('best_model')}** "
-        f"(trial {report.get('best_trial')}). Threshold: {report.get('threshold_method')} on the final model's "
-        "calibration part (held-out CV images).",
-        "",
-    ]
-    refits = table[table["refit"]]
-    if not refits.empty:
-        lines += ["## Refitted best per architecture, scored once on the test part", "",
-                  "| model | init | CV AUC | test AUC [95% CI] | sens | spec | F1 | Brier | ECE | DeLong p vs best | subject AUC (mean/max) |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
-        for _, r in refits.sort_values("test_auc", ascending=False).iterrows():
-            lines.append(
-                f"| {r['model']} | {_fmt(r['init']) if isinstance(r['init'], str) else '–'} | {_fmt(r['cv_auc_mean'])} ± {_fmt(r['cv_auc_std'])} | "
-                f"{_fmt(r['test_auc'])} [{_fmt(r['test_auc_ci_low'])}, {_fmt(r['test_auc_ci_high'])}] | "
-                f"{_fmt(r['test_sensitivity'])} | {_fmt(r['test_specificity'])} | {_fmt(r['test_f1'])} | "
-                f"{_fmt(r['test_brier'])} | {_fmt(r['test_ece'])} | {_fmt(r['delong_p'])} | "
-                f"{_fmt(r['subject_auc_mean'])} / {_fmt(r['subject_auc_max'])} |")
-        lines.append("")
-    lines += ["## All trials (ranked by mean CV AUC; pruned trials show the folds they finished)", "",
-              "| rank | trial | model | init | lr | batch | CV AUC | ± | folds | state | fit s |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for _, r in table.iterrows():
-        lines.append(
-            f"| {r['rank']} | {r['trial']} | {r['model']} | {_fmt(r['init']) if isinstance(r['init'], str) else '–'} | {_fmt_lr(r['lr'])} | "
-            f"{_fmt(int(r['batch_size'])) if pd.notna(r['batch_size']) else '–'} | {_fmt(r['cv_auc_mean'])} | "
-            f"{_fmt(r['cv_auc_std'])} | {r['cv_auc_folds']} | {r['state']} | {_fmt(r['fit_seconds'], 1)} |")
-    lines += ["", "Not for clinical use: a research tool comparing classifiers; its numbers describe this data set only.", ""]
-    return "\n".join(lines)
-
-
 def write_leaderboard(
     study_dir: str | Path,
     *,
@@ -244,12 +205,14 @@ def write_leaderboard(
         best_trial = int(best_rows.iloc[0]["trial"]) if len(best_rows) else None
         best_model = trials[best_trial].params.get("model") if best_trial is not None else None
         refits = _score_refits(folder, best_rows, trials, lazy, config, config_json, progress, refit=refit)
-        comparisons = _compare_with_best(refits, best_model, classes)
+        comparisons = _compare_with_best(refits, best_model, classes, seed=config.seed)
         _fill_refit_rows(table, best_rows, refits, comparisons, trials, folder, best_model, classes)
+        verdict = _verdict_step(refits, comparisons, best_rows, best_model, classes)
         leak = _leakage_audit_step(study, folder, config, config_json, trials, best_trial, lazy, progress, audit=audit)
         report = _report(study, table, refits, comparisons, leak, config, config_json, best_trial, best_model)
+        report.update(verdict)
         atomic_write_csv(table[LEADERBOARD_COLUMNS], folder.leaderboard_csv)
-        atomic_write_text(_markdown(table, report, config_json), folder.leaderboard_md)
+        atomic_write_text(render_markdown(table, report, config_json), folder.leaderboard_md)
         atomic_write_json(report, folder.report_path)
     logger.info("leaderboard: %d trials, %d refitted model(s), best %s -> %s", len(table), len(refits), best_model,
                 folder.leaderboard_csv)
@@ -270,17 +233,6 @@ def _best_per_architecture(table: pd.DataFrame) -> pd.DataFrame:
     return complete.sort_values("cv_auc_mean", ascending=False, kind="stable").drop_duplicates("model")
 
 
-@dataclass
-class _Refit:
-    """A refitted model's test predictions, threshold and scores."""
-
-    trial: int
-    frame: pd.DataFrame
-    threshold: float | None
-    threshold_method: str
-    scores: dict[str, Any]
-
-
 def _cached_refit(folder: StudyFolder, model: str, number: int, config_json: dict[str, Any]) -> bool:
     """Whether the final model of trial ``number`` and its predictions are already on disk."""
     meta_path = folder.model_dir(model) / "config.json"
@@ -297,10 +249,10 @@ def _cached_refit(folder: StudyFolder, model: str, number: int, config_json: dic
 
 def _score_refits(folder: StudyFolder, best_rows: pd.DataFrame, trials: dict[int, optuna.trial.FrozenTrial],
                   lazy: LazyContext, config: SearchConfig, config_json: dict[str, Any], progress: Progress | None,
-                  *, refit: bool) -> dict[str, _Refit]:
+                  *, refit: bool) -> dict[str, Refit]:
     """Refit (or reuse) the best configuration of each architecture and score it on the test part."""
     classes = list(config_json["classes"])
-    out: dict[str, _Refit] = {}
+    out: dict[str, Refit] = {}
     todo = list(best_rows.itertuples(index=False))
     for i, row in enumerate(todo):
         model, number = row.model, int(row.trial)
@@ -328,55 +280,75 @@ def _score_refits(folder: StudyFolder, best_rows: pd.DataFrame, trials: dict[int
             atomic_write_csv(frame, test_path)
         else:
             continue
-        atomic_write_csv(pd.read_csv(oof_trial), folder.oof_predictions_path(model))
-        P = frame[probability_columns(classes)].to_numpy(dtype=float)
-        scores = score_predictions(frame["y"].to_numpy(dtype=int), P, threshold, seed=config.seed)
-        scores["subject_level"] = subject_level(frame, classes, threshold)
-        out[model] = _Refit(number, frame, threshold, method, scores)
+        oof = pd.read_csv(oof_trial)
+        atomic_write_csv(oof, folder.oof_predictions_path(model))
+        out[model] = _score_one(model, number, frame, calibration, oof, threshold, method, config, classes)
     return out
 
 
-def _compare_with_best(refits: dict[str, _Refit], best_model: str | None, classes: list[str]) -> dict[str, Any]:
-    """Paired DeLong test of each refitted model's test AUC against the best model's (binary only)."""
-    if best_model not in refits or len(classes) != 2:
-        return {}
-    column = f"prob_{classes[1]}"
-    best = refits[best_model]
-    p_best, y_best = best.frame[column].to_numpy(dtype=float), best.frame["y"].to_numpy(dtype=int)
-    out: dict[str, Any] = {}
-    for model, r in refits.items():
-        if model == best_model:
-            continue
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", metrics.UndefinedMetricWarning)
-            z, p = metrics.delong_test(y_best, r.frame[column].to_numpy(dtype=float), p_best)
-        out[model] = {"vs": best_model, "auc": r.scores["auc"], "best_auc": best.scores["auc"], "z": z, "p_value": p}
-    return out
+def _score_one(model: str, number: int, frame: pd.DataFrame, calibration: pd.DataFrame, oof: pd.DataFrame,
+               threshold: float | None, method: str, config: SearchConfig, classes: list[str]) -> Refit:
+    """Score one final model on the test part: point metrics, subject-clustered intervals, patient headline."""
+    P = frame[probability_columns(classes)].to_numpy(dtype=float)
+    scores = score_predictions(frame["y"].to_numpy(dtype=int), P, threshold, seed=config.seed, with_ci=False)
+    intervals = interval_scores(frame, classes, threshold, seed=config.seed)
+    for name, est in intervals.items():
+        scores[f"{name}_ci_low"], scores[f"{name}_ci_high"] = est.ci_low, est.ci_high
+    scores["ci_method"] = intervals["auc"].ci_method
+    scores["subject_level"] = subject_level(frame, classes, threshold)
+    subjects = assess_subjects(frame, oof, calibration, classes, model=model, slice_threshold=threshold,
+                               target_sensitivity=config.target_sensitivity, seed=config.seed)
+    return Refit(number, frame, threshold, method, scores, intervals, subjects)
 
 
-_TEST_KEYS = ("auc", "auc_ci_low", "auc_ci_high", "accuracy", "balanced_accuracy", "sensitivity", "specificity",
-              "precision", "f1", "brier", "ece")
+def _compare_with_best(refits: dict[str, Refit], best_model: str | None, classes: list[str], *,
+                       seed: int) -> dict[str, dict[str, Comparison]]:
+    """Each refitted model's test AUC against the best model's, on slices and on patients (binary only).
+
+    ``"image"``: :func:`automl.scoring.compare_with_best` (paired cluster bootstrap; DeLong with one
+    image per subject); ``"subject"``: DeLong on the patients, each model with its own subject rule.
+    """
+    frames = {m: r.frame for m, r in refits.items()}
+    return {"image": compare_with_best(frames, best_model, classes, seed=seed),
+            "subject": compare_subjects_with_best(frames, {m: r.subjects for m, r in refits.items()}, best_model,
+                                                  classes)}
 
 
-def _fill_refit_rows(table: pd.DataFrame, best_rows: pd.DataFrame, refits: dict[str, _Refit],
-                     comparisons: dict[str, Any], trials: dict[int, optuna.trial.FrozenTrial], folder: StudyFolder,
-                     best_model: str | None, classes: list[str]) -> None:
+def _fill_refit_rows(table: pd.DataFrame, best_rows: pd.DataFrame, refits: dict[str, Refit],
+                     comparisons: dict[str, dict[str, Comparison]], trials: dict[int, optuna.trial.FrozenTrial],
+                     folder: StudyFolder, best_model: str | None, classes: list[str]) -> None:
     """Write each refitted model's test columns into its trial's row and into its model card."""
+    complete = table[table["state"] == "COMPLETE"]
     for model, r in refits.items():
         idx = table.index[table["trial"] == r.trial][0]
-        table.loc[idx, "refit"] = True
-        for key in _TEST_KEYS:
-            table.loc[idx, f"test_{key}"] = r.scores.get(key, math.nan)
-        table.loc[idx, "threshold"] = r.threshold if r.threshold is not None else math.nan
-        default_p = 1.0 if model == best_model and len(classes) == 2 else math.nan
-        table.loc[idx, "delong_p"] = comparisons.get(model, {}).get("p_value", default_p)
-        sl = r.scores.get("subject_level") or {}
-        table.loc[idx, "subject_auc_mean"] = (sl.get("mean") or {}).get("auc", math.nan)
-        table.loc[idx, "subject_auc_max"] = (sl.get("max") or {}).get("auc", math.nan)
-        table.loc[idx, "refit_epochs"] = refit_epochs(trials[r.trial])
+        values = {"refit": True, "threshold": r.threshold if r.threshold is not None else math.nan,
+                  "selected_of": int((complete["model"] == model).sum()), "refit_epochs": refit_epochs(trials[r.trial]),
+                  **test_values(r, classes), **subject_values(r),
+                  **comparison_values(model, comparisons, best_model, classes)}
+        for key, value in values.items():
+            if isinstance(value, str) and table[key].dtype != object:
+                table[key] = table[key].astype(object)  # a text column that was all empty
+            table.loc[idx, key] = value
+        s = r.subjects
         update_card(folder.model_dir(model), threshold=r.threshold, threshold_method=r.threshold_method,
-                    metrics={f"test_{k}": v for k, v in r.scores.items() if k != "subject_level"})
+                    metrics={f"test_{k}": v for k, v in r.scores.items() if k != "subject_level"},
+                    subject={"rule": s.rule.rule if s.rule else None, "threshold": s.threshold,
+                             "threshold_source": s.threshold_source})
     table["refit"] = table["refit"].astype(bool)
+
+
+def _verdict_step(refits: dict[str, Refit], comparisons: dict[str, dict[str, Comparison]], best_rows: pd.DataFrame,
+                  best_model: str | None, classes: list[str]) -> dict[str, Any]:
+    """The verdict sentence and the warnings (logged too) of ``report.json``."""
+    order = [m for m in best_rows["model"] if m in refits]
+    assessments = {m: r.subjects for m, r in refits.items()}
+    verdict = study_verdict(best_model, order, assessments, comparisons["subject"], classes)
+    warnings_ = study_warnings(assessments, {m: r.intervals for m, r in refits.items()}, best_model) if refits else []
+    for text in warnings_:
+        logger.warning("%s", text)
+    if verdict:
+        logger.info("verdict: %s", verdict)
+    return {"verdict": verdict, "warnings": warnings_}
 
 
 def _leakage_audit_step(study: optuna.Study, folder: StudyFolder, config: SearchConfig, config_json: dict[str, Any],
@@ -414,7 +386,8 @@ def _leakage_audit_step(study: optuna.Study, folder: StudyFolder, config: Search
     return leak
 
 
-def _report(study: optuna.Study, table: pd.DataFrame, refits: dict[str, _Refit], comparisons: dict[str, Any],
+def _report(study: optuna.Study, table: pd.DataFrame, refits: dict[str, Refit],
+            comparisons: dict[str, dict[str, Comparison]],
             leak: dict[str, Any] | None, config: SearchConfig, config_json: dict[str, Any], best_trial: int | None,
             best_model: str | None) -> dict[str, Any]:
     """The content of ``report.json``."""
@@ -422,6 +395,7 @@ def _report(study: optuna.Study, table: pd.DataFrame, refits: dict[str, _Refit],
     states = table["state"].value_counts().to_dict() if len(table) else {}
     running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)))
     best = refits.get(best_model) if best_model else None
+    n_complete = int(states.get("COMPLETE", 0))
     return {
         "study": config_json.get("study_name"),
         "best_model": best_model,
@@ -430,8 +404,10 @@ def _report(study: optuna.Study, table: pd.DataFrame, refits: dict[str, _Refit],
         "threshold": best.threshold if best else None,
         "threshold_method": (config.target_sensitivity and f"sensitivity>={config.target_sensitivity:g}")
                             or ("youden" if len(classes) == 2 else "argmax"),
+        "selection": {"n_trials": n_complete, "label": f"selection score (CV, best of {n_complete} trials)",
+                      "note": "the best of several cross-validated scores is optimistic; the test part is the estimate"},
         "leakage_audit": leak,
-        "delong": comparisons,
+        **uncertainty_report(refits, comparisons, best_model),
         "subject_level": {m: r.scores["subject_level"] for m, r in refits.items() if r.scores.get("subject_level")},
         "test": {m: {k: v for k, v in r.scores.items() if k != "subject_level"} for m, r in refits.items()},
         "thresholds": {m: r.threshold for m, r in refits.items()},

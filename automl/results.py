@@ -146,7 +146,8 @@ class StudyResults:
     # ------------------------------------------------------------------ files read on demand
     @cached_property
     def report(self) -> dict[str, Any]:
-        """``report.json``: best model, threshold, leakage audit, DeLong and subject-level results."""
+        """``report.json``: best model, threshold, verdict, warnings, leakage audit, intervals, comparisons,
+        subject rules and patient-level headlines (older studies: ``delong`` and ``subject_level``)."""
         return _read_json(self.folder.report_path, what="study report")
 
     @cached_property
@@ -317,12 +318,52 @@ class StudyResults:
             pass
         return 0.5
 
+    # ------------------------------------------------------------------ the verdict (report.json)
+    def _report_or_empty(self) -> dict[str, Any]:
+        try:
+            return self.report
+        except StudyError:
+            return {}
+
+    @property
+    def verdict(self) -> str | None:
+        """The study's one-sentence verdict (``report.json`` ``verdict``); ``None`` for studies written before it."""
+        value = self._report_or_empty().get("verdict")
+        return str(value) if value else None
+
+    @property
+    def warnings(self) -> list[str]:
+        """Warnings of ``report.json`` (e.g. a small test part); empty when none or not recorded."""
+        return [str(w) for w in self._report_or_empty().get("warnings") or []]
+
+    def headline(self, model: str) -> dict[str, Any] | None:
+        """The patient-level headline of a refitted model (``report.json`` ``headline``), or ``None``."""
+        return (self._report_or_empty().get("headline") or {}).get(model)
+
+    @property
+    def winner_trial(self) -> int | None:
+        """The trial of the study's winner (``report.json`` ``best_trial``, else the best model's refit row)."""
+        trial = self._report_or_empty().get("best_trial")
+        if trial is None and self.best_model is not None:
+            row = self.refit_row(self.best_model)
+            trial = None if row is None else row.get("trial")
+        return None if trial is None or pd.isna(trial) else int(trial)
+
     def load_optuna_study(self) -> Any:
         """Load the Optuna study from :attr:`storage_url` (journal file or RDB URL)."""
         try:
             return self.folder.load_optuna_study(self.storage_url, config=self.config)
         except Exception as exc:  # optuna raises KeyError, ValueError, SQLAlchemy errors, ...
             raise StudyError(f"Could not load the Optuna study from {self.storage_url}: {exc}") from exc
+
+
+def _with_current_columns(board: pd.DataFrame) -> pd.DataFrame:
+    """Older leaderboards read with today's names: ``delong_p`` (slice-level DeLong, images taken as
+    independent) becomes ``compare_p`` with ``compare_method`` ``"delong"``; the file is not changed."""
+    if "compare_p" not in board.columns and "delong_p" in board.columns:
+        method = np.where(board["delong_p"].notna(), "delong", None)
+        board = board.assign(compare_p=board["delong_p"], compare_method=method)
+    return board
 
 
 def load_study(study_dir: str | Path) -> StudyResults:
@@ -354,5 +395,6 @@ def load_study(study_dir: str | Path) -> StudyResults:
         leaderboard = leaderboard.sort_values("rank", kind="stable", na_position="last").reset_index(drop=True)
     if "refit" in leaderboard.columns:
         leaderboard["refit"] = _as_bool(leaderboard["refit"])
+    leaderboard = _with_current_columns(leaderboard)
     logger.debug("loaded study %s (%d trials)", study_dir, len(leaderboard))
     return StudyResults(dir=study_dir, config=config, leaderboard=leaderboard, classes=[str(c) for c in classes])

@@ -26,6 +26,8 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
+from automl.verdict import small_cohort_warning
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["Split", "make_split", "slice_level_folds", "check_split"]
@@ -61,6 +63,13 @@ class Split:
         for k, (_, val_idx) in enumerate(self.folds):
             fold[val_idx] = k
         return fold
+
+    def test_subjects_per_class(self) -> dict[str, int]:
+        """Subjects of each class in the test part (a subject's class: its highest slice label), class order."""
+        test = self.table.iloc[self.test_index]
+        labels = self.table.drop_duplicates("y").sort_values("y")
+        per_subject = test.groupby(test["subject"].astype(str))["y"].max()
+        return {str(label): int((per_subject == y).sum()) for y, label in zip(labels["y"], labels["label"])}
 
     def to_frame(self) -> pd.DataFrame:
         """Return the ``split.csv`` table: ``path, label, y, subject, part ("cv"|"test"), fold``."""
@@ -154,7 +163,18 @@ def make_split(
         "split: %d test, %d CV images in %d %s folds (seed %d)",
         len(test_index), len(cv_index), n_folds, "subject-grouped" if grouped else "slice-level", seed,
     )
+    if grouped:
+        _report_test_subjects(split)
     return split
+
+
+def _report_test_subjects(split: Split) -> None:
+    """Log the test part's subjects per class; warn below 10 in a class (wide intervals, issue 16)."""
+    counts = split.test_subjects_per_class()
+    logger.info("test part: %s subjects", ", ".join(f"{n} {c}" for c, n in counts.items()))
+    warning = small_cohort_warning(counts, unit="patient") if counts else None
+    if warning:
+        logger.warning("%s", warning)
 
 
 def slice_level_folds(split: Split, *, seed: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -33,6 +33,7 @@ from sklearn.metrics import (
 )
 
 from automl import metrics as _metrics
+from automl.verdict import not_estimable_text
 
 __all__ = [
     "attribution_figure",
@@ -106,16 +107,42 @@ def binary_series(
 
 
 # ---------------------------------------------------------------------------- leaderboard
+def _interval_trace(rows: pd.DataFrame, column: str, name: str, color: str, symbol: str) -> go.Scatter:
+    """Points of ``column`` with their ``<column>_ci_low``/``_ci_high`` error bars (missing ends: no bar)."""
+    labels = [f"{m} #{int(t)}" for m, t in zip(rows["model"], rows["trial"])]
+    value = rows[column].astype(float)
+    lo = value - rows.get(f"{column}_ci_low", value).astype(float)
+    hi = rows.get(f"{column}_ci_high", value).astype(float) - value
+    return go.Scatter(
+        x=labels, y=value, mode="markers", name=name, marker=dict(size=11, symbol=symbol, color=color),
+        error_y=dict(type="data", symmetric=False, array=hi.fillna(0).to_numpy(float),
+                     arrayminus=lo.fillna(0).to_numpy(float), visible=True),
+        hovertemplate="%{x}<br>" + name + " %{y:.3f}<extra></extra>",
+    )
+
+
+def _estimable(rows: pd.DataFrame) -> pd.Series:
+    """Rows whose test part has two or more subjects of each class (all rows when the counts are unknown)."""
+    if "n_test_subjects_pos" not in rows.columns or "n_test_subjects_neg" not in rows.columns:
+        return pd.Series(True, index=rows.index)
+    counts = rows[["n_test_subjects_pos", "n_test_subjects_neg"]].astype(float)
+    return counts.isna().any(axis=1) | (counts.min(axis=1) >= 2)
+
+
 def leaderboard_chart(leaderboard: pd.DataFrame, *, max_rows: int = 30) -> go.Figure:
-    """CV AUC (mean ± std) of every finished trial and test AUC (95% bootstrap CI) of refitted ones.
+    """Selection score (CV AUC mean ± std) of every finished trial; test and patient-level AUC of refitted ones.
+
+    The CV AUC is what the search maximised: the best of many is optimistic, so it is labelled a
+    selection score; the test part (slices, intervals resampling subjects) and the patient-level AUC
+    are the estimates. A test figure with fewer than two subjects of a class is not drawn.
 
     Args:
         leaderboard: ``leaderboard.csv`` as read by :func:`automl.results.load_study`.
         max_rows: Show at most this many trials (best rank first).
 
     Returns:
-        A figure with the traces ``"CV AUC (mean ± std)"`` and, when any test AUC exists,
-        ``"Test AUC (95% CI)"``.
+        A figure with the traces ``"Selection score: CV AUC (mean ± std)"`` and, when present,
+        ``"Test AUC, slices (95% CI)"`` and ``"Patient-level AUC (95% CI)"``.
     """
     if max_rows < 1:
         raise ValueError(f"max_rows must be >= 1, got {max_rows}.")
@@ -128,24 +155,19 @@ def leaderboard_chart(leaderboard: pd.DataFrame, *, max_rows: int = 30) -> go.Fi
     std = board["cv_auc_std"].fillna(0.0) if "cv_auc_std" in board.columns else np.zeros(len(board))
     fig = go.Figure()
     fig.add_trace(go.Scatter(
-        x=labels, y=board["cv_auc_mean"], mode="markers", name="CV AUC (mean ± std)",
+        x=labels, y=board["cv_auc_mean"], mode="markers", name="Selection score: CV AUC (mean ± std)",
         error_y=dict(type="data", array=np.asarray(std, dtype=float), visible=True),
         marker=dict(size=9, color=_color(0)),
         customdata=np.stack([init, np.asarray(std, dtype=float)], axis=1) if len(board) else None,
         hovertemplate="%{x}<br>CV AUC %{y:.3f} ± %{customdata[1]:.3f}<br>init %{customdata[0]}<extra></extra>",
     ))
-    if "test_auc" in board.columns and board["test_auc"].notna().any():
-        test = board[board["test_auc"].notna()]
-        test_labels = [f"{m} #{int(t)}" for m, t in zip(test["model"], test["trial"])]
-        lo = test["test_auc"] - test.get("test_auc_ci_low", test["test_auc"])
-        hi = test.get("test_auc_ci_high", test["test_auc"]) - test["test_auc"]
-        fig.add_trace(go.Scatter(
-            x=test_labels, y=test["test_auc"], mode="markers", name="Test AUC (95% CI)",
-            marker=dict(size=11, symbol="diamond", color=_color(1)),
-            error_y=dict(type="data", symmetric=False, array=hi.fillna(0).to_numpy(float),
-                         arrayminus=lo.fillna(0).to_numpy(float), visible=True),
-            hovertemplate="%{x}<br>test AUC %{y:.3f}<extra></extra>",
-        ))
+    estimable = _estimable(board)
+    if "test_auc" in board.columns and (board["test_auc"].notna() & estimable).any():
+        fig.add_trace(_interval_trace(board[board["test_auc"].notna() & estimable], "test_auc",
+                                      "Test AUC, slices (95% CI)", _color(1), "diamond"))
+    if "subject_auc" in board.columns and board["subject_auc"].notna().any():
+        fig.add_trace(_interval_trace(board[board["subject_auc"].notna()], "subject_auc",
+                                      "Patient-level AUC (95% CI)", _color(2), "star"))
     fig.add_hline(y=0.5, line_dash="dot", line_color="grey", annotation_text="chance")
     fig.update_layout(template=_TEMPLATE, title="AUC by trial", yaxis_title="AUC", xaxis_title="model #trial",
                       legend=dict(orientation="h", y=1.02, x=0, yanchor="bottom"))
@@ -154,23 +176,49 @@ def leaderboard_chart(leaderboard: pd.DataFrame, *, max_rows: int = 30) -> go.Fi
 
 
 # ---------------------------------------------------------------------------- ROC / PR
-def roc_chart(curves: Curves, *, title: str = "ROC curve") -> go.Figure:
-    """ROC curves with the AUC in each legend entry.
+def _class_counts(y: np.ndarray, groups: Any | None) -> tuple[int, int]:
+    """``(negatives, positives)``: subjects per class when ``groups`` (subject ids) is given, else images.
+
+    A subject's class is its highest label (any positive slice makes a positive subject).
+    """
+    if groups is None:
+        return int((y == 0).sum()), int((y == 1).sum())
+    ids = pd.Series(np.asarray(groups).astype(str).ravel())
+    if len(ids) != len(y):
+        raise ValueError(f"subject ids: {len(ids)} for {len(y)} predictions.")
+    per_subject = pd.Series(y).groupby(ids.to_numpy()).max()
+    return int((per_subject == 0).sum()), int((per_subject == 1).sum())
+
+
+def roc_chart(curves: Curves, *, title: str = "ROC curve", subjects: Mapping[str, Any] | None = None,
+              class_names: Sequence[str] = ("negative", "positive"), unit: str = "patient") -> go.Figure:
+    """ROC curves with the AUC in each legend entry; "not estimable" where a class has fewer than two subjects.
 
     Args:
         curves: ``{name: (y, score)}`` with binary ``y`` (1 = positive class).
         title: Figure title.
+        subjects: Optional ``{name: subject ids}`` (one per row of that curve); without it every row
+            counts as its own subject (e.g. curves already aggregated per patient).
+        class_names: ``(negative, positive)`` names for the counts.
+        unit: Noun of a subject in the counts.
 
     Returns:
-        One trace per curve named ``"<name> (AUC 0.873)"`` plus the chance diagonal.
+        One trace per curve named ``"<name> (AUC 0.873)"`` plus the chance diagonal. A curve with fewer
+        than two subjects of a class is a legend entry ``"<name>: not estimable (n = 1 stroke / 7 normal
+        patients)"`` (:func:`automl.verdict.not_estimable_text`) and no line: its AUC would be 0 or 1 by
+        chance of one patient, never an estimate.
     """
     if not curves:
         raise ValueError("roc_chart needs at least one curve.")
     fig = go.Figure()
+    single_class = []
     for i, (name, (y, score)) in enumerate(curves.items()):
         y, score = _check_binary(name, y, score)
-        if len(np.unique(y)) < 2:
-            logger.warning("ROC of %s skipped: only one class present", name)
+        n_neg, n_pos = _class_counts(y, (subjects or {}).get(name))
+        if min(n_neg, n_pos) == 0:
+            single_class.append(name)
+        if min(n_neg, n_pos) < 2:
+            _not_estimable_trace(fig, name, (n_neg, n_pos), class_names, unit, i)
             continue
         fpr, tpr, thr = roc_curve(y, score)
         value = roc_auc_score(y, score)
@@ -178,11 +226,11 @@ def roc_chart(curves: Curves, *, title: str = "ROC curve") -> go.Figure:
             x=fpr, y=tpr, mode="lines", name=f"{name} (AUC {value:.3f})", line=dict(color=_color(i), width=2),
             customdata=np.clip(thr, 0, 1), hovertemplate="FPR %{x:.3f}<br>TPR %{y:.3f}<br>threshold %{customdata:.3f}",
         ))
-    if not fig.data:
+    if len(single_class) == len(curves):
         raise ValueError(f"No ROC curve can be drawn: every series of {list(curves)} holds a single class.")
     _diagonal(fig)
     fig.update_layout(template=_TEMPLATE, title=title, xaxis_title="False positive rate (1 - specificity)",
-                      yaxis_title="True positive rate (sensitivity)", legend=dict(x=0.55, y=0.05))
+                      yaxis_title="True positive rate (sensitivity)", legend=dict(x=0.45, y=0.05))
     fig.update_xaxes(range=[0, 1], constrain="domain")
     fig.update_yaxes(range=[0, 1.02], scaleanchor="x", scaleratio=1)
     return fig
@@ -248,15 +296,29 @@ def cv_roc_chart(y: Any, score: Any, folds: Any, *, name: str = "model", title: 
     return fig
 
 
-def pr_chart(curves: Curves, *, title: str = "Precision–recall curve") -> go.Figure:
+def _not_estimable_trace(fig: go.Figure, name: str, counts: tuple[int, int], class_names: Sequence[str],
+                         unit: str, i: int) -> None:
+    """A legend entry ``"<name>: not estimable (n = …)"`` and no line."""
+    reason = not_estimable_text({class_names[0]: counts[0], class_names[1]: counts[1]}, unit=unit)
+    logger.info("curve of %s: %s", name, reason)
+    fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name=f"{name}: {reason}",
+                             line=dict(color=_color(i), width=2, dash="dot"), hoverinfo="skip"))
+
+
+def pr_chart(curves: Curves, *, title: str = "Precision–recall curve", subjects: Mapping[str, Any] | None = None,
+             class_names: Sequence[str] = ("negative", "positive"), unit: str = "patient") -> go.Figure:
     """Precision–recall curves with average precision (AP) in each legend entry.
 
     Args:
         curves: ``{name: (y, score)}`` with binary ``y``.
         title: Figure title.
+        subjects: Optional ``{name: subject ids}``, as in :func:`roc_chart`.
+        class_names: ``(negative, positive)`` names for the counts.
+        unit: Noun of a subject in the counts.
 
     Returns:
-        One trace per curve named ``"<name> (AP 0.812)"`` plus the prevalence line of the first curve.
+        One trace per curve named ``"<name> (AP 0.812)"`` plus the prevalence line of the first curve; a
+        curve with fewer than two subjects of a class is a "not estimable (n = …)" legend entry.
     """
     if not curves:
         raise ValueError("pr_chart needs at least one curve.")
@@ -267,9 +329,13 @@ def pr_chart(curves: Curves, *, title: str = "Precision–recall curve") -> go.F
         if y.sum() == 0:
             logger.warning("PR of %s skipped: no positive sample", name)
             continue
+        prevalence = prevalence if prevalence is not None else float(y.mean())
+        counts = _class_counts(y, (subjects or {}).get(name))
+        if min(counts) < 2:
+            _not_estimable_trace(fig, name, counts, class_names, unit, i)
+            continue
         precision, recall, _ = precision_recall_curve(y, score)
         ap = average_precision_score(y, score)
-        prevalence = prevalence if prevalence is not None else float(y.mean())
         fig.add_trace(go.Scatter(x=recall, y=precision, mode="lines", line=dict(color=_color(i), width=2, shape="hv"),
                                  name=f"{name} (AP {ap:.3f})"))
     if prevalence is None:

@@ -35,7 +35,7 @@ from automl import results
 from automl.results import StudyError, StudyResults
 from ui import charts, report
 
-__all__ = ["TABS", "leaderboards_root", "main"]
+__all__ = ["TABS", "leaderboards_root", "main", "winner_style"]
 
 logger = logging.getLogger(__name__)
 
@@ -92,8 +92,9 @@ def _leaderboard_figure(study_dir: str, mtime: float) -> go.Figure:
 def _curve_figures(study_dir: str, mtime: float, models: tuple[str, ...], positive: str) -> dict[str, go.Figure]:
     study = _study(study_dir, mtime)
     curves = report.test_curves(study, models, positive)
-    return {"roc": charts.roc_chart(curves, title=f"ROC, test part ({positive} vs rest)"),
-            "pr": charts.pr_chart(curves, title="Precision–recall, test part"),
+    counts = {"subjects": report.test_subjects(study, models), "class_names": report.roc_class_names(study, positive)}
+    return {"roc": charts.roc_chart(curves, title=f"ROC, test part ({positive} vs rest)", **counts),
+            "pr": charts.pr_chart(curves, title="Precision–recall, test part", **counts),
             "calibration": charts.reliability_chart(curves, title="Reliability diagram, test part")}
 
 
@@ -110,6 +111,12 @@ def _oof_figures(study_dir: str, mtime: float, model: str, positive: str) -> dic
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def _subject_figure(study_dir: str, mtime: float, models: tuple[str, ...], positive: str) -> go.Figure | None:
+    """Patient-level ROC of the test part, each model with its recorded subject rule.
+
+    The rule comes from ``leaderboard.csv`` (``subject_rule``, chosen on out-of-fold predictions);
+    studies written before it show the mean and max rules. A model with fewer than two test patients
+    of a class shows "not estimable (n = …)" instead of an AUC.
+    """
     from automl.metrics import aggregate_by_subject
 
     study = _study(study_dir, mtime)
@@ -118,13 +125,18 @@ def _subject_figure(study_dir: str, mtime: float, models: tuple[str, ...], posit
         frame = study.test_predictions(model)
         if "subject" not in frame.columns or frame.groupby("subject").size().max() < 2:
             return None
-        for how in ("mean", "max"):
-            agg = aggregate_by_subject(frame, how=how)
-            y, p = charts.binary_series(agg, study.classes, positive)
-            if len(np.unique(y)) < 2:
-                return None  # all test subjects in one class: no subject-level ROC
-            curves[f"{model} (subject {how})"] = (y, p)
-    return charts.roc_chart(curves, title="Subject-level ROC, test part (slice probabilities aggregated per subject)")
+        row = study.refit_row(model)
+        rule = row.get("subject_rule") if row is not None else None
+        for how in [rule] if isinstance(rule, str) else ["mean", "max"]:
+            y, p = charts.binary_series(aggregate_by_subject(frame, how=how), study.classes, positive)
+            curves[f"{model} (patients, {how})"] = (y, p)
+    try:
+        return charts.roc_chart(curves, title="Patient-level ROC, test part (slice probabilities aggregated per "
+                                              "patient with the rule chosen on out-of-fold predictions)",
+                                class_names=report.roc_class_names(study, positive))
+    except ValueError as exc:  # every series holds patients of one class only
+        logger.info("no patient-level ROC: %s", exc)
+        return None
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
@@ -341,8 +353,45 @@ def sidebar_ui(root: Path, studies: list[Path]) -> tuple[StudyResults | None, st
 
 
 # ==================================================================================== tabs
-def leaderboard_ui(study: StudyResults) -> None:
-    board = study.leaderboard
+def verdict_ui(study: StudyResults) -> None:
+    """The verdict (large), the warnings and the winner's patient-level figures, read from the study files."""
+    verdict = study.verdict
+    if verdict:
+        st.markdown(f"### {verdict}")
+    else:
+        st.info("No verdict recorded: this study was written before the patient-level verdict. Regenerate it with "
+                f"`python -m automl.leaderboard --study {study.name}`.")
+    for warning in study.warnings:
+        st.warning(warning, icon="⚠️")
+    row = study.refit_row(study.best_model) if study.best_model else None
+    if row is None or "subject_auc" not in row.index:
+        return
+    classes = study.classes
+    note = row.get("subject_note") if isinstance(row.get("subject_note"), str) else ""
+    cols = st.columns(4)
+    for col, (label, column) in zip(cols, [("Patient-level AUC", "subject_auc"), ("Sensitivity (patients)",
+                                           "subject_sensitivity"), ("Specificity (patients)", "subject_specificity")]):
+        value = row.get(column)
+        low, high = row.get(f"{column}_ci_low"), row.get(f"{column}_ci_high")
+        text = "–" if pd.isna(value) else f"{value:.2f}"
+        ci = "" if pd.isna(low) or pd.isna(high) else f"95% CI {low:.2f}–{high:.2f}"
+        col.metric(label, text, help=ci or note or None)
+        col.caption(ci or note or "–")
+    pos, neg = row.get("n_test_subjects_pos"), row.get("n_test_subjects_neg")
+    if len(classes) == 2 and pd.notna(pos) and pd.notna(neg):
+        cols[3].metric(f"Test patients ({classes[1]} / {classes[0]})", f"{int(pos)} / {int(neg)}")
+    try:
+        label = (study.report.get("selection") or {}).get("label") or "selection score (CV)"  # best of all trials
+    except StudyError:
+        label = "selection score (CV)"
+    threshold = row.get("subject_threshold")
+    st.caption(f"{study.best_model}: {label} {row['cv_auc_mean']:.3f} — optimistically biased by the choice, not the "
+               f"estimate. Patient rule `{row.get('subject_rule')}` chosen on out-of-fold predictions, threshold "
+               f"{'–' if pd.isna(threshold) else f'{threshold:.3f}'} on the calibration part. "
+               "Nested evaluation is not done.")
+
+
+def _audit_ui(study: StudyResults) -> None:
     try:
         audit = study.report.get("leakage_audit")
     except StudyError as exc:
@@ -361,28 +410,52 @@ def leaderboard_ui(study: StudyResults) -> None:
             st.success(text + " No leakage signal.", icon="✅")
     else:
         st.info("No leakage audit recorded for this study.")
-    if board.empty:
-        st.info("The leaderboard has no trial yet: the search is still running or found nothing.")
-        return
+
+
+_COLUMN_LABELS = {
+    "cv_auc_mean": ("selection score (CV AUC)", "%.3f", "Mean CV AUC: what the search maximised. The best of N trials "
+                    "is optimistically biased by that choice: the test and patient columns are the estimates."),
+    "cv_auc_std": ("± std", "%.3f", None), "test_auc": ("test AUC (slices)", "%.3f", None),
+    "test_auc_ci_low": ("CI low", "%.3f", None), "test_auc_ci_high": ("CI high", "%.3f", None),
+    "compare_p": ("p vs best", "%.3g", "Paired test of this model's test AUC against the best model's "
+                  "(compare_method: paired cluster bootstrap over patients, or DeLong with one image per patient)."),
+    "subject_auc": ("patient AUC", "%.3f", "Patient-level AUC (slices aggregated with subject_rule, chosen on "
+                    "out-of-fold predictions). Empty where not estimable: see subject_note."),
+    "subject_auc_ci_low": ("patient CI low", "%.3f", None), "subject_auc_ci_high": ("patient CI high", "%.3f", None),
+}
+
+
+def winner_style(table: pd.DataFrame, winner: int | None) -> Any:
+    """The leaderboard styled with only the study's winner (its ``trial``) highlighted."""
+    return table.style.apply(
+        lambda row: ["background-color: rgba(40,167,69,0.18)" if row["trial"] == winner else "" for _ in row], axis=1)
+
+
+def _leaderboard_table_ui(study: StudyResults, board: pd.DataFrame) -> None:
     table = report.leaderboard_table(board)
-    best = report.best_per_architecture(board)
-    styled = table.style.apply(
-        lambda row: ["background-color: rgba(40,167,69,0.18)" if row.name in best else "" for _ in row], axis=1)
+    styled = winner_style(table, study.winner_trial)
     formats: dict[str, Any] = {c: st.column_config.NumberColumn(c, format="%.3f") for c in table.columns
                                if pd.api.types.is_float_dtype(table[c]) and c not in ("lr", "weight_decay")}
     formats.update({c: st.column_config.NumberColumn(c, format="%.2e") for c in ("lr", "weight_decay") if c in table})
+    formats.update({c: st.column_config.NumberColumn(label, format=fmt, help=help_)
+                    for c, (label, fmt, help_) in _COLUMN_LABELS.items() if c in table})
     st.dataframe(styled, hide_index=True, key="leaderboard", column_config={**formats,
-        "cv_auc_mean": st.column_config.NumberColumn("CV AUC", format="%.3f"),
-        "cv_auc_std": st.column_config.NumberColumn("± std", format="%.3f"),
-        "test_auc": st.column_config.NumberColumn("test AUC", format="%.3f"),
-        "test_auc_ci_low": st.column_config.NumberColumn("CI low", format="%.3f"),
-        "test_auc_ci_high": st.column_config.NumberColumn("CI high", format="%.3f"),
-        "delong_p": st.column_config.NumberColumn("DeLong p vs best", format="%.3g"),
         "init": st.column_config.TextColumn("init", help="ImageNet or random initialisation actually used"),
-        "best": st.column_config.TextColumn("best", help="★ best trial of its architecture (highlighted)"),
+        "best": st.column_config.TextColumn("best", help="★ best trial of its architecture (refitted and tested)"),
     })
-    st.caption("Highlighted ★: best trial of each architecture (the refitted ones carry test metrics). "
-               "DeLong p: paired test of each refitted model's test AUC against the best model's.")
+    st.caption("Highlighted: the study's winner. ★: best trial of each architecture (the refitted ones carry test "
+               "metrics). Empty where not estimable (fewer than two test patients of a class, or fewer than five for an "
+               "interval: see subject_note and test_note).")
+
+
+def leaderboard_ui(study: StudyResults) -> None:
+    board = study.leaderboard
+    verdict_ui(study)
+    _audit_ui(study)
+    if board.empty:
+        st.info("The leaderboard has no trial yet: the search is still running or found nothing.")
+        return
+    _leaderboard_table_ui(study, board)
     st.download_button("⬇ Leaderboard CSV", data=(study.dir / "leaderboard.csv").read_bytes(),
                        file_name=f"{study.name}_leaderboard.csv", mime="text/csv", key="leaderboard_csv",
                        on_click="ignore")

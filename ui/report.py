@@ -25,20 +25,29 @@ from automl._cli import add_logging_arguments, add_study_arguments, fail, locate
 from automl.results import StudyError, StudyResults, load_study
 from ui import charts
 
-__all__ = ["DISCLAIMER", "build_report", "leaderboard_table", "positive_class", "test_curves", "write_report", "main"]
+__all__ = ["DISCLAIMER", "build_report", "leaderboard_table", "positive_class", "roc_class_names", "test_curves",
+           "test_subjects", "write_report", "main"]
 
 logger = logging.getLogger(__name__)
 
 DISCLAIMER = "Research and teaching only — not for clinical use."
 
-#: Leaderboard columns shown to humans (in this order, when present).
+#: Leaderboard columns shown to humans (in this order, when present). ``cv_auc_mean`` is the selection
+#: score; the patient-level columns are the headline; ``subject_auc_mean``/``subject_auc_max`` only for
+#: studies written before the patient-level headline.
 TABLE_COLUMNS = [
-    "rank", "trial", "model", "init", "train_precision", "state", "cv_auc_mean", "cv_auc_std", "test_auc",
-    "test_auc_ci_low",
-    "test_auc_ci_high", "delong_p", "test_sensitivity", "test_specificity", "test_balanced_accuracy", "test_f1",
-    "test_brier", "test_ece", "subject_auc_mean", "subject_auc_max", "threshold", "lr", "batch_size",
-    "weight_decay", "finetune", "fit_seconds", "refit",
+    "rank", "trial", "model", "init", "train_precision", "state", "cv_auc_mean", "cv_auc_std",
+    "subject_rule", "subject_auc", "subject_auc_ci_low", "subject_auc_ci_high", "subject_sensitivity",
+    "subject_specificity", "n_test_subjects_pos", "n_test_subjects_neg", "subject_note",
+    "test_auc", "test_auc_ci_low", "test_auc_ci_high", "compare_p", "compare_method", "test_sensitivity",
+    "test_specificity", "test_balanced_accuracy", "test_f1", "test_brier", "test_ece", "ci_method", "test_note",
+    "subject_auc_mean", "subject_auc_max", "threshold", "lr", "batch_size", "weight_decay", "finetune",
+    "fit_seconds", "refit",
 ]
+_LEGACY_COLUMNS = {"subject_auc_mean": "subject_auc", "subject_auc_max": "subject_auc"}  # shown without the new one
+#: Slice-level figures hidden where the test part has fewer than two subjects of a class.
+_SLICE_FIGURES = ("test_auc", "test_auc_ci_low", "test_auc_ci_high", "test_sensitivity", "test_specificity",
+                  "test_balanced_accuracy", "test_f1", "test_accuracy")
 
 
 def positive_class(study: StudyResults) -> str:
@@ -52,6 +61,19 @@ def test_curves(study: StudyResults, models: Sequence[str], positive: str | None
     return {m: charts.binary_series(study.test_predictions(m), study.classes, positive) for m in models}
 
 
+def test_subjects(study: StudyResults, models: Sequence[str]) -> dict[str, Any]:
+    """``{model: subject ids}`` of the test part (models whose predictions name subjects), for the
+    "not estimable" counts of :func:`ui.charts.roc_chart`."""
+    frames = {m: study.test_predictions(m) for m in models}
+    return {m: f["subject"].to_numpy() for m, f in frames.items() if "subject" in f.columns}
+
+
+def roc_class_names(study: StudyResults, positive: str | None = None) -> tuple[str, str]:
+    """``(negative, positive)`` names of a one-vs-rest ROC."""
+    positive = positive or positive_class(study)
+    return (study.classes[0], positive) if len(study.classes) == 2 else (f"non-{positive}", positive)
+
+
 def best_per_architecture(board: pd.DataFrame) -> pd.Index:
     """Index of the best finished trial (highest CV AUC) of each architecture."""
     done = board[board["cv_auc_mean"].notna()]
@@ -60,10 +82,27 @@ def best_per_architecture(board: pd.DataFrame) -> pd.Index:
     return pd.Index(done.groupby("model")["cv_auc_mean"].idxmax().to_list())
 
 
+def _not_estimable_rows(board: pd.DataFrame) -> pd.Series:
+    """Rows whose test part has fewer than two subjects of a class (unknown counts: ``False``)."""
+    if "n_test_subjects_pos" not in board.columns or "n_test_subjects_neg" not in board.columns:
+        return pd.Series(False, index=board.index)
+    counts = board[["n_test_subjects_pos", "n_test_subjects_neg"]].astype(float)
+    return counts.notna().all(axis=1) & (counts.min(axis=1) < 2)
+
+
 def leaderboard_table(board: pd.DataFrame) -> pd.DataFrame:
-    """The human-facing leaderboard: selected columns, plus ``best`` (★ = best of its architecture)."""
-    columns = [c for c in TABLE_COLUMNS if c in board.columns]
+    """The human-facing leaderboard: selected columns, plus ``best`` (★ = best of its architecture).
+
+    Slice-level test figures of a row whose test part has fewer than two subjects of a class are
+    blanked (its ``test_note`` says "not estimable (n = …)"): a 0.000 or 1.000 from one patient is no
+    result. The file itself keeps every value.
+    """
+    columns = [c for c in TABLE_COLUMNS if c in board.columns
+               and not (c in _LEGACY_COLUMNS and _LEGACY_COLUMNS[c] in board.columns)]
     table = board[columns].copy()
+    hidden = _not_estimable_rows(board)
+    for column in (c for c in _SLICE_FIGURES if c in table.columns):
+        table[column] = table[column].astype(float).mask(hidden)
     table.insert(min(3, len(columns)), "best", np.where(board.index.isin(best_per_architecture(board)), "★", ""))
     return table
 
@@ -87,6 +126,21 @@ def _audit_html(report: dict[str, Any]) -> str:
             f"<b>{_fmt(audit.get('slice_auc'))}</b>, gap {_fmt(gap)} — {verdict}.</p>")
 
 
+def _verdict_html(study: StudyResults, report: dict[str, Any]) -> str:
+    """The verdict (large), the warnings, and what the selection score is."""
+    verdict = study.verdict
+    parts = [f"<p class='verdict'><b>Verdict.</b> {html.escape(verdict)}</p>" if verdict else
+             "<p class='info'>No verdict recorded: this study was written before the patient-level verdict; "
+             f"regenerate it with <code>python -m automl.leaderboard --study {html.escape(study.name)}</code>.</p>"]
+    parts += [f"<p class='bad'>⚠️ {html.escape(w)}</p>" for w in study.warnings]
+    label = (report.get("selection") or {}).get("label", "selection score (CV)")
+    if report.get("best_cv_auc") is not None:
+        parts.append(f"<p>Best model chosen by its {html.escape(label)}: {_fmt(report.get('best_cv_auc'))} — "
+                     "optimistically biased by that choice, so not the estimate; the test part is. "
+                     "Nested evaluation (an outer CV around the search) is not done.</p>")
+    return "\n".join(parts)
+
+
 def _figures(study: StudyResults) -> list[tuple[str, go.Figure]]:
     figures: list[tuple[str, go.Figure]] = [("Leaderboard", charts.leaderboard_chart(study.leaderboard))]
     models = study.refitted_models()
@@ -101,8 +155,12 @@ def _figures(study: StudyResults) -> list[tuple[str, go.Figure]]:
             figures.append((title, None))  # type: ignore[arg-type]
 
     if models:
-        attempt(f"ROC on the test part ({positive} vs rest)", lambda: charts.roc_chart(test_curves(study, models)))
-        attempt("Precision–recall on the test part", lambda: charts.pr_chart(test_curves(study, models)))
+        attempt(f"ROC on the test part ({positive} vs rest)",
+                lambda: charts.roc_chart(test_curves(study, models), subjects=test_subjects(study, models),
+                                         class_names=roc_class_names(study)))
+        attempt("Precision–recall on the test part",
+                lambda: charts.pr_chart(test_curves(study, models), subjects=test_subjects(study, models),
+                                        class_names=roc_class_names(study)))
         attempt("Reliability on the test part", lambda: charts.reliability_chart(test_curves(study, models)))
     if best:
         def oof_roc() -> go.Figure:
@@ -154,8 +212,10 @@ def build_report(study: StudyResults | str | Path) -> str:
         "<style>body{font-family:system-ui,sans-serif;max-width:1200px;margin:auto;padding:1em}"
         "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ddd;padding:3px 6px}"
         ".bad{background:#f8d7da;padding:.6em}.good{background:#d4edda;padding:.6em}"
-        ".info{background:#e2e3e5;padding:.6em}.warn{color:#842029;font-weight:bold}</style></head><body>",
+        ".info{background:#e2e3e5;padding:.6em}.warn{color:#842029;font-weight:bold}"
+        ".verdict{font-size:1.4em;background:#fff3cd;padding:.6em}</style></head><body>",
         f"<h1>StrokeCT AutoML study: {html.escape(study.name)}</h1>",
+        _verdict_html(study, report),
         f"<p class='warn'>{DISCLAIMER}</p>",
         f"<p>Classes: {html.escape(', '.join(study.classes))}. Data: <code>{html.escape(str(cfg.get('data_dir')))}</code> "
         f"({_fmt(cfg.get('n_images'))} images, {_fmt(cfg.get('n_subjects'))} subjects, grouping "
@@ -164,6 +224,9 @@ def build_report(study: StudyResults | str | Path) -> str:
         f"Best model: <b>{html.escape(str(study.best_model))}</b>. Generated {time.strftime('%Y-%m-%d %H:%M')}.</p>",
         _audit_html(report),
         "<h2>Leaderboard</h2>",
+        "<p>cv_auc_mean: the selection score (what the search maximised); subject_*: patient level, the "
+        "headline; test_*: slices, intervals by ci_method; compare_p: paired test against the best model "
+        "(compare_method); '–' where not estimable (see subject_note, test_note).</p>",
         leaderboard_table(study.leaderboard).to_html(index=False, float_format=lambda v: f"{v:.3f}", na_rep="–"),
     ]
     first = True

@@ -23,12 +23,15 @@ from sklearn.metrics import (
     precision_score,
     recall_score,
     roc_auc_score,
+    roc_curve,
 )
 
 from automl import leaderboard
 from automl.leaderboard import LEADERBOARD_COLUMNS, trials_table, write_leaderboard
 from automl.scoring import choose_threshold, score_predictions, subject_level
 from automl.study import StudyFolder
+from automl.uncertainty import bootstrap_auc_ci, delong_test
+from tests.automl._scored_study import make_scored_study
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -158,7 +161,8 @@ def test_regenerate_from_storage_reproduces_every_number(lb_study: Path, tmp_pat
     write_leaderboard(copy, refit=False)  # cached refits are reused, nothing is trained
     pd.testing.assert_frame_equal(_numbers(copy), _numbers(lb_study))
     old, new = (json.loads((d / "report.json").read_text()) for d in (lb_study, copy))
-    for key in ("best_model", "best_trial", "threshold", "leakage_audit", "delong", "test", "subject_level"):
+    for key in ("best_model", "best_trial", "threshold", "leakage_audit", "comparisons", "test", "subject_level",
+                "intervals", "headline", "subject_rules", "verdict", "warnings"):
         assert new[key] == old[key], key
     assert {p: p.stat().st_mtime_ns for p in (copy / "models").rglob("model.safetensors")} == mtimes
 
@@ -240,3 +244,105 @@ def test_cli_write_error_is_one_line(lb_study: Path, tmp_path: Path, monkeypatch
     assert str(copy) in err[-1] and not any("Traceback" in line for line in err)
     assert (copy / "leaderboard.csv").read_bytes() == before
     assert not list(copy.rglob("*.tmp"))
+
+
+# ------------------------------------------------------------------------------------------------ the patient is the unit
+
+
+def _scored(tmp_path: Path, **kwargs) -> tuple[Path, pd.DataFrame, dict]:
+    """A hand-made study (tests/automl/_scored_study.py) written by write_leaderboard, no training."""
+    study_dir = make_scored_study(tmp_path, **kwargs)
+    write_leaderboard(study_dir, refit=False, audit=False)
+    board = pd.read_csv(study_dir / "leaderboard.csv")
+    return study_dir, board[board["refit"]].set_index("model"), json.loads((study_dir / "report.json").read_text())
+
+
+def _aggregate(frame: pd.DataFrame, rule: str) -> pd.DataFrame:
+    """Slices -> subjects with plain pandas (mean, max, top<k>_mean of P(Stroke)); label = max slice label."""
+    grouped = frame.groupby("subject")
+    if rule.startswith("top"):
+        k = int(rule[3:].split("_")[0])
+        p = grouped["prob_Stroke"].apply(lambda s: s.nlargest(k).mean())
+    else:
+        p = grouped["prob_Stroke"].agg(rule)
+    return pd.DataFrame({"y": grouped["y"].max(), "p": p})
+
+
+def test_no_signal_multislice_study_is_not_called_better_than_chance(tmp_path: Path) -> None:
+    study_dir, rows, report = _scored(tmp_path, slices=6)
+    for model, row in rows.iterrows():
+        assert row["ci_method"] == "cluster_bootstrap" and report["ci_method"] == "cluster_bootstrap"
+        for metric in ("auc", "sensitivity", "specificity", "accuracy", "brier", "ece"):
+            assert row[f"test_{metric}_ci_low"] <= row[f"test_{metric}"] <= row[f"test_{metric}_ci_high"], metric
+        assert row["test_auc_ci_low"] < 0.5 < row["test_auc_ci_high"]
+        assert row["subject_auc_ci_low"] < 0.5 < row["subject_auc_ci_high"]
+        # the slice bootstrap of version 1 is far narrower on the same predictions: it counts slices, not patients
+        test = pd.read_csv(study_dir / "predictions" / f"test_{model}.csv")
+        low, high = bootstrap_auc_ci(test["y"], test["prob_Stroke"].to_numpy(), n_boot=2000, seed=0)
+        assert high - low < 0.7 * (row["test_auc_ci_high"] - row["test_auc_ci_low"])
+    logreg = rows.loc["logreg"]
+    assert logreg["compare_method"] == "paired_cluster_bootstrap" and logreg["compare_p"] > 0.05
+    assert np.isnan(logreg["delong_p"])  # no slice-level DeLong on clustered data
+    assert rows.loc["tiny_cnn", "compare_method"] == "reference"
+    assert report["comparisons"]["logreg"]["image"]["method"] == "paired_cluster_bootstrap"
+    verdict = report["verdict"]
+    assert verdict.startswith("tiny_cnn: patient-level AUC ") and "24 Stroke / 24 Normal patients" in verdict
+    assert "not distinguishable from chance" in verdict
+    assert "not distinguishable from the runner-up and pixel baseline logreg (p = " in verdict
+    markdown = (study_dir / "leaderboard.md").read_text()
+    assert markdown.splitlines()[2] == f"**Verdict.** {verdict}"
+    assert "selection score (CV, best of N trials)" in markdown and "selection score (CV, best of 2 trials)" in markdown
+
+
+def test_single_slice_study_keeps_the_slice_bootstrap_and_delong(tmp_path: Path) -> None:
+    study_dir, rows, report = _scored(tmp_path, slices=1)
+    assert report["ci_method"] == "bootstrap" and report["comparison_method"] == "delong"
+    best = pd.read_csv(study_dir / "predictions" / "test_tiny_cnn.csv")
+    other = pd.read_csv(study_dir / "predictions" / "test_logreg.csv")
+    low, high = bootstrap_auc_ci(best["y"], best["prob_Stroke"].to_numpy(), n_boot=2000, seed=0)
+    assert (rows.loc["tiny_cnn", "test_auc_ci_low"], rows.loc["tiny_cnn", "test_auc_ci_high"]) == (low, high)
+    _, p = delong_test(best["y"], best["prob_Stroke"], other["prob_Stroke"])
+    assert rows.loc["logreg", "compare_p"] == pytest.approx(p) == rows.loc["logreg", "delong_p"]
+    assert (rows["ci_method"] == "bootstrap").all()
+
+
+def test_subject_level_figures_recompute_from_the_prediction_files(tmp_path: Path) -> None:
+    study_dir, rows, report = _scored(tmp_path, slices=5, signal=1.5)
+    predictions = study_dir / "predictions"
+    for model, row in rows.iterrows():
+        # the rule: the best out-of-fold subject AUC (ties -> mean), never looked up on the test part
+        oof = pd.read_csv(predictions / f"oof_{model}.csv")
+        oof_aucs = {rule: roc_auc_score(*_aggregate(oof, rule).T.to_numpy()) for rule in ("mean", "max", "top3_mean")}
+        assert oof_aucs[row["subject_rule"]] == pytest.approx(max(oof_aucs.values()))
+        # the threshold: Youden's J on the calibration part aggregated with that rule
+        calibration = _aggregate(pd.read_csv(predictions / f"calibration_{model}.csv"), row["subject_rule"])
+        fpr, tpr, thresholds = roc_curve(calibration["y"], calibration["p"])
+        assert row["subject_threshold"] == pytest.approx(thresholds[np.argmax(tpr - fpr)])
+        assert report["subject_rules"][model]["threshold_source"] == "calibration"
+        # the test part, aggregated with the recorded rule, scored with scikit-learn
+        test = _aggregate(pd.read_csv(predictions / f"test_{model}.csv"), row["subject_rule"])
+        assert roc_auc_score(test["y"], test["p"]) == pytest.approx(row["subject_auc"])
+        pred = (test["p"] >= row["subject_threshold"]).astype(int)
+        assert recall_score(test["y"], pred) == pytest.approx(row["subject_sensitivity"])
+        assert recall_score(1 - test["y"], 1 - pred) == pytest.approx(row["subject_specificity"])
+        assert (row["n_test_subjects_pos"], row["n_test_subjects_neg"]) == (24, 24)
+        headline = report["headline"][model]
+        assert headline["subject"]["auc"]["estimate"] == pytest.approx(row["subject_auc"])
+        assert headline["n_subjects"] == {"Normal": 24, "Stroke": 24}
+    assert report["warnings"] == []
+
+
+def test_not_estimable_is_written_as_nan_and_a_reason(tmp_path: Path) -> None:
+    study_dir, rows, report = _scored(tmp_path, slices=4, test=(1, 7))
+    reason = "not estimable (n = 1 Stroke / 7 Normal patients)"
+    for model, row in rows.iterrows():
+        for column in ("subject_auc", "subject_auc_ci_low", "subject_sensitivity", "subject_specificity",
+                       "test_auc_ci_low", "test_auc_ci_high"):
+            assert np.isnan(row[column]), (model, column)
+        assert row["subject_note"] == reason and row["test_note"] == reason
+    assert report["headline"]["tiny_cnn"]["subject"]["auc"]["estimate"] is None
+    assert report["verdict"].startswith("tiny_cnn: patient-level AUC not estimable (1 Stroke / 7 Normal patients)")
+    assert any(w.startswith("Small test part: 1 Stroke / 7 Normal patients") for w in report["warnings"])
+    markdown = (study_dir / "leaderboard.md").read_text()
+    assert reason in markdown and "> ⚠️ Small test part" in markdown
+    assert "0.000 [" not in markdown and "1.000 [" not in markdown

@@ -302,7 +302,9 @@ def test_smoke_study_files_and_schema(smoke_study: Path) -> None:
     assert set(board["model"]) == {"tiny_cnn", "logreg"}  # every architecture gets a first trial
     refit = board[board["refit"]]
     assert sorted(refit["model"]) == ["logreg", "tiny_cnn"]
-    assert refit[["test_auc", "test_auc_ci_low", "test_auc_ci_high", "test_sensitivity", "threshold"]].notna().all().all()
+    assert refit[["test_auc", "test_sensitivity", "threshold"]].notna().all().all()
+    # an interval needs 5 test patients per class (the smoke phantom has fewer): else nan and a reason (issue 16)
+    assert (refit["test_auc_ci_low"].notna() | refit["test_note"].astype(str).str.startswith("not estimable")).all()
     assert board.loc[~board["refit"], "test_auc"].isna().all()
     complete = board[board["state"] == "COMPLETE"]
     assert complete["cv_auc_mean"].is_monotonic_decreasing
@@ -360,7 +362,10 @@ def test_every_auc_recomputes_from_the_prediction_files(smoke_study: Path) -> No
     for _, row in board[board["refit"]].iterrows():
         test = pd.read_csv(smoke_study / "predictions" / f"test_{row['model']}.csv")
         assert roc_auc_score(test["y"], test[pos]) == pytest.approx(row["test_auc"], abs=1e-9)
-        assert row["test_auc_ci_low"] <= row["test_auc"] <= row["test_auc_ci_high"]
+        if pd.notna(row["test_auc_ci_low"]):
+            assert row["test_auc_ci_low"] <= row["test_auc"] <= row["test_auc_ci_high"]
+        else:  # fewer than 5 test patients in a class: no interval, and the row says why (issue 16)
+            assert str(row["test_note"]).startswith("not estimable")
         pred = (test[pos] >= row["threshold"]).astype(int)
         tn, fp, fn, tp = confusion_matrix(test["y"], pred, labels=[0, 1]).ravel()
         assert row["test_sensitivity"] == pytest.approx(tp / (tp + fn))

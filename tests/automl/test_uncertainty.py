@@ -1,4 +1,4 @@
-"""Tests of automl.uncertainty: clustered intervals, paired comparisons, subject-level headline, verdicts.
+"""Tests of automl.uncertainty and automl.verdict: clustered intervals, paired comparisons, subject-level headline, verdicts.
 
 The two simulation tests check the statistical contract on data without signal: patients labelled at
 random, 20-30 strongly correlated slices each. They run with one BLAS thread (small matrix products
@@ -16,7 +16,9 @@ from sklearn.metrics import confusion_matrix, roc_auc_score
 from threadpoolctl import threadpool_limits
 
 from automl import metrics as M
+from automl import _resample as R
 from automl import uncertainty as U
+from automl import verdict as V
 
 # --- simulated data ----------------------------------------------------------------------------------------
 
@@ -154,10 +156,10 @@ def test_both_auc_kernels_agree_exactly():
     subjects = np.repeat(np.arange(30), rng.integers(1, 6, 30))
     y = rng.integers(0, 2, len(subjects))
     p = np.round(rng.random(len(subjects)), 1)
-    cl = U._clusters(y, p, subjects, None)
-    counts = next(U._resample_counts(cl, 100, 0))
-    a = U._WeightedAuc(y == 1, p, cl.codes)(counts)
-    b = U._SubjectPairAuc(y == 1, p, cl.codes, len(cl.subject_y))(counts)
+    cl = R._clusters(y, p, subjects, None)
+    counts = next(R._resample_counts(cl, 100, 0))
+    a = R._WeightedAuc(y == 1, p, cl.codes)(counts)
+    b = R._SubjectPairAuc(y == 1, p, cl.codes, len(cl.subject_y))(counts)
     np.testing.assert_array_equal(a, b)
 
 
@@ -290,7 +292,7 @@ def test_compare_clustered(clustered):
 def test_compare_subject_level_is_delong_on_aggregated_frames(clustered):
     other = clustered.assign(prob_stroke=np.random.default_rng(4).random(len(clustered)))
     other["prob_normal"] = 1 - other["prob_stroke"]
-    cmp = U.compare_subject_level(clustered, other, rule_1="mean", rule_2="max")
+    cmp = V.compare_subject_level(clustered, other, rule_1="mean", rule_2="max")
     a1 = M.aggregate_by_subject(clustered, how="mean")
     a2 = M.aggregate_by_subject(other, how="max")
     assert cmp.level == "subject" and cmp.method == "delong"
@@ -299,7 +301,7 @@ def test_compare_subject_level_is_delong_on_aggregated_frames(clustered):
     assert cmp.p_value == pytest.approx(U.delong_test(a1["y"], a1["prob_stroke"], a2["prob_stroke"])[1])
     assert cmp.n_subjects == {"normal": 14, "stroke": 10}
     with pytest.raises(ValueError, match="different subjects"):
-        U.compare_subject_level(clustered, other[other["subject"] != "pt03"])
+        V.compare_subject_level(clustered, other[other["subject"] != "pt03"])
 
 
 # --- subject rule, headline ------------------------------------------------------------------------------
@@ -320,25 +322,25 @@ def _one_lesion_slice(seed: int = 0) -> pd.DataFrame:
 
 def test_rule_selection_picks_max_when_the_signal_lives_in_one_slice():
     oof = _one_lesion_slice()
-    choice = U.select_subject_rule(oof)
+    choice = V.select_subject_rule(oof)
     assert choice.rule == "max"
     assert choice.auc_by_rule["max"] == 1.0 > choice.auc_by_rule["top3_mean"] > choice.auc_by_rule["mean"]
     agg = M.aggregate_by_subject(oof, how="max")
     assert choice.threshold == M.youden_threshold(agg["y"], agg["prob_stroke"])
     assert choice.threshold_method == "youden" and choice.n_subjects == {"normal": 20, "stroke": 20}
-    target = U.select_subject_rule(oof, target_sensitivity=0.9)
+    target = V.select_subject_rule(oof, target_sensitivity=0.9)
     assert target.threshold_method == "sensitivity>=0.9"
 
 
 def test_rule_selection_ties_go_to_mean():
     oof = _one_lesion_slice().groupby("subject", as_index=False).head(1)  # one slice each: all rules agree
-    assert U.select_subject_rule(oof).rule == "mean"
-    assert U.select_subject_rule(oof, rules=("max", "top3_mean", "mean")).rule == "mean"
-    assert U.select_subject_rule(oof, rules=("max", "top3_mean")).rule == "max"
+    assert V.select_subject_rule(oof).rule == "mean"
+    assert V.select_subject_rule(oof, rules=("max", "top3_mean", "mean")).rule == "mean"
+    assert V.select_subject_rule(oof, rules=("max", "top3_mean")).rule == "max"
 
 
 def test_headline_recomputes_with_sklearn(clustered):
-    h = U.headline(clustered, rule="mean", threshold=0.5, model="simple_cnn", n_boot=300)
+    h = V.headline(clustered, rule="mean", threshold=0.5, model="simple_cnn", n_boot=300)
     agg = M.aggregate_by_subject(clustered, how="mean")
     assert h.subject["auc"].estimate == pytest.approx(roc_auc_score(agg["y"], agg["prob_stroke"]))
     tn, fp, fn, tp = confusion_matrix(agg["y"], agg["prob_stroke"] >= 0.5).ravel()
@@ -351,7 +353,7 @@ def test_headline_recomputes_with_sklearn(clustered):
     assert h.n_subjects == {"normal": 14, "stroke": 10} and h.classes == ["normal", "stroke"]
     assert h.warning is None
     assert json.loads(json.dumps(h.to_dict(), allow_nan=False))["subject"]["auc"]["ci_method"] == "bootstrap"
-    with_slice = U.headline(clustered, rule="max", threshold=0.5, slice_threshold=0.5, n_boot=100)
+    with_slice = V.headline(clustered, rule="max", threshold=0.5, slice_threshold=0.5, n_boot=100)
     assert set(with_slice.slice) == {"auc", "brier", "ece", "sensitivity", "specificity", "accuracy"}
 
 
@@ -366,7 +368,7 @@ def test_headline_multiclass_majority_strata():
     est = U.cluster_bootstrap(y, P, subjects, metrics=("auc", "accuracy", "brier", "ece"), n_boot=100)
     assert est["auc"].n_subjects == {"class 0": 10, "class 1": 10, "class 2": 10}
     assert est["auc"].estimate == pytest.approx(roc_auc_score(y, P, multi_class="ovr"))
-    h = U.headline(frame, rule="mean", threshold=None, n_boot=100)
+    h = V.headline(frame, rule="mean", threshold=None, n_boot=100)
     assert set(h.subject) == {"auc", "accuracy", "brier"} and h.counts == {}
     with pytest.raises(ValueError, match="binary"):
         U.cluster_bootstrap(y, P, subjects, metrics=("sensitivity",), threshold=0.5)
@@ -380,8 +382,8 @@ def _estimate(value, low, high, n_subjects, estimable=True):
                             "" if estimable else "not estimable")
 
 
-def _headline(auc: U.MetricEstimate, model: str = "simple_cnn") -> U.Headline:
-    return U.Headline(model, "mean", 0.5, ["normal", "stroke"], {"auc": auc}, {}, {}, auc.n_subjects,
+def _headline(auc: U.MetricEstimate, model: str = "simple_cnn") -> V.Headline:
+    return V.Headline(model, "mean", 0.5, ["normal", "stroke"], {"auc": auc}, {}, {}, auc.n_subjects,
                       auc.n_images)
 
 
@@ -392,14 +394,14 @@ def _comparison(diff: float, p_value: float, estimable: bool = True) -> U.Compar
 
 def test_verdict_sentence():
     best = _headline(_estimate(0.654, 0.42, 0.861, {"normal": 12, "stroke": 8}))
-    text = U.verdict_sentence(best, {"logreg": _comparison(0.1, 0.48)})
+    text = V.verdict_sentence(best, {"logreg": _comparison(0.1, 0.48)})
     assert text == ("simple_cnn: patient-level AUC 0.65 (95% CI 0.42–0.86, 8 stroke / 12 normal patients), "
                     "not distinguishable from chance; not distinguishable from logreg (p = 0.48).")
     below = _headline(_estimate(0.31, 0.12, 0.47, {"normal": 40, "stroke": 35}))
-    assert U.verdict_sentence(below, {}).startswith("simple_cnn: patient-level AUC 0.31 (95% CI 0.12–0.47, "
+    assert V.verdict_sentence(below, {}).startswith("simple_cnn: patient-level AUC 0.31 (95% CI 0.12–0.47, "
                                                      "35 stroke / 40 normal patients), below chance;")
     strong = _headline(_estimate(0.91, 0.82, 0.97, {"normal": 40, "stroke": 35}), model="resnet18")
-    text = U.verdict_sentence(strong, {"logreg": _comparison(0.2, 0.0004), "vit": _comparison(-0.05, 0.012),
+    text = V.verdict_sentence(strong, {"logreg": _comparison(0.2, 0.0004), "vit": _comparison(-0.05, 0.012),
                                        "efficientnet": _comparison(0.0, math.nan, estimable=False)})
     assert text == ("resnet18: patient-level AUC 0.91 (95% CI 0.82–0.97, 35 stroke / 40 normal patients); "
                     "better than logreg (p < 0.001); worse than vit (p = 0.012); "
@@ -408,37 +410,37 @@ def test_verdict_sentence():
 
 def test_verdict_sentence_not_estimable_and_single_model():
     small = _headline(_estimate(1.0, math.nan, math.nan, {"normal": 12, "stroke": 3}, estimable=False))
-    text = U.verdict_sentence(small)
+    text = V.verdict_sentence(small)
     assert text == ("simple_cnn: patient-level AUC not estimable (3 stroke / 12 normal patients); "
                     "the only model scored.")
     assert "1.00" not in text
     with pytest.raises(ValueError, match="Comparison"):
-        U.verdict_sentence(small, {"logreg": 0.3})
+        V.verdict_sentence(small, {"logreg": 0.3})
 
 
 @pytest.mark.parametrize(("p", "text"), [(0.48, "p = 0.48"), (0.012, "p = 0.012"), (0.0499, "p = 0.0499"),
                                           (0.0504, "p = 0.05"), (1.0, "p = 1"), (0.0009, "p < 0.001")])
 def test_p_values_never_round_across_alpha(p, text):
-    assert U._format_p(p, 0.05) == text
+    assert V._format_p(p, 0.05) == text
 
 
 def test_verdict_from_a_real_headline_says_not_estimable():
     y, p, subjects = _cohort(3, 12)
     frame = pd.DataFrame({"subject": subjects, "y": y, "prob_normal": 1 - p, "prob_stroke": p})
-    h = U.headline(frame, rule="mean", threshold=0.5, model="m", n_boot=100)
-    assert U.verdict_sentence(h).startswith("m: patient-level AUC not estimable (3 stroke / 12 normal patients)")
+    h = V.headline(frame, rule="mean", threshold=0.5, model="m", n_boot=100)
+    assert V.verdict_sentence(h).startswith("m: patient-level AUC not estimable (3 stroke / 12 normal patients)")
     assert h.warning.startswith("Small test part: 3 stroke / 12 normal patients (fewer than 10 in a class)")
 
 
 def test_small_cohort_warning():
-    assert U.small_cohort_warning({"normal": 12, "stroke": 10}) is None
-    text = U.small_cohort_warning({"normal": 12, "stroke": 8})
+    assert V.small_cohort_warning({"normal": 12, "stroke": 10}) is None
+    text = V.small_cohort_warning({"normal": 12, "stroke": 8})
     assert "8 stroke / 12 normal patients" in text and "fewer than 10" in text
-    assert U.small_cohort_warning({"normal": 12, "stroke": 8}, minimum=5) is None
+    assert V.small_cohort_warning({"normal": 12, "stroke": 8}, minimum=5) is None
     with pytest.raises(ValueError, match="minimum"):
-        U.small_cohort_warning({"normal": 12}, minimum=0)
+        V.small_cohort_warning({"normal": 12}, minimum=0)
     with pytest.raises(ValueError, match="-1"):
-        U.small_cohort_warning({"normal": -1})
+        V.small_cohort_warning({"normal": -1})
 
 
 # --- validation ------------------------------------------------------------------------------------------
@@ -475,14 +477,14 @@ def test_other_functions_reject_bad_input(clustered):
     with pytest.raises(ValueError, match="binary"):
         U.compare_aucs(np.arange(len(p)) % 3, p, p)
     with pytest.raises(ValueError, match="'median'"):
-        U.select_subject_rule(clustered, rules=("mean", "median"))
+        V.select_subject_rule(clustered, rules=("mean", "median"))
     with pytest.raises(ValueError, match="two classes"):
-        U.select_subject_rule(clustered[clustered["y"] == 0])
+        V.select_subject_rule(clustered[clustered["y"] == 0])
     with pytest.raises(ValueError, match="threshold is required"):
-        U.headline(clustered, rule="mean", threshold=None)
+        V.headline(clustered, rule="mean", threshold=None)
     with pytest.raises(ValueError, match="top0_mean"):
-        U.headline(clustered, rule="top0_mean", threshold=0.5)
+        V.headline(clustered, rule="top0_mean", threshold=0.5)
     with pytest.raises(ValueError, match="prob_<class>"):
-        U.headline(clustered.drop(columns="prob_normal"), rule="mean", threshold=0.5)
+        V.headline(clustered.drop(columns="prob_normal"), rule="mean", threshold=0.5)
     with pytest.raises(ValueError, match="alpha"):
-        U.verdict_sentence(U.headline(clustered, rule="mean", threshold=0.5, n_boot=20), alpha=2)
+        V.verdict_sentence(V.headline(clustered, rule="mean", threshold=0.5, n_boot=20), alpha=2)

@@ -126,7 +126,7 @@ def test_leaderboard_chart(handmade_study: Path) -> None:
     board = load_study(handmade_study).leaderboard
     fig = charts.leaderboard_chart(board)
     names = [t.name for t in fig.data]
-    assert names == ["CV AUC (mean ± std)", "Test AUC (95% CI)"]
+    assert names == ["Selection score: CV AUC (mean ± std)", "Test AUC, slices (95% CI)"]
     finished = board[board["cv_auc_mean"].notna()]
     assert len(fig.data[0].x) == len(finished)
     np.testing.assert_allclose(fig.data[0].y, finished["cv_auc_mean"])
@@ -197,3 +197,15 @@ def test_single_class_series_raise() -> None:
         charts.roc_chart({"m": ([1, 1, 1], [0.2, 0.5, 0.9])})
     with pytest.raises(ValueError, match="no series"):
         charts.pr_chart({"m": ([0, 0], [0.2, 0.5])})
+
+
+def test_one_patient_of_a_class_is_not_estimable() -> None:
+    y = [1, 1, 1, 0, 0, 0, 0, 0, 0]
+    p = [0.9, 0.8, 0.7, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6]  # slice AUC 1.000 — from a single stroke patient
+    subjects = ["s", "s", "s", "a", "a", "b", "c", "d", "e"]
+    for builder in (charts.roc_chart, charts.pr_chart):
+        fig = builder({"m": (y, p)}, subjects={"m": subjects}, class_names=("Normal", "Stroke"))
+        names = [t.name for t in fig.data if t.showlegend is not False and t.name != "chance"]
+        assert names == ["m: not estimable (n = 1 Stroke / 5 Normal patients)"], builder
+    # counted as images (no subject ids), three stroke slices make a curve
+    assert "(AUC 1.000)" in charts.roc_chart({"m": (y, p)}).data[0].name

@@ -1,8 +1,10 @@
 """The Streamlit dashboard run headless through ``streamlit.testing.v1.AppTest``, and the HTML report."""
 from __future__ import annotations
 
+import html
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from sklearn.metrics import confusion_matrix
@@ -69,7 +71,7 @@ def test_leaderboard_rows(app_env, binary_study: Path) -> None:
     shown = at.dataframe[0].value
     assert len(shown) == len(board)
     assert set(shown["trial"]) == set(board["trial"])
-    assert "init" in shown.columns and "delong_p" in shown.columns
+    assert "init" in shown.columns and "compare_p" in shown.columns  # version 1 delong_p read as compare_p
     # the best trial of each architecture carries the star
     done = board[board["cv_auc_mean"].notna()]
     best = set(done.loc[done.groupby("model")["cv_auc_mean"].idxmax(), "trial"])
@@ -264,3 +266,88 @@ def test_typed_study_path(app_env, handmade_study: Path, handmade_study3: Path) 
     assert "handmade3" in at.title[0].value
     at.sidebar.text_input(key="study_path").input(str(handmade_study3.parent / "nope")).run()
     assert any("does not exist" in e.value for e in at.error)
+
+
+# ------------------------------------------------------------------------------------------------ the verdict (issue 16)
+
+
+@pytest.fixture
+def scored_study(tmp_path: Path) -> Path:
+    """A hand-made multi-slice study without signal, written by automl.leaderboard.write_leaderboard."""
+    from automl.leaderboard import write_leaderboard
+    from tests.automl._scored_study import make_scored_study
+
+    study_dir = make_scored_study(tmp_path / "leaderboards", slices=6)
+    write_leaderboard(study_dir, refit=False, audit=False)
+    return study_dir
+
+
+@pytest.fixture
+def tiny_study(tmp_path: Path) -> Path:
+    """Like ``scored_study`` with 1 stroke and 7 normal patients in the test part: nothing is estimable."""
+    from automl.leaderboard import write_leaderboard
+    from tests.automl._scored_study import make_scored_study
+
+    study_dir = make_scored_study(tmp_path / "leaderboards", name="tiny", slices=4, test=(1, 7))
+    write_leaderboard(study_dir, refit=False, audit=False)
+    return study_dir
+
+
+def test_the_verdict_tops_the_leaderboard_tab(app_env, scored_study: Path) -> None:
+    verdict = load_study(scored_study).verdict
+    assert verdict and "not distinguishable from chance" in verdict
+    at = _run_tab(app_env(scored_study.parent), "Leaderboard")
+    assert at.markdown[0].value == f"### {verdict}"  # the first thing of the tab, large
+    assert _errors(at) == []
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Test patients (Stroke / Normal)"] == "24 / 24"
+    assert float(metrics["Patient-level AUC"]) == pytest.approx(load_study(scored_study).refit_row("tiny_cnn")["subject_auc"], abs=0.005)
+    assert any("selection score (CV, best of 2 trials) 0.700" in c.value for c in at.caption)
+    assert "compare_p" in at.dataframe[0].value.columns
+
+
+def test_only_the_winner_is_highlighted(scored_study: Path) -> None:
+    from ui.dashboard import winner_style
+
+    study = load_study(scored_study)
+    table = report.leaderboard_table(study.leaderboard)
+    styles = winner_style(table, study.winner_trial)._compute().ctx  # {(row, col): [(property, value)]}
+    highlighted = {row for (row, _), props in styles.items() if any("background-color" in p for p, _ in props)}
+    assert highlighted == {int(np.flatnonzero(table["trial"] == study.winner_trial)[0])}
+
+
+def test_not_estimable_is_shown_not_zero(app_env, tiny_study: Path) -> None:
+    reason = "not estimable (n = 1 Stroke / 7 Normal patients)"
+    at = _run_tab(app_env(tiny_study.parent), "Leaderboard")
+    assert at.markdown[0].value.startswith("### tiny_cnn: patient-level AUC not estimable (1 Stroke / 7 Normal")
+    assert any(w.value.startswith("Small test part: 1 Stroke / 7 Normal patients") for w in at.warning)
+    assert {m.label: m.value for m in at.metric}["Patient-level AUC"] == "–"
+    assert any(c.value == reason for c in at.caption)
+    shown = at.dataframe[0].value
+    assert shown.loc[shown["refit"], "test_auc"].isna().all()  # no 0.000 / 1.000 from one patient
+    at = _run_tab(at, "ROC / PR / calibration")
+    specs = " ".join(c.proto.spec for c in at.get("plotly_chart")).replace("\\u002f", "/")
+    rule = load_study(tiny_study).refit_row("tiny_cnn")["subject_rule"]
+    assert f"tiny_cnn (patients, {rule}): {reason}" in specs  # the patient-level ROC
+    assert f"tiny_cnn: {reason}" in specs  # the slice-level ROC and precision-recall curves
+    assert "0.000)" not in specs and "1.000)" not in specs
+
+
+def test_report_opens_with_the_verdict(scored_study: Path, tiny_study: Path, tmp_path: Path) -> None:
+    verdict = load_study(scored_study).verdict
+    text = report.build_report(scored_study)
+    assert text.index(html.escape(verdict)) < text.index("<h2>Leaderboard</h2>")
+    assert "class='verdict'" in text and "selection score (CV, best of 2 trials)" in text
+    tiny = report.build_report(tiny_study)
+    assert "Small test part: 1 Stroke / 7 Normal patients" in tiny
+    assert "not estimable (n = 1 Stroke / 7 Normal patients)" in tiny
+    old = report.build_report(_v1_copy(tmp_path))
+    assert "No verdict recorded" in old
+
+
+def _v1_copy(tmp_path: Path) -> Path:
+    import shutil
+
+    target = tmp_path / "v1" / "v1_smoke"
+    shutil.copytree(REPO_ROOT / "tests" / "fixtures" / "study_v1", target)
+    return target

@@ -177,3 +177,13 @@ def test_optuna_study_missing_journal(handmade_study: Path) -> None:
     (handmade_study / "study.journal").unlink()
     with pytest.raises(StudyError, match="study.journal"):
         load_study(handmade_study).load_optuna_study()
+
+
+def test_a_version_1_leaderboard_is_read_with_current_names() -> None:
+    study = load_study(Path(__file__).resolve().parents[1] / "fixtures" / "study_v1")
+    board = study.leaderboard
+    tested = board["delong_p"].notna()
+    assert tested.any() and (board.loc[tested, "compare_p"] == board.loc[tested, "delong_p"]).all()
+    assert set(board.loc[tested, "compare_method"]) == {"delong"}  # what version 1 did: images as independent
+    assert study.verdict is None and study.warnings == [] and study.headline("logreg") is None
+    assert study.winner_trial == 2
