@@ -41,7 +41,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _PRETRAINED_CHOICES = ("no", "yes", "auto")
-_KINDS = ("deep", "classical")
+_KINDS = ("deep", "classical", "frozen")
 _FAMILIES = ("cnn", "resnet", "efficientnet", "vit", "classical")
 # Modules whose import registers the built-in models.
 _BUILTIN_MODULES = ("models.cnn", "models.timm_models", "models.classical", "models.frozen")
@@ -61,7 +61,9 @@ class ModelInfo:
 
     Attributes:
         name: Registry name.
-        kind: ``"deep"`` (a :class:`models._common.StrokeNet`) or ``"classical"`` (a ``ClassicalModel``).
+        kind: ``"deep"`` (a :class:`models._common.StrokeNet` trained by gradient descent), ``"frozen"`` (a
+            :class:`~models._common.StrokeNet` of the frozen-feature lane, :mod:`models.frozen`: a frozen backbone
+            and a scikit-learn head) or ``"classical"`` (a ``ClassicalModel``).
         family: ``"cnn"``, ``"resnet"``, ``"efficientnet"``, ``"vit"`` or ``"classical"``.
         supports_pretrained: Whether ImageNet weights exist (``pretrained="yes"`` allowed).
         timm_name: timm architecture name (``"vit_tiny_patch16_224"``), ``None`` for non-timm models.
@@ -112,7 +114,7 @@ class ModelInfo:
         one-image inference 1.05-1.4x faster for the CNNs, ViT-Tiny unchanged. The training engine
         (``TrainConfig.channels_last=None``) and :class:`models.Predictor` follow this flag.
         """
-        return self.kind == "deep" and self.family in ("cnn", "resnet", "efficientnet")
+        return self.kind in ("deep", "frozen") and self.family in ("cnn", "resnet", "efficientnet")
 
     @property
     def trains_in_bf16_on_cpu(self) -> bool:
@@ -219,7 +221,7 @@ def list_models(kind: str | None = None) -> list[str]:
     """Names of the registered models, sorted.
 
     Args:
-        kind: ``None`` (all), ``"deep"`` or ``"classical"``.
+        kind: ``None`` (all), ``"deep"``, ``"frozen"`` (the frozen-feature lane) or ``"classical"``.
 
     Raises:
         ValueError: If ``kind`` is unknown.
@@ -238,7 +240,10 @@ def get_model_info(name: str) -> ModelInfo:
     """
     _load_builtins()
     if not isinstance(name, str) or name not in _model_info:
-        raise ValueError(f"Unknown model {name!r}. Registered models: {', '.join(list_models())}.")
+        lane = sorted({n.split("+")[0] for n in list_models(kind="frozen")})
+        lane_text = f"; frozen-feature candidates: <backbone>+<logreg|svm_rbf|knn> for {', '.join(lane)}" if lane else ""
+        plain = [n for n in list_models() if n not in list_models(kind="frozen")]
+        raise ValueError(f"Unknown model {name!r}. Registered models: {', '.join(plain)}{lane_text}.")
     return _model_info[name]
 
 

@@ -686,7 +686,7 @@ def applicable_methods(model_name: str) -> list[str]:
     from models import get_model_info
 
     info = get_model_info(model_name)
-    if info.kind != "deep":
+    if info.kind == "classical":
         return []
     methods = [m for m in METHODS if m != "attention_rollout" or info.family == "vit"]
     return methods

@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--card", default=None, help="also write the model card to this JSON file")
     add_logging_arguments(parser)
     args = parser.parse_args(argv)
-    start_logging(args)
+    start_logging(args, default=-1)  # the output is the written path; -v for progress lines
     try:
         path = export_onnx(args.folder, args.out, opset=args.opset, card_path=args.card)
     except (ValueError, ModuleNotFoundError) as err:

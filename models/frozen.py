@@ -208,7 +208,7 @@ def _register_lane(backbone: str, head: str) -> None:
     builder.__name__ = lane_name(backbone, head)
     builder.__doc__ = f"Frozen {backbone} features + a scikit-learn {head} head."
     register_model(
-        family=base.family, supports_pretrained=True, timm_name=base.timm_name,
+        kind="frozen", family=base.family, supports_pretrained=True, timm_name=base.timm_name,
         default_image_size=base.default_image_size, min_image_size=base.min_image_size, patch_size=base.patch_size,
         num_prefix_tokens=base.num_prefix_tokens, param_space=HEADS[head], backbone=backbone, head=head,
         gradcam_fn=lambda model, _base=base: _base.gradcam_layer(model.backbone.net),

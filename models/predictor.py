@@ -261,7 +261,8 @@ def _rebuild_model(card: dict[str, Any], state: dict[str, Any], weights_path: Pa
     from models._registry import build_for_checkpoint, get_model_info
 
     info = get_model_info(card["model"])
-    if info.kind != card["kind"]:
+    # the card's kind is the file format: "deep" for any torch network (the frozen-feature lane included)
+    if (info.kind == "classical") != (card["kind"] == "classical"):
         raise ValueError(f"{weights_path.parent / CARD_FILE}: model {card['model']!r} is {info.kind}, card says {card['kind']!r}.")
     if info.kind == "classical":
         from models.classical import ClassicalModel

@@ -100,9 +100,11 @@ def test_every_pretrained_backbone_has_the_three_heads() -> None:
     for backbone in LANE_BACKBONES:
         for head in HEADS:
             info = models.get_model_info(lane_name(backbone, head))
-            assert (info.backbone, info.head, info.kind) == (backbone, head, "deep")
+            assert (info.backbone, info.head, info.kind) == (backbone, head, "frozen")
             assert info.timm_name == models.get_model_info(backbone).timm_name
     assert {"efficientnet_lite0+logreg", "resnet18+svm_rbf", "vit_tiny+knn"} <= names
+    assert set(models.list_models(kind="frozen")) == {lane_name(b, h) for b in LANE_BACKBONES for h in HEADS}
+    assert not set(models.list_models(kind="deep")) & set(models.list_models(kind="frozen"))
 
 
 def _fitted_lane(kind: str, size: int = 64) -> tuple[torch.nn.Module, np.ndarray]:

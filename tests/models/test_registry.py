@@ -17,7 +17,7 @@ CLASSICAL = ["logreg", "svm_rbf"]
 
 # --- registry ---------------------------------------------------------------------------------------------
 def test_list_models_sorted_and_by_kind() -> None:
-    assert models.list_models() == sorted(DEEP + CLASSICAL)
+    assert models.list_models() == sorted(DEEP + CLASSICAL + models.list_models(kind="frozen"))
     assert models.list_models(kind="deep") == DEEP
     assert models.list_models(kind="classical") == CLASSICAL
 
