@@ -33,6 +33,7 @@ import streamlit as st
 
 from automl import results
 from automl.results import StudyError, StudyResults
+from automl.study import StudyFolder
 from ui import charts, report
 
 __all__ = ["TABS", "leaderboards_root", "main", "winner_style"]
@@ -180,11 +181,6 @@ def _png_export_available() -> bool:
     return _png_probe()["ok"] is True
 
 
-@st.cache_resource(show_spinner=False)
-def _demo_lock() -> threading.Lock:
-    return threading.Lock()
-
-
 @st.cache_resource(show_spinner="Starting the Gradio app…", max_entries=4)
 def _gradio_server(study_dir: str) -> tuple[str | None, str | None]:
     """Start the Gradio app of a study once per process on a free loopback port.
@@ -246,68 +242,63 @@ def _pct(value: float) -> str:
 
 # ==================================================================================== start-up
 def demo_ui(root: Path) -> None:
-    """No study yet: explain the demo and build it (automatically unless STROKECT_NO_AUTOSTART=1)."""
+    """No study ready yet: build the demo in the background and show its progress (read from the study).
+
+    The build runs detached from this page (:mod:`automl.background`): closing or refreshing the tab, a
+    second visitor or a Streamlit rerun do not stop it, and a build that died can be resumed here.
+    """
+    from automl.background import build_status
+
     st.title("StrokeCT AutoML")
     st.info(
         f"No study found in `{root}`. The **demo** generates a synthetic CT phantom (normal vs stroke, with lesion "
-        "masks) and runs a `--preset demo` search across ResNet-18, EfficientNet-B0, ViT-Tiny, simple CNNs and a "
-        "logistic-regression baseline — about 5 minutes on 2 CPU cores. Later starts reuse it. "
-        "To study your own data instead: `python -m automl.search --data DIR --study NAME`."
+        "masks) and runs a `--preset demo` search across ImageNet transfer learning, ResNet-18, EfficientNet, "
+        "ViT-Tiny, simple CNNs and a logistic-regression baseline — a few minutes on 2 CPU cores. Later starts "
+        "reuse it. To study your own data instead: `python -m automl.search --data DIR --study NAME --preset cpu`."
     )
-    start = st.button("Build the demo study now", type="primary", key="start_demo")
-    if start or not _env_flag("STROKECT_NO_AUTOSTART"):
-        _run_demo(root)
-
-
-def _run_demo(root: Path) -> None:
-    lock = _demo_lock()
-    if not lock.acquire(blocking=False):
-        st.info("The demo study is being built (in another browser tab); this page refreshes when it is ready.")
-        time.sleep(5)
+    status = build_status(root / DEMO_STUDY)
+    if status.state == "running":
+        _build_progress_ui(root / DEMO_STUDY)
+    elif status.resumable:
+        st.warning(f"The demo build stopped: {status.message}.")
+        if status.log_tail:
+            st.code(status.log_tail)
+        if st.button("Resume the demo build", type="primary", key="resume_demo"):
+            _start_demo(root)
+    elif status.state == "finished":
         st.rerun()
+    else:
+        start = st.button("Build the demo study now", type="primary", key="start_demo")
+        if start or not _env_flag("STROKECT_NO_AUTOSTART"):
+            _start_demo(root)
+
+
+@st.fragment(run_every=3)
+def _build_progress_ui(study_dir: Path) -> None:
+    """The background build's progress, re-read from the study every 3 s; the whole page reruns when it ends."""
+    from automl.background import build_status
+
+    status = build_status(study_dir)
+    if status.state != "running":
+        st.rerun(scope="app")
+    st.progress(status.fraction, text=f"Building the demo study in the background: {status.message} "
+                                      "(you may close this tab; the build goes on)")
+    if status.log_tail:
+        with st.expander("Build log (last lines)"):
+            st.code(status.log_tail)
+
+
+def _start_demo(root: Path) -> None:
+    """Start (or resume) the demo build detached from this session, then show its progress."""
+    from automl.background import start_search
+    from automl.search import SearchConfig
+
     try:
-        from automl.search import SearchConfig, run_search
-
-        config = SearchConfig(preset="demo", study=DEMO_STUDY, leaderboards=str(root))
-        bar = st.progress(0.0, text="Generating the phantom and caching images…")
-        best_box, status = st.empty(), st.empty()
-        best: list[float] = []
-        phase_start = {"data": 0.0, "search": 0.05, "refit": 0.85, "audit": 0.95, "leaderboard": 0.98, "done": 1.0}
-
-        def on_progress(event: dict[str, Any]) -> None:
-            kind = event.get("event")
-            if kind == "phase":
-                fraction = phase_start.get(event.get("phase", ""), None)
-                if fraction is not None:
-                    bar.progress(fraction, text=f"{event.get('phase')}: {event.get('message', '')}")
-            elif kind == "epoch":
-                n_total = max(1, int(event.get("n_total", config.n_trials) or config.n_trials))
-                done = int(event.get("n_done", len(best)) or 0)
-                within = (event["fold"] - 1 + event["epoch"] / max(1, event["n_epochs"])) / max(1, event["n_folds"])
-                bar.progress(min(0.85, 0.05 + 0.8 * (done + min(within, 1.0)) / n_total),
-                             text=f"trial {event['trial']}: fold {event['fold']}/{event['n_folds']}, "
-                                  f"epoch {event['epoch']}/{event['n_epochs']}, val AUC {event['val_auc']:.3f}")
-            elif kind == "trial_end":
-                if event.get("best") is not None:
-                    best.append(float(event["best"]))
-                    best_box.metric("Best CV AUC so far", f"{best[-1]:.3f}")
-                n_total = max(1, int(event.get("n_total") or config.n_trials))
-                bar.progress(min(0.85, 0.05 + 0.8 * int(event.get("n_done", 0)) / n_total),
-                             text=f"trial {event.get('trial')} {str(event.get('state', '')).lower()} "
-                                  f"({event.get('n_done')}/{n_total})")
-            elif kind == "refit":
-                status.caption(f"refitting the best {event.get('model')} ({event.get('i')}/{event.get('n')})")
-
-        with st.spinner("Building the demo study…"):
-            run_search(config, on_progress=on_progress, progress_bars=False)
-        bar.progress(1.0, text="done")
+        start_search(SearchConfig(preset="demo", study=DEMO_STUDY, leaderboards=str(root)))
     except Exception as exc:  # noqa: BLE001 - show the reason, keep the page alive
-        logger.exception("demo search failed")
-        st.error(f"The demo search failed: {exc}")
+        logger.exception("could not start the demo build")
+        st.error(f"The demo build could not start: {exc}")
         return
-    finally:
-        lock.release()
-    st.success("Demo study ready.")
     st.rerun()
 
 
@@ -792,7 +783,8 @@ def main() -> None:
     """The Streamlit page (``streamlit run app.py``)."""
     st.set_page_config(page_title="StrokeCT AutoML", page_icon="🧠", layout="wide")
     root = leaderboards_root()
-    studies = results.list_studies(root)
+    # a study is shown once its leaderboard exists; until then the page shows the (background) demo build
+    studies = [p for p in results.list_studies(root) if StudyFolder(p).leaderboard_csv.is_file()]
     if not studies:
         st.sidebar.title("StrokeCT AutoML")
         st.sidebar.error("⚠️ " + report.DISCLAIMER)

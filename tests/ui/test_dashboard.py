@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import html
+import json
 from pathlib import Path
 
 import numpy as np
@@ -222,28 +223,23 @@ def test_report_cli_errors(tmp_path: Path) -> None:
 
 
 
-def test_demo_autostarts_with_progress(app_env, handmade_study: Path, tmp_path: Path,
-                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    """Without STROKECT_NO_AUTOSTART the demo search starts by itself, reports progress, then shows the study."""
+def test_demo_autostarts_in_the_background(app_env, handmade_study: Path, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without STROKECT_NO_AUTOSTART the demo build starts detached (automl.background), then the study shows."""
     import shutil
 
-    import automl.search
+    import automl.background
 
     root = tmp_path / "empty_leaderboards"
     root.mkdir()
     calls = []
 
-    def fake_run_search(config, *, on_progress=None, **kwargs):  # the real one is tested by automl's tests
+    def fake_start_search(config):  # the real one is tested by tests/automl/test_background.py
         calls.append(config)
-        on_progress({"event": "phase", "phase": "search", "message": "2 trial(s) to go"})
-        on_progress({"event": "epoch", "trial": 0, "fold": 1, "n_folds": 2, "epoch": 1, "n_epochs": 1,
-                     "val_auc": 0.7, "running_auc": 0.7})
-        on_progress({"event": "trial_end", "trial": 0, "state": "COMPLETE", "value": 0.71, "best": 0.71,
-                     "n_done": 1, "n_total": 2})
-        shutil.copytree(handmade_study, Path(config.leaderboards) / config.study)
-        return Path(config.leaderboards) / config.study
+        shutil.copytree(handmade_study, Path(config.leaderboards) / config.study)  # as if it had finished
+        return automl.background.build_status(Path(config.leaderboards) / config.study)
 
-    monkeypatch.setattr(automl.search, "run_search", fake_run_search)
+    monkeypatch.setattr(automl.background, "start_search", fake_start_search)
     at = app_env(root)
     monkeypatch.delenv("STROKECT_NO_AUTOSTART")
     at.run()
@@ -253,6 +249,33 @@ def test_demo_autostarts_with_progress(app_env, handmade_study: Path, tmp_path: 
     assert at.sidebar.selectbox(key="study").value == "demo"  # reran onto the new study
     at.run()
     assert len(calls) == 1, "later starts reuse the demo study"
+
+
+@pytest.mark.parametrize("state", ["running", "partial"])
+def test_a_build_in_progress_or_stopped_is_shown_not_a_broken_study(app_env, tmp_path: Path, state: str,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A demo folder without its leaderboard yet: progress (running) or a resume button (stopped), never an error."""
+    import automl.background
+    from automl.background import BuildStatus
+
+    root = tmp_path / "leaderboards"
+    (root / "demo").mkdir(parents=True)
+    (root / "demo" / "config.json").write_text(json.dumps({"classes": ["Normal", "Stroke"], "n_trials": 10}))
+    fake = BuildStatus(study_dir=root / "demo", state=state, pid=1, n_finished=3, n_planned=10,
+                       message="building: 3 of 10 trials finished" if state == "running" else "a build stopped",
+                       log_tail="trial 3: logreg")
+    monkeypatch.setattr(automl.background, "build_status", lambda study_dir: fake)
+    started = []
+    monkeypatch.setattr(automl.background, "start_search", lambda config: started.append(config) or fake)
+    at = app_env(root)
+    at.run()
+    assert not at.exception and _errors(at) == []
+    assert not any(b.label == "Build the demo study now" for b in at.button)
+    if state == "running":
+        assert any("3 of 10" in (p.text or "") for p in at.get("progress")) and started == []
+    else:
+        at.button(key="resume_demo").click().run()
+        assert len(started) == 1 and started[0].study == "demo"
 
 
 def test_typed_study_path(app_env, handmade_study: Path, handmade_study3: Path) -> None:
