@@ -20,11 +20,13 @@ import json
 import logging
 import sys
 import warnings
+from typing import Any
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from data._files import atomic_write_json, atomic_writer
 from data._log import add_logging_arguments, start_logging
 from models._common import logits_to_probabilities
 from models.predictor import Predictor, load_predictor
@@ -45,6 +47,35 @@ class _ExportWrapper(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.model(x)
         return logits, logits_to_probabilities(logits, self.num_classes)
+
+
+def _traced_proto(onnx: Any, wrapper: nn.Module, predictor: Predictor, opset: int) -> Any:
+    """The checked ONNX model of ``wrapper`` (dynamic batch), with the predictor's card in its metadata."""
+    import tempfile
+
+    S = predictor.image_size
+    with tempfile.TemporaryDirectory(prefix="strokect-onnx-") as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=DeprecationWarning)
+        warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
+        traced = Path(tmp) / "model.onnx"
+        # The TorchScript-based exporter: no onnxscript dependency, dynamic batch via dynamic_axes.
+        torch.onnx.export(
+            wrapper, (torch.rand(2, 1, S, S),), str(traced), dynamo=False, input_names=["input"],
+            output_names=["logits", "probabilities"], opset_version=opset,
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}, "probabilities": {0: "batch"}},
+        )
+        proto = onnx.load(str(traced))
+    proto.doc_string = (
+        f"StrokeCT AutoML {predictor.card['model']} ({predictor.init}); input float32 (batch, 1, {S}, {S}) "
+        f"in [0, 1]; classes {predictor.classes}."
+    )
+    del proto.metadata_props[:]
+    for key, value in predictor.card.items():
+        entry = proto.metadata_props.add()
+        entry.key = str(key)
+        entry.value = value if isinstance(value, str) else json.dumps(value)
+    onnx.checker.check_model(proto)
+    return proto
 
 
 def export_onnx(predictor_or_folder: Predictor | str | Path, out_path: str | Path, *, opset: int = 17,
@@ -89,45 +120,14 @@ def export_onnx(predictor_or_folder: Predictor | str | Path, out_path: str | Pat
 
     model = predictor.model
     device = next(model.parameters()).device
-    wrapper = _ExportWrapper(model, predictor.num_classes).to("cpu").eval()
-    S = predictor.image_size
-    dummy = torch.rand(2, 1, S, S)
-    tmp_path = out_path.with_name(f".{out_path.name}.tmp")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", category=DeprecationWarning)
-            warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
-            # The TorchScript-based exporter: no onnxscript dependency, dynamic batch via dynamic_axes.
-            torch.onnx.export(
-                wrapper,
-                (dummy,),
-                str(tmp_path),
-                dynamo=False,
-                input_names=["input"],
-                output_names=["logits", "probabilities"],
-                dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}, "probabilities": {0: "batch"}},
-                opset_version=opset,
-            )
-        proto = onnx.load(str(tmp_path))
-        proto.doc_string = (
-            f"StrokeCT AutoML {predictor.card['model']} ({predictor.init}); input float32 (batch, 1, {S}, {S}) "
-            f"in [0, 1]; classes {predictor.classes}."
-        )
-        del proto.metadata_props[:]
-        for key, value in predictor.card.items():
-            entry = proto.metadata_props.add()
-            entry.key = str(key)
-            entry.value = value if isinstance(value, str) else json.dumps(value)
-        onnx.checker.check_model(proto)
-        onnx.save(proto, str(tmp_path))
-        tmp_path.replace(out_path)
+        proto = _traced_proto(onnx, _ExportWrapper(model, predictor.num_classes).to("cpu").eval(), predictor, opset)
     finally:
-        tmp_path.unlink(missing_ok=True)
         model.to(device)
+    with atomic_writer(out_path, "wb") as handle:
+        handle.write(proto.SerializeToString())
     if card_path is not None:
-        card_path = Path(card_path)
-        card_path.parent.mkdir(parents=True, exist_ok=True)
-        card_path.write_text(json.dumps(predictor.card, indent=2), encoding="utf-8")
+        atomic_write_json(predictor.card, card_path)
     logger.info("Exported %s to %s", predictor.card["model"], out_path)
     return out_path
 
