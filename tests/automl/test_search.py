@@ -22,6 +22,7 @@ from optuna.trial import TrialState
 from sklearn.metrics import roc_auc_score
 
 from automl import search, space
+import models
 from models import _pretrained
 from automl.search import Objective, SearchConfig, make_pruner, open_study, run_search, suggest_config
 
@@ -807,3 +808,30 @@ def test_cli_os_error_is_one_line(tmp_path: Path, search_cache: Path, capsys: py
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert lines[-1].startswith("error: ") and str(blocker) in lines[-1] and "Not a directory" in lines[-1]
     assert not any("Traceback" in line for line in lines)
+
+
+# ------------------------------------------------------------------------------------------------ fixed plans
+
+
+def test_demo_is_a_fixed_plan_over_every_family() -> None:
+    demo = SearchConfig(preset="demo")
+    assert demo.n_trials is None and demo.timeout == 0.0  # no wall-clock cut: the same study on every machine
+    plan = search.default_trials(demo, max_batch_size=100)
+    families = {models.get_model_info(p["model"]).family for p, _ in plan}
+    kinds = {models.get_model_info(p["model"]).kind for p, _ in plan}
+    assert families == {"classical", "cnn", "vit", "efficientnet", "resnet"} and kinds == {"classical", "deep", "frozen"}
+    assert [p["model"] for p, default in plan if default] == list(demo.models)
+
+
+def test_cpu_preset_follows_the_weights_this_machine_can_get(monkeypatch: pytest.MonkeyPatch) -> None:
+    _pretrained._OBTAINABLE.clear()
+    for name in ("resnet18", "efficientnet_b0", "vit_tiny"):
+        monkeypatch.setitem(_pretrained._OBTAINABLE, (name, None, True), False)
+    monkeypatch.setitem(_pretrained._OBTAINABLE, ("efficientnet_lite0", None, True), True)
+    cpu = SearchConfig(preset="cpu", offline=True)
+    assert cpu.models == ("logreg", "svm_rbf", "efficientnet_lite0+logreg", "efficientnet_lite0+svm_rbf",
+                          "efficientnet_lite0+knn", "simple_cnn", "efficientnet_lite0")
+    assert cpu.n_trials is None and cpu.timeout == 0.0 and cpu.pretrained == "auto"
+    monkeypatch.setitem(_pretrained._OBTAINABLE, ("resnet18", None, True), True)  # e.g. online
+    assert "resnet18+svm_rbf" in SearchConfig(preset="cpu", offline=True).models
+    assert SearchConfig(preset="cpu", offline=True).models[-1] == "resnet18"  # a short fine-tune too
