@@ -559,14 +559,7 @@ def _analyze_file(view: _StudyView, path: Path, *, display_name: str, window: st
     threshold = float(view.study.threshold(model)) if len(view.classes) == 2 else None
     decision = decide(view.classes, probabilities, threshold)
     seen = _to_uint8(x.detach().cpu().numpy()[0, 0])
-    ood, ood_known = None, True
-    if getattr(predictor, "ood", None) is not None:
-        try:
-            ood = predictor.ood_score(x)
-        except ValueError as exc:  # a reference that does not fit the model: answer without the flag
-            logger.warning("Out-of-distribution check of %s failed: %s", model, exc)
-            notes.append("The out-of-distribution check failed for this model (logged on the server): no flag.")
-            ood_known = False
+    ood, ood_known = _ood_check(predictor, x, model, notes)
 
     from models.attribution import render_input
 
@@ -581,6 +574,19 @@ def _analyze_file(view: _StudyView, path: Path, *, display_name: str, window: st
                             notes=notes, ood=ood, ood_known=ood_known)
     return _Analysis(probabilities=probabilities, label=decision, seen=seen, seen_picture=seen_picture,
                      overlay=overlay, decision_md=md, threshold=threshold, ood=ood)
+
+
+def _ood_check(predictor: Any, x: Any, model: str, notes: list[str]) -> tuple[Any, bool]:
+    """``(OODScore | None, known)``: the input's distance from the training images; ``known=False``
+    (and a note) when the model's reference does not fit it, so the answer still comes, without a flag."""
+    if getattr(predictor, "ood", None) is None:
+        return None, True
+    try:
+        return predictor.ood_score(x), True
+    except ValueError as exc:
+        logger.warning("Out-of-distribution check of %s failed: %s", model, exc)
+        notes.append("The out-of-distribution check failed for this model (logged on the server): no flag.")
+        return None, False
 
 
 def _attribution_picture(predictor: Any, x: Any, method: str, *, target: int) -> tuple[np.ndarray, str]:

@@ -478,6 +478,20 @@ def test_models_without_ood_reference_say_so(study_view, tmp_path: Path) -> None
     assert "No out-of-distribution reference for this model" in result.decision_md
 
 
+def test_a_reference_that_does_not_fit_still_answers(study_view, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    predictor = gradio_app._PREDICTORS.get(study_view.study.model_dir(study_view.default_model))
+
+    def broken(_x: object) -> None:
+        raise ValueError("features must be (N, 1024) for this reference")
+
+    monkeypatch.setattr(predictor, "ood", object())
+    monkeypatch.setattr(predictor, "ood_score", broken)
+    result = _analyze(study_view, _inputs.png_16bit(tmp_path), explain=False, method="none")
+    assert result.ood is None and "out-of-distribution check failed" in result.decision_md
+    assert "No out-of-distribution reference" not in result.decision_md
+
+
 def test_ood_warning_above_the_headline(tmp_path: Path) -> None:
     """A study whose models carry an OOD reference: a photograph is flagged above the headline."""
     from PIL import Image
