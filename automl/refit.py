@@ -2,8 +2,8 @@
 
 * :func:`refit_one`: train the best configuration of an architecture on the first CV fold's
   training part, keep the epoch that is best on that fold's held-out **calibration part**, choose
-  the decision threshold there with the final model's own probabilities, save the predictor and
-  predict the untouched test part once.
+  the decision threshold there with the final model's own probabilities, save the predictor (with
+  its out-of-distribution reference, :mod:`models.ood`) and predict the untouched test part once.
 * :func:`leakage_audit`: the same CV rows split twice, subject-grouped and slice-level; the gap
   shows how much a leaky split would flatter a model.
 """
@@ -157,6 +157,7 @@ def refit_one(trial: optuna.trial.FrozenTrial, ctx: Any, config: Any, folder: St
         "refit_epochs": epochs,
     }
     model_zoo.save_checkpoint(result.model, model_folder, card=card)
+    _save_ood_reference(result.model, ctx.X[fit_index], ctx.X[calibration], model_folder, seed=config.seed)
     atomic_write_json({
         "study": config_json.get("study_name"),
         "trial": trial.number,
@@ -172,6 +173,23 @@ def refit_one(trial: optuna.trial.FrozenTrial, ctx: Any, config: Any, folder: St
         "versions": config_json.get("versions", {}),
     }, model_folder / "config.json")
     return frame, calibration_frame, threshold, threshold_method
+
+
+def _save_ood_reference(model: Any, X_fit: np.ndarray, X_calibration: np.ndarray, folder: Path, *,
+                        seed: int) -> None:
+    """Save the out-of-distribution reference (:mod:`models.ood`) next to the checkpoint.
+
+    Fitted on the refit's training part, its threshold calibrated on the calibration part. Optional:
+    a failure is logged and leaves the folder without a reference (the app then says so), never a
+    stale one from an earlier refit.
+    """
+    from models.ood import OOD_FILE, compute_reference
+
+    try:
+        compute_reference(model, X_fit, X_calibration, seed=int(seed)).save(folder)
+    except Exception as exc:  # noqa: BLE001 - the refit itself succeeded; the flag is an extra
+        logger.warning("No out-of-distribution reference for %s: %s", folder.name, exc)
+        (folder / OOD_FILE).unlink(missing_ok=True)
 
 
 def update_card(folder: Path, **fields: Any) -> None:

@@ -88,7 +88,8 @@ from torch import nn
 
 from models._common import cpu_has_amx
 
-__all__ = ["METHODS", "Attribution", "applicable_methods", "explain", "overlay"]
+__all__ = ["DISPLAY_MIN_SIZE", "METHODS", "Attribution", "applicable_methods", "enlarge", "explain",
+           "flat_map_message", "is_flat", "overlay", "render_input", "render_overlay"]
 
 logger = logging.getLogger(__name__)
 
@@ -828,6 +829,19 @@ def _colormap(name: str):
                          f"'RdBu_r'.") from None
 
 
+def _grey(img: np.ndarray) -> np.ndarray:
+    return img.astype(np.float64) / 255.0 if img.dtype == np.uint8 else np.clip(img.astype(np.float64), 0.0, 1.0)
+
+
+def _colour_scale(heat: np.ndarray, clip_percentile: float) -> float:
+    """The ``|value|`` that :func:`overlay` maps to full colour: a percentile of ``|heat|`` (else its max, else 1)."""
+    magnitude = np.abs(np.nan_to_num(np.asarray(heat, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0))
+    scale = float(np.percentile(magnitude, clip_percentile)) if magnitude.size else 0.0
+    if scale <= 0:
+        scale = float(magnitude.max()) if magnitude.size else 0.0
+    return scale or 1.0
+
+
 def overlay(
     image: np.ndarray,
     heatmap: np.ndarray,
@@ -874,12 +888,10 @@ def overlay(
     if not 0.0 < clip_percentile <= 100.0:
         raise ValueError(f"clip_percentile must be in (0, 100], got {clip_percentile}.")
     cmap = _colormap(colormap or ("RdBu_r" if signed else "jet"))
-    grey = img.astype(np.float64) / 255.0 if img.dtype == np.uint8 else np.clip(img.astype(np.float64), 0.0, 1.0)
+    grey = _grey(img)
     heat = np.nan_to_num(heat, nan=0.0, posinf=0.0, neginf=0.0)
     magnitude = np.abs(heat)
-    scale = float(np.percentile(magnitude, clip_percentile)) if magnitude.size else 0.0
-    if scale <= 0:
-        scale = float(magnitude.max()) or 1.0
+    scale = _colour_scale(heat, clip_percentile)
     if signed:
         norm = np.clip(heat / scale, -1.0, 1.0)
         colours = cmap((norm + 1.0) / 2.0)[..., :3]
@@ -891,3 +903,251 @@ def overlay(
     base = np.repeat(grey[..., None], 3, axis=2)
     out = (1.0 - weight[..., None]) * base + weight[..., None] * colours
     return np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8)
+
+
+# ------------------------------------------------------------------------------- pictures for people
+#: Smallest side, in pixels, of the image part of :func:`render_overlay` / :func:`render_input`.
+DISPLAY_MIN_SIZE = 320
+_UPSAMPLING = ("nearest", "bicubic")
+_UPSAMPLING_WORDS = {"nearest": "nearest-neighbour", "bicubic": "bicubic"}
+_INK, _PAPER = (20, 20, 20), (255, 255, 255)
+
+
+def is_flat(heatmap: np.ndarray) -> bool:
+    """Whether a map carries no information: every value the same (all zero included; NaN/inf count as 0)."""
+    heat = np.nan_to_num(np.asarray(heatmap, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    if heat.size == 0:
+        return True
+    return float(heat.max() - heat.min()) <= 1e-9 * max(float(np.abs(heat).max()), 1e-30)
+
+
+def flat_map_message(method_label: str, target_name: str) -> str:
+    """The sentence shown instead of a flat map's empty colour layer."""
+    return f"{method_label} found no evidence for {target_name} in this image (a flat map)."
+
+
+def enlarge(image: np.ndarray, *, min_size: int = DISPLAY_MIN_SIZE, upsample: str = "nearest") -> tuple[np.ndarray, int]:
+    """Upsample an image by the smallest integer factor that makes its shorter side ``>= min_size``.
+
+    Args:
+        image: uint8 ``(H, W)`` or ``(H, W, 3)``.
+        min_size: Target for the shorter side (images already that large are returned as they are).
+        upsample: ``"nearest"`` (every model pixel becomes a k x k block: nothing invented) or ``"bicubic"``.
+
+    Returns:
+        ``(enlarged uint8 image, factor)``.
+
+    Raises:
+        ValueError: Bad ``upsample``, ``min_size`` or image.
+    """
+    from PIL import Image
+
+    if upsample not in _UPSAMPLING:
+        raise ValueError(f"upsample must be one of {_UPSAMPLING}, got {upsample!r}.")
+    if not isinstance(min_size, int) or min_size < 1:
+        raise ValueError(f"min_size must be a positive integer, got {min_size!r}.")
+    arr = np.asarray(image)
+    if arr.dtype != np.uint8 or arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] != 3) or 0 in arr.shape:
+        raise ValueError(f"image must be uint8 (H, W) or (H, W, 3), got {arr.dtype} {arr.shape}.")
+    factor = max(1, math.ceil(min_size / min(arr.shape[:2])))
+    if factor == 1:
+        return arr, 1
+    if upsample == "nearest":
+        return np.repeat(np.repeat(arr, factor, axis=0), factor, axis=1), factor
+    h, w = arr.shape[:2]
+    return np.asarray(Image.fromarray(arr).resize((w * factor, h * factor), Image.BICUBIC)), factor
+
+
+def _font(size: int) -> Any:
+    from PIL import ImageFont
+
+    try:
+        from matplotlib import font_manager
+
+        return ImageFont.truetype(font_manager.findfont("DejaVu Sans", fallback_to_default=True), size)
+    except Exception:  # noqa: BLE001 - any font beats none
+        try:
+            return ImageFont.load_default(size=size)
+        except TypeError:  # Pillow < 10.1
+            return ImageFont.load_default()
+
+
+def _wrap(draw: Any, text: str, font: Any, width: int) -> list[str]:
+    lines: list[str] = []
+    for paragraph in text.split("\n"):
+        line = ""
+        for word in paragraph.split():
+            candidate = f"{line} {word}".strip()
+            if line and draw.textlength(candidate, font=font) > width:
+                lines.append(line)
+                line = word
+            else:
+                line = candidate
+        lines.append(line)
+    return lines
+
+
+def _size_caption(shape: tuple[int, ...], factor: int, upsample: str) -> str:
+    h, w = shape[:2]
+    if factor == 1:
+        return f"{w}×{h} model input, shown at its own size."
+    return (f"{w}×{h} model input shown at {w * factor}×{h * factor} "
+            f"({_UPSAMPLING_WORDS[upsample]} upsampling ×{factor}).")
+
+
+def _compose(picture: np.ndarray, *, title: str, caption: str, colour_bar: Any = None,
+             message: str | None = None) -> np.ndarray:
+    """White canvas: title, ``picture``, an optional colour bar to its right, a caption below.
+
+    ``colour_bar``: ``(rgb (n, 3) from top to bottom, [(fraction from the top, label), ...])``.
+    ``message``: drawn over the picture's middle in a white box (used for flat maps).
+    """
+    from PIL import Image, ImageDraw
+
+    side_h, side_w = picture.shape[:2]
+    size = max(16, round(min(side_h, side_w) / 20))
+    font, small = _font(size), _font(max(12, round(size * 0.85)))
+    pad = max(6, size // 2)
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    bar_w = max(14, side_w // 16) if colour_bar is not None else 0
+    label_w = 0
+    if colour_bar is not None:
+        label_w = int(max(probe.textlength(text, font=small) for _, text in colour_bar[1])) + pad
+    width = pad + side_w + (pad + bar_w + pad // 2 + label_w if colour_bar is not None else 0) + pad
+    line_h = int(size * 1.3)
+    small_h = int(small.size * 1.3) if hasattr(small, "size") else line_h
+    title_lines = _wrap(probe, title, font, width - 2 * pad)
+    caption_lines = _wrap(probe, caption, small, width - 2 * pad)
+    top = pad + line_h * len(title_lines) + pad // 2
+    height = top + side_h + pad + small_h * len(caption_lines) + pad
+    canvas = Image.new("RGB", (width, height), _PAPER)
+    draw = ImageDraw.Draw(canvas)
+    for i, line in enumerate(title_lines):
+        draw.text((pad, pad + i * line_h), line, fill=_INK, font=font)
+    rgb = picture if picture.ndim == 3 else np.repeat(picture[..., None], 3, axis=2)
+    canvas.paste(Image.fromarray(np.ascontiguousarray(rgb)), (pad, top))
+    if colour_bar is not None:
+        colours, labels = colour_bar
+        x0 = pad + side_w + pad
+        column = np.asarray(colours, dtype=np.float64)
+        rows = np.interp(np.linspace(0, len(column) - 1, side_h), np.arange(len(column)), np.arange(len(column)))
+        strip = column[np.rint(rows).astype(int)]
+        strip = np.clip(np.rint(strip * 255.0), 0, 255).astype(np.uint8)
+        canvas.paste(Image.fromarray(np.repeat(strip[:, None, :], bar_w, axis=1)), (x0, top))
+        draw.rectangle([x0, top, x0 + bar_w - 1, top + side_h - 1], outline=_INK)
+        for fraction, text in labels:
+            y = top + fraction * (side_h - 1)
+            draw.line([x0 + bar_w, y, x0 + bar_w + pad // 2, y], fill=_INK)
+            draw.text((x0 + bar_w + pad // 2 + 2, y), text, fill=_INK, font=small, anchor="lm")
+    if message:
+        box_w = side_w - 2 * pad
+        lines = _wrap(draw, message, font, box_w - 2 * pad)
+        box_h = line_h * len(lines) + 2 * pad
+        y0 = top + (side_h - box_h) // 2
+        draw.rectangle([pad + pad, y0, pad + pad + box_w, y0 + box_h], fill=_PAPER, outline=_INK)
+        for i, line in enumerate(lines):
+            draw.text((pad + side_w // 2, y0 + pad + i * line_h + line_h // 2), line, fill=_INK, font=font,
+                      anchor="mm")
+    y = top + side_h + pad
+    for i, line in enumerate(caption_lines):
+        draw.text((pad, y + i * small_h), line, fill=_INK, font=small)
+    return np.asarray(canvas)
+
+
+def _number(value: float) -> str:
+    return f"{value:.2g}" if 1e-2 <= abs(value) < 1e3 else f"{value:.1e}"
+
+
+def render_overlay(
+    image: np.ndarray,
+    heatmap: np.ndarray,
+    *,
+    signed: bool = False,
+    target_name: str | None = None,
+    method_label: str = "This method",
+    min_size: int = DISPLAY_MIN_SIZE,
+    upsample: str = "nearest",
+    alpha: float = 0.45,
+    colormap: str | None = None,
+    clip_percentile: float = 99.0,
+) -> np.ndarray:
+    """An attribution picture for a screen or a projector: never a bare 64-pixel image, never a blank one.
+
+    The :func:`overlay` of ``heatmap`` on ``image`` is enlarged (:func:`enlarge`) until its shorter
+    side is at least ``min_size`` pixels, with a title naming the method and the class explained,
+    a colour bar labelled with the values that map to its ends (the ``clip_percentile``-th
+    percentile of ``|heatmap|``; larger values are clipped) and a caption saying the input size and
+    the upsampling. A flat map (:func:`is_flat`: all zero or constant, e.g. Grad-CAM whose ReLU
+    removed everything) gives the enlarged grey input with the message "<method> found no evidence
+    for <class> in this image (a flat map)" instead of a colour layer.
+
+    Args:
+        image: Grey model input (H, W), float in [0, 1] or uint8 (``Attribution.image``).
+        heatmap: The map (H, W) (``Attribution.heatmap``).
+        signed: Keep the sign (``Attribution.signed``): red = evidence for the class, blue = against.
+        target_name: The class explained (``Attribution.target_name``).
+        method_label: The method's name for people (``"Grad-CAM"``).
+        min_size: Smallest side of the image part, in pixels.
+        upsample: ``"nearest"`` or ``"bicubic"`` (see :func:`enlarge`).
+        alpha, colormap, clip_percentile: As for :func:`overlay`.
+
+    Returns:
+        RGB uint8 ``(H', W', 3)`` with ``H', W' > min_size``.
+
+    Raises:
+        ValueError: As :func:`overlay` and :func:`enlarge`.
+    """
+    img = np.asarray(image)
+    blended = overlay(img, heatmap, alpha=alpha, colormap=colormap, signed=signed, clip_percentile=clip_percentile)
+    target = target_name if target_name is not None else "the explained class"
+    flat = is_flat(heatmap)
+    if flat:
+        grey = np.clip(np.rint(_grey(img) * 255.0), 0, 255).astype(np.uint8)
+        blended = np.repeat(grey[..., None], 3, axis=2)
+    picture, factor = enlarge(blended, min_size=min_size, upsample=upsample)
+    title = f"{method_label} for class {target}"
+    size_note = _size_caption(img.shape, factor, upsample)
+    if flat:
+        value = float(np.nan_to_num(np.asarray(heatmap, dtype=np.float64)).flat[0]) if np.size(heatmap) else 0.0
+        message = flat_map_message(method_label, target)
+        caption = f"Every value of the map is {_number(value) if value else '0'}: nothing to colour. {size_note}"
+        return _compose(picture, title=title, caption=caption, message=message)
+    cmap = _colormap(colormap or ("RdBu_r" if signed else "jet"))
+    scale = _colour_scale(heatmap, clip_percentile)
+    steps = np.linspace(1.0, 0.0, 256)
+    if signed:
+        colours = cmap(steps)[:, :3]
+        labels = [(0.0, f"+{_number(scale)}"), (0.5, "0"), (1.0, f"−{_number(scale)}")]
+        meaning = (f"Colour bar: red = evidence for {target}, blue = evidence against it; the colour grows "
+                   f"stronger with |value|, values beyond ±{_number(scale)} (the {clip_percentile:g}th percentile "
+                   f"of |map|) are clipped.")
+    else:
+        colours = cmap(steps)[:, :3]
+        labels = [(0.0, _number(scale)), (1.0, "0")]
+        meaning = (f"Colour bar: importance for {target}, from 0 (no colour) to {_number(scale)} (the "
+                   f"{clip_percentile:g}th percentile of the map; larger values are clipped).")
+    return _compose(picture, title=title, caption=f"{meaning} {size_note}", colour_bar=(colours, labels))
+
+
+def render_input(image: np.ndarray, *, title: str = "What the model saw", min_size: int = DISPLAY_MIN_SIZE,
+                 upsample: str = "nearest", note: str = "") -> np.ndarray:
+    """The model input as a picture for people: enlarged (:func:`enlarge`), with a title and a caption
+    saying its size and the upsampling.
+
+    Args:
+        image: Grey model input (H, W), float in [0, 1] or uint8.
+        title: The title line.
+        min_size: Smallest side of the image part, in pixels.
+        upsample: ``"nearest"`` or ``"bicubic"``.
+        note: Text put before the size in the caption.
+
+    Returns:
+        RGB uint8 ``(H', W', 3)``.
+    """
+    img = np.asarray(image)
+    if img.ndim != 2:
+        raise ValueError(f"image must be 2-D, got shape {img.shape}.")
+    grey = np.clip(np.rint(_grey(img) * 255.0), 0, 255).astype(np.uint8)
+    picture, factor = enlarge(grey, min_size=min_size, upsample=upsample)
+    caption = f"{note} {_size_caption(img.shape, factor, upsample)}".strip()
+    return _compose(picture, title=title, caption=caption)

@@ -4,7 +4,10 @@ A checkpoint folder holds
 
 * ``model.safetensors``: the deep model's ``state_dict`` (normalisation buffers included) or, for a
   classical baseline, its :meth:`~models.classical.ClassicalModel.state_arrays`;
-* ``card.json``: everything needed to rebuild and use the model, and to judge it (see :func:`save_checkpoint`).
+* ``card.json``: everything needed to rebuild and use the model, and to judge it (see :func:`save_checkpoint`);
+* ``ood.safetensors`` (optional, written at refit time by :mod:`models.ood`): the training images'
+  feature distribution and a calibrated distance threshold, for the out-of-distribution flag
+  (:meth:`Predictor.ood_score`). Folders saved before it existed simply have none.
 
 Nothing is pickled; loading never executes code from the folder.
 
@@ -12,7 +15,8 @@ Example:
     >>> import models
     >>> predictor = models.load_predictor("leaderboards/demo/models/resnet18")
     >>> predictor.predict("scan.dcm")
-    {'label': 'stroke', 'probabilities': {'normal': 0.12, 'stroke': 0.88}}
+    {'label': 'stroke', 'probabilities': {'normal': 0.12, 'stroke': 0.88},
+     'ood': {'distance': 3.1, 'threshold': 5.4, 'flagged': False}}
 
 Preprocessing is exactly the training path: ``data.load_image`` (window from the card) ->
 ``data.resize_pad`` (the card's image size) -> ``data.to_uint8`` (the cache format) -> ``/ 255``, so a
@@ -293,8 +297,8 @@ def load_predictor(folder: str | Path, *, device: str | torch.device = "auto") -
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"mps"`` (see :func:`models.pick_device`).
 
     Raises:
-        ValueError: The folder, ``card.json`` or ``model.safetensors`` is missing or corrupt (the message
-            names the file).
+        ValueError: The folder, ``card.json`` or ``model.safetensors`` is missing or corrupt, or
+            ``ood.safetensors`` is present but corrupt (the message names the file).
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -303,7 +307,9 @@ def load_predictor(folder: str | Path, *, device: str | torch.device = "auto") -
     weights_path = folder / WEIGHTS_FILE
     state = _read_weights(weights_path, card["kind"])
     model = _rebuild_model(card, state, weights_path)
-    return Predictor(model, card, device=device)
+    from models.ood import load_reference
+
+    return Predictor(model, card, device=device, ood=load_reference(folder))
 
 
 # --- predicting -------------------------------------------------------------------------------------------
@@ -331,6 +337,7 @@ class Predictor:
         model: The rebuilt model (deep or classical).
         card: The checkpoint card.
         device: Torch device preference for deep models.
+        ood: The out-of-distribution reference (:class:`models.ood.OODReference`) or ``None``.
 
     Attributes:
         model, card: As given. classes: Class names. image_size: Model input side ``S``.
@@ -341,12 +348,15 @@ class Predictor:
         fused_batchnorm: How many BatchNorm layers were folded into their convolutions
         (:func:`models._common.fuse_batchnorm_`; the small CNNs' blocks; same outputs up to float rounding).
         default_batch_size: Images per forward pass when a call does not say.
+        ood: The out-of-distribution reference, ``None`` for model folders saved without one.
 
     The predictor owns ``model``: it is put in eval mode, frozen, and may be fused and converted in place.
     """
 
-    def __init__(self, model: Any, card: dict[str, Any], *, device: str | torch.device = "auto") -> None:
+    def __init__(self, model: Any, card: dict[str, Any], *, device: str | torch.device = "auto",
+                 ood: Any = None) -> None:
         self.card = card
+        self.ood = ood
         self.classes: list[str] = list(card["classes"])
         self.num_classes = len(self.classes)
         self.image_size: int = int(card["image_size"])
@@ -435,18 +445,8 @@ class Predictor:
         Raises:
             ValueError: On a wrong shape or batch size.
         """
-        if batch_size is None:
-            batch_size = self.default_batch_size
-        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
-        S = self.image_size
-        arr = images.detach().cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
-        if arr.ndim == 3 and tuple(arr.shape[1:]) == (S, S) and arr.dtype == np.uint8:
-            as_uint8 = True
-        elif arr.ndim == 4 and tuple(arr.shape[1:]) == (1, S, S):
-            as_uint8 = False
-        else:
-            raise ValueError(f"images must be uint8 (N, {S}, {S}) or float (N, 1, {S}, {S}), got {tuple(arr.shape)}.")
+        batch_size = self._batch_size(batch_size)
+        arr, as_uint8 = self._batch(images)
         if self.kind == "classical":
             if not as_uint8:
                 arr = np.clip(np.round(arr[:, 0].astype(np.float32) * 255.0), 0, 255).astype(np.uint8)
@@ -462,13 +462,78 @@ class Predictor:
             return np.zeros((0, self.num_classes), dtype=np.float64)
         return np.concatenate(out).astype(np.float64)
 
-    def _result(self, probabilities: np.ndarray) -> dict[str, Any]:
+    def _batch_size(self, batch_size: int | None) -> int:
+        if batch_size is None:
+            return self.default_batch_size
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+        return batch_size
+
+    def _batch(self, images: np.ndarray | torch.Tensor) -> tuple[np.ndarray, bool]:
+        """``(array, is_uint8)`` of preprocessed images; raises ValueError on another shape."""
+        S = self.image_size
+        arr = images.detach().cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
+        if arr.ndim == 3 and tuple(arr.shape[1:]) == (S, S) and arr.dtype == np.uint8:
+            return arr, True
+        if arr.ndim == 4 and tuple(arr.shape[1:]) == (1, S, S):
+            return arr, False
+        raise ValueError(f"images must be uint8 (N, {S}, {S}) or float (N, 1, {S}, {S}), got {tuple(arr.shape)}.")
+
+    def ood_distances(self, images: np.ndarray | torch.Tensor, *, batch_size: int | None = None) -> np.ndarray:
+        """Distances ``(N,)`` of preprocessed images from the training images (see :mod:`models.ood`).
+
+        Args:
+            images: uint8 ``(N, S, S)`` or float ``(N, 1, S, S)`` in ``[0, 1]`` (as for :meth:`predict_proba`).
+            batch_size: Images per forward pass; ``None``: :attr:`default_batch_size`.
+
+        Raises:
+            ValueError: On a wrong shape, or when the model folder has no reference (``ood is None``).
+        """
+        from models.ood import image_statistics, model_features
+
+        if self.ood is None:
+            raise ValueError(f"{self.card['model']} has no out-of-distribution reference (a model folder saved "
+                             "before the check existed); refit it to get one.")
+        arr, as_uint8 = self._batch(images)
+        if not as_uint8:
+            arr = np.clip(np.rint(arr[:, 0].astype(np.float32) * 255.0), 0, 255).astype(np.uint8)
+        if len(arr) == 0:
+            return np.zeros(0)
+        features = model_features(self.model, arr, batch_size=self._batch_size(batch_size))
+        return self.ood.distances(features, image_statistics(arr))
+
+    def ood_score(self, x: Any, *, window: str | tuple[float, float] | None = None) -> Any:
+        """One input's distance from the training images, the threshold, and whether it is above it.
+
+        Args:
+            x: Anything :meth:`preprocess` accepts, or a ``torch.Tensor`` that already is the model
+                input (``(1, 1, S, S)`` float in ``[0, 1]``, what :meth:`preprocess` returns).
+            window: CT window for DICOM input; default: the card's window.
+
+        Returns:
+            ``models.ood.OODScore(distance, threshold, flagged)``, or ``None`` when the model folder
+            has no reference (saved before the check existed).
+
+        Raises:
+            InvalidInputError: If the input cannot be read as an image.
+        """
+        if self.ood is None:
+            return None
+        images = x if isinstance(x, torch.Tensor) else self.preprocess_uint8(x, window=window)[None]
+        return self.ood.score(self.ood_distances(images)[0])
+
+    def _ood_entries(self, pixels: np.ndarray) -> list[dict[str, Any] | None]:
+        if self.ood is None:
+            return [None] * len(pixels)
+        return [self.ood.score(d)._asdict() for d in self.ood_distances(pixels)]
+
+    def _result(self, probabilities: np.ndarray, ood: dict[str, Any] | None = None) -> dict[str, Any]:
         probs = {c: float(p) for c, p in zip(self.classes, probabilities)}
         if self.num_classes == 2:
             label = self.classes[1] if probabilities[1] >= self.threshold else self.classes[0]
         else:
             label = self.classes[int(np.argmax(probabilities))]
-        return {"label": label, "probabilities": probs}
+        return {"label": label, "probabilities": probs, "ood": ood}
 
     def predict(self, x: Any, *, window: str | tuple[float, float] | None = None) -> dict[str, Any]:
         """Classify one image.
@@ -478,14 +543,15 @@ class Predictor:
             window: CT window for DICOM input; default: the card's window.
 
         Returns:
-            ``{"label": str, "probabilities": {class: float}}``; a binary label is ``classes[1]`` when
-            ``P(classes[1]) >= threshold``.
+            ``{"label": str, "probabilities": {class: float}, "ood": {"distance", "threshold", "flagged"} | None}``;
+            a binary label is ``classes[1]`` when ``P(classes[1]) >= threshold``; ``ood`` is ``None``
+            when the model folder has no out-of-distribution reference (see :meth:`ood_score`).
 
         Raises:
             InvalidInputError: If the input cannot be read as an image.
         """
-        pixels = self.preprocess_uint8(x, window=window)
-        return self._result(self.predict_proba(pixels[None])[0])
+        pixels = self.preprocess_uint8(x, window=window)[None]
+        return self._result(self.predict_proba(pixels)[0], self._ood_entries(pixels)[0])
 
     def predict_many(
         self,
@@ -496,7 +562,8 @@ class Predictor:
     ) -> list[dict[str, Any]]:
         """Classify many images, decoded one by one and run through the model in batches.
 
-        ``batch_size``: images per forward pass (``None``: :attr:`default_batch_size`).
+        ``batch_size``: images per forward pass (``None``: :attr:`default_batch_size`). Each result is
+        as for :meth:`predict`.
 
         Raises:
             InvalidInputError: If any input cannot be read (the message says which one, 0-based).
@@ -512,5 +579,7 @@ class Predictor:
                 raise InvalidInputError(f"Input {i}: {err}") from None
         if not pixels:
             return []
-        probabilities = self.predict_proba(np.stack(pixels), batch_size=batch_size)
-        return [self._result(p) for p in probabilities]
+        batch = np.stack(pixels)
+        probabilities = self.predict_proba(batch, batch_size=batch_size)
+        oods = self._ood_entries(batch)
+        return [self._result(p, o) for p, o in zip(probabilities, oods)]

@@ -25,7 +25,19 @@ Endpoints:
   threshold** (binary: ``classes[1]`` when ``P(classes[1]) >= threshold``; multiclass: the most
   probable class), ``confidences`` every class, most probable first. No attribution, so it is fast.
 * ``/analyze`` (public, what the UI runs): ``(image, window, model, method)`` -> label, decision
-  Markdown, attribution overlay, preprocessed image.
+  Markdown, attribution picture, picture of the preprocessed input. Its label adds one entry after
+  the classes, ``"decision threshold on P(<positive class>)"`` with the threshold as its value, so
+  that the bars show the threshold next to the probability it is compared with.
+
+What the page shows (a binary study): a headline with the decision, the probability and the
+threshold together ("Stroke — P(Stroke) 0.24 ≥ threshold 0.22"), so the decision can never seem to
+contradict the bars (at a tuned threshold of 0.22, 24 % *is* Stroke); an out-of-distribution warning
+above it when the scan is far from the training images (:mod:`models.ood`, distance above the 99th
+percentile of held-out training images; models saved without a reference say so instead); the
+bars; the attribution for the **decided** class (the class in the headline, not the argmax) and the
+model input, both drawn at >= 320 px by nearest-neighbour upsampling (each model pixel a block,
+nothing invented), with a colour bar, a caption and, for a flat map, the sentence "... found no
+evidence for <class> in this image (a flat map)" instead of an empty picture.
 
 What a stranger may upload (``gr.File``: the one input that takes DICOM as well as raster images;
 the file type is judged from the content, so extensionless DICOM works):
@@ -68,7 +80,9 @@ Privacy and resources:
   themselves; Gradio still checks that the path lies in its upload folder, and the handler
   additionally refuses anything that is neither an upload nor an example.
 * ``share`` is never used, ``allowed_paths`` is empty, the server binds 127.0.0.1 unless
-  ``GRADIO_SERVER_NAME`` says otherwise.
+  ``GRADIO_SERVER_NAME`` says otherwise. Gradio's own start-up prints (among them the hint
+  "To create a public link, set `share=True`") are silenced with ``launch(quiet=True)``; the
+  address is logged instead.
 * Predictors are loaded once per process and model (a dict guarded by a lock) and shared by all
   sessions. The queue runs at most :data:`CONCURRENCY_LIMIT` (2) predictions at a time and holds
   at most :data:`QUEUE_MAX_SIZE` waiting ones. ``torch.set_num_threads`` is lowered to
@@ -342,8 +356,11 @@ class _Analysis:
     probabilities: dict[str, float]
     label: str  # the decision at the study threshold (binary) or the most probable class
     seen: np.ndarray  # uint8 (S, S): the model input
-    overlay: np.ndarray | None
+    seen_picture: np.ndarray  # RGB uint8: the model input enlarged, with title and caption
+    overlay: np.ndarray | None  # RGB uint8 attribution picture (enlarged, colour bar, caption)
     decision_md: str
+    threshold: float | None = None  # binary studies: the decision threshold on P(classes[1])
+    ood: Any = None  # models.ood.OODScore, or None when the model has no reference
 
 
 def _sanitize(message: str, path: Path, display_name: str) -> str:
@@ -392,29 +409,85 @@ def _label_payload(probabilities: Mapping[str, float], decision: str) -> dict[st
     return {"label": decision, "confidences": [{"label": c, "confidence": float(p)} for c, p in ranked]}
 
 
+def threshold_entry(positive: str) -> str:
+    """The name of the bar that shows the decision threshold on ``P(positive)`` in the UI's label."""
+    return f"decision threshold on P({positive})"
+
+
+def _ui_label_payload(classes: Sequence[str], probabilities: Mapping[str, float], decision: str,
+                      threshold: float | None) -> dict[str, Any]:
+    """The bars of the page: every class, then (binary) the threshold as one more bar to compare with."""
+    payload = _label_payload(probabilities, decision)
+    if len(classes) == 2 and threshold is not None:
+        payload["confidences"].append({"label": threshold_entry(classes[1]), "confidence": float(threshold)})
+    return payload
+
+
+def _pair(p: float, threshold: float) -> tuple[str, str]:
+    """``p`` and ``threshold`` with the fewest decimals (2..6) at which the printed relation stays true."""
+    for digits in range(2, 7):
+        a, b = round(p, digits), round(threshold, digits)
+        if (a >= b) == (p >= threshold) and (a != b or p >= threshold):
+            return f"{p:.{digits}f}", f"{threshold:.{digits}f}"
+    return f"{p:.6f}", f"{threshold:.6f}"
+
+
+def decision_headline(classes: Sequence[str], probabilities: Mapping[str, float], threshold: float | None) -> str:
+    """One line that holds the decision with the numbers it rests on.
+
+    Binary: ``"Stroke — P(Stroke) 0.24 ≥ threshold 0.22"``; otherwise ``"Ischemic — the most
+    probable class (P 0.50)"``.
+    """
+    decision = decide(classes, probabilities, threshold)
+    if len(classes) == 2 and threshold is not None:
+        positive = classes[1]
+        p = float(probabilities[positive])
+        p_text, t_text = _pair(p, float(threshold))
+        relation = "≥" if p >= threshold else "<"
+        return f"{decision} — P({positive}) {p_text} {relation} threshold {t_text}"
+    return f"{decision} — the most probable class (P {float(probabilities[decision]):.2f})"
+
+
+def ood_markdown(score: Any) -> str:
+    """The out-of-distribution line of the decision panel (a warning when flagged)."""
+    if score is None:
+        return "No out-of-distribution reference for this model (saved before the check existed): no flag."
+    if score.flagged:
+        return (f"⚠️ **This scan is unlike the images the model was trained on** (distance {score.distance:.1f} > "
+                f"{score.threshold:.1f}, the 99th percentile of held-out training images): treat the answer "
+                "with caution.")
+    return (f"Like the training images: distance {score.distance:.1f} ≤ {score.threshold:.1f} (the 99th "
+            "percentile of held-out training images).")
+
+
 def _decision_markdown(view: _StudyView, model: str, probabilities: Mapping[str, float], *, window: str,
-                       image_size: int, notes: Sequence[str]) -> str:
+                       image_size: int, notes: Sequence[str], ood: Any = None, ood_known: bool = False) -> str:
+    """The decision panel: OOD warning (when flagged), headline, threshold and test metrics, notes.
+
+    ``ood``: a ``models.ood.OODScore`` or ``None``; ``ood_known=False`` leaves the OOD line out (tests,
+    callers that did not compute it).
+    """
     classes = view.classes
     metrics = view.test_metrics(model)
     lines: list[str] = []
+    if ood_known and ood is not None and ood.flagged:
+        lines.append(f"> {ood_markdown(ood)}")
     if len(classes) == 2:
-        positive = classes[1]
         threshold = float(view.study.threshold(model))
-        p = float(probabilities[positive])
-        decision = decide(classes, probabilities, threshold)
-        relation = "≥" if p >= threshold else "<"
-        lines.append(f"### Decision: **{decision}**")
-        lines.append(f"P({positive}) = {p:.3f} {relation} threshold {threshold:.3f} (chosen on held-out "
-                     f"CV images of this model, the calibration part, so it can differ from 0.5).")
+        lines.append(f"## {decision_headline(classes, probabilities, threshold)}")
+        lines.append(f"The threshold {threshold:.3f} on P({classes[1]}) was chosen on held-out images of this "
+                     "model (the calibration part), so it can differ from 0.5; the bars show the probabilities "
+                     "and, last, the threshold.")
         lines.append(f"At this threshold the model had **sensitivity {_fmt(metrics.get('test_sensitivity'))}** "
                      f"and **specificity {_fmt(metrics.get('test_specificity'))}** on the study's held-out "
                      f"test part (test AUC {_fmt(metrics.get('test_auc'))}).")
     else:
-        decision = decide(classes, probabilities, None)
-        lines.append(f"### Decision: **{decision}** (most probable class)")
+        lines.append(f"## {decision_headline(classes, probabilities, None)}")
         lines.append(f"Test balanced accuracy {_fmt(metrics.get('test_balanced_accuracy'))}, "
                      f"test AUC {_fmt(metrics.get('test_auc'))} (held-out test part).")
     lines.append(f"Model `{model}`, input {image_size}×{image_size}, DICOM window `{window}`.")
+    if ood_known and not (ood is not None and ood.flagged):
+        lines.append(f"- {ood_markdown(ood)}")
     lines.extend(f"- {note}" for note in notes)
     lines.append(f"_{DISCLAIMER}_")
     return "\n\n".join(lines)
@@ -486,21 +559,51 @@ def _analyze_file(view: _StudyView, path: Path, *, display_name: str, window: st
     threshold = float(view.study.threshold(model)) if len(view.classes) == 2 else None
     decision = decide(view.classes, probabilities, threshold)
     seen = _to_uint8(x.detach().cpu().numpy()[0, 0])
+    ood, ood_known = _ood_check(predictor, x, model, notes)
 
+    from models.attribution import render_input
+
+    seen_picture = render_input(seen, title=f"What the model saw ({model})",
+                                note="The input after windowing and resizing, exactly as the model got it.")
     overlay = None
     if explain and method != NO_ATTRIBUTION:
-        from models.attribution import explain as explain_fn
-        from models.attribution import overlay as overlay_fn
-
-        att = explain_fn(predictor, x, method=method)
-        overlay = overlay_fn(att.image, att.heatmap, signed=att.signed)
-        colours = "red = for, blue = against" if att.signed else "warm colours = most important"
-        notes.append(f"Attribution: {_METHOD_LABELS.get(method, method)} for class `{att.target_name}` "
-                     f"({colours}; {att.seconds:.2f} s"
-                     f"{', bf16 autocast' if att.params.get('precision') == 'bf16' else ''}).")
+        # explain the class the headline shows (at a tuned threshold it need not be the argmax)
+        overlay, note = _attribution_picture(predictor, x, method, target=view.classes.index(decision))
+        notes.append(note)
     md = _decision_markdown(view, model, probabilities, window=window, image_size=predictor.image_size,
-                            notes=notes)
-    return _Analysis(probabilities=probabilities, label=decision, seen=seen, overlay=overlay, decision_md=md)
+                            notes=notes, ood=ood, ood_known=ood_known)
+    return _Analysis(probabilities=probabilities, label=decision, seen=seen, seen_picture=seen_picture,
+                     overlay=overlay, decision_md=md, threshold=threshold, ood=ood)
+
+
+def _ood_check(predictor: Any, x: Any, model: str, notes: list[str]) -> tuple[Any, bool]:
+    """``(OODScore | None, known)``: the input's distance from the training images; ``known=False``
+    (and a note) when the model's reference does not fit it, so the answer still comes, without a flag."""
+    if getattr(predictor, "ood", None) is None:
+        return None, True
+    try:
+        return predictor.ood_score(x), True
+    except ValueError as exc:
+        logger.warning("Out-of-distribution check of %s failed: %s", model, exc)
+        notes.append("The out-of-distribution check failed for this model (logged on the server): no flag.")
+        return None, False
+
+
+def _attribution_picture(predictor: Any, x: Any, method: str, *, target: int) -> tuple[np.ndarray, str]:
+    """The attribution picture for class index ``target`` (enlarged, colour bar, or the flat-map
+    message) and the note for the decision panel."""
+    from models.attribution import explain, flat_map_message, is_flat, render_overlay
+
+    att = explain(predictor, x, method=method, target=target)
+    label = _METHOD_LABELS.get(method, method).split(" (")[0]
+    picture = render_overlay(att.image, att.heatmap, signed=att.signed, target_name=att.target_name,
+                             method_label=label)
+    if is_flat(att.heatmap):
+        return picture, f"Attribution: {flat_map_message(label, f'`{att.target_name}`')} ({att.seconds:.2f} s)"
+    colours = "red = for, blue = against" if att.signed else "warm colours = most important"
+    bf16 = ", bf16 autocast" if att.params.get("precision") == "bf16" else ""
+    return picture, (f"Attribution: {label} for class `{att.target_name}`, the decision "
+                     f"({colours}; {att.seconds:.2f} s{bf16}).")
 
 
 # ------------------------------------------------------------------------------ gradio plumbing
@@ -642,13 +745,23 @@ def _run(view: _StudyView, uploads: _Uploads, payload: Any, window: str, model: 
 
 
 def _input_column(view: _StudyView, default_methods: list[str]) -> tuple[list[Any], Any]:
-    """File, window, model and method inputs (file first), the Predict button, and the examples."""
+    """File input, the examples right under it (visible in a short embedded frame), the settings and
+    the Predict button."""
     import gradio as gr
 
     from data import WINDOWS
 
     file_in = gr.File(label="CT slice: PNG, JPEG, TIFF or DICOM", file_types=_FILE_TYPES,
-                      file_count="single", type="filepath")
+                      file_count="single", type="filepath", height=120)
+    if view.examples:
+        before = set(file_in.temp_files)
+        gr.Examples(examples=[[str(p)] for p, _ in view.examples], inputs=[file_in],
+                    example_labels=[label for _, label in view.examples],
+                    label="Examples (phantom test images of each class, a DICOM CT slice)",
+                    cache_examples=False, examples_per_page=len(view.examples))
+        # Gradio copies examples into its cache without protecting them from delete_cache;
+        # keep them (and never treat them as uploads to delete).
+        file_in.keep_in_cache.update(set(file_in.temp_files) - before)
     window_in = gr.Dropdown(choices=list(WINDOWS), value=view.default_window,
                             label="DICOM window preset (raster images are already windowed)")
     model_in = gr.Dropdown(choices=view.models, value=view.default_model,
@@ -656,29 +769,38 @@ def _input_column(view: _StudyView, default_methods: list[str]) -> tuple[list[An
     method_in = gr.Dropdown(choices=[(_METHOD_LABELS.get(m, m), m) for m in default_methods],
                             value=default_methods[0], label="Attribution method")
     run_btn = gr.Button("Predict", variant="primary")
-    if view.examples:
-        before = set(file_in.temp_files)
-        gr.Examples(examples=[[str(p)] for p, _ in view.examples], inputs=[file_in],
-                    example_labels=[label for _, label in view.examples],
-                    label="Examples (phantom test images of each class, a DICOM CT slice)",
-                    cache_examples=False)
-        # Gradio copies examples into its cache without protecting them from delete_cache;
-        # keep them (and never treat them as uploads to delete).
-        file_in.keep_in_cache.update(set(file_in.temp_files) - before)
     return [file_in, window_in, model_in, method_in], run_btn
 
 
 def _output_column(view: _StudyView) -> list[Any]:
-    """Probabilities, decision Markdown, attribution overlay and preprocessed image outputs."""
+    """Decision Markdown (headline, OOD warning) above the probability bars (with the threshold bar)."""
     import gradio as gr
 
-    label_out = gr.Label(label="Class probabilities", num_top_classes=len(view.classes))
     decision_out = gr.Markdown(f"_{DISCLAIMER}_")
-    with gr.Row():
-        overlay_out = gr.Image(label="Attribution overlay", format="png", interactive=False)
-        seen_out = gr.Image(label="What the model saw (preprocessed input)", format="png",
-                            image_mode="L", interactive=False)
-    return [label_out, decision_out, overlay_out, seen_out]
+    bars = "Class probabilities"
+    if len(view.classes) == 2:
+        bars += f" and, last, the {threshold_entry(view.classes[1])}"
+    label_out = gr.Label(label=bars, num_top_classes=len(view.classes) + 1, show_heading=False)
+    return [label_out, decision_out]
+
+
+def _picture_row() -> list[Any]:
+    """The attribution picture and the model input, side by side across the page (>= 320 px each).
+
+    The pictures carry their own title and caption (they survive fullscreen, download and a projector),
+    so the components' floating labels, which would cover the title, are hidden.
+    """
+    import gradio as gr
+
+    gr.Markdown("Attribution for the decided class · what the model saw. Both are the model's input "
+                "enlarged by nearest-neighbour upsampling (each model pixel a block); the colour bar gives "
+                "the map's scale.")
+    with gr.Row(equal_height=True):
+        overlay_out = gr.Image(label="Attribution for the decided class", show_label=False, format="png",
+                               interactive=False, buttons=["fullscreen", "download"])
+        seen_out = gr.Image(label="What the model saw", show_label=False, format="png", image_mode="RGB",
+                            interactive=False, buttons=["fullscreen", "download"])
+    return [overlay_out, seen_out]
 
 
 def _wire_events(view: _StudyView, uploads: _Uploads, inputs: list[Any], outputs: list[Any], *,
@@ -698,8 +820,9 @@ def _wire_events(view: _StudyView, uploads: _Uploads, inputs: list[Any], outputs
         result = _run(view, uploads, image, window, model, method, explain=True)
         if result is None:
             return {}, f"_{DISCLAIMER}_", None, None
-        return (_label_payload(result.probabilities, result.label), result.decision_md,
-                image_payload(overlay_out, result.overlay), image_payload(seen_out, result.seen))
+        return (_ui_label_payload(view.classes, result.probabilities, result.label, result.threshold),
+                result.decision_md, image_payload(overlay_out, result.overlay),
+                image_payload(seen_out, result.seen_picture))
 
     def predict(image: Any, window: str = view.default_window, model: str = view.default_model) -> Any:
         result = _run(view, uploads, image, window, model, NO_ATTRIBUTION, explain=False)
@@ -762,6 +885,7 @@ def build_app(study_dir: str | Path | None = None, *, leaderboards_root: str | P
                 inputs, run_btn = _input_column(view, default_methods)
             with gr.Column(scale=1):
                 outputs = _output_column(view)
+        outputs += _picture_row()
         api_btn = gr.Button(visible=False)  # carries the one-input /predict API endpoint
 
         uploads = _Uploads(demo, inputs[0])
@@ -817,10 +941,14 @@ def launch(*, study_dir: str | Path | None = None, server_name: str | None = Non
             _PREDICTORS.get(view_study.model_dir(best))
         except Exception as exc:  # noqa: BLE001 - the request will report it properly
             logger.warning("Could not preload %s: %s", best, exc)
-    logger.info("Serving study %s on http://%s:%d (upload limit %.0f MB)", view_study.name, name, port,
-                limit / 2**20)
+    # quiet: Gradio's prints include "To create a public link, set `share=True`", which this app never
+    # does; the address is logged below instead
     demo.launch(server_name=name, server_port=port, share=False, max_file_size=limit, allowed_paths=[],
-                prevent_thread_lock=not block, show_error=False, quiet=not block)
+                prevent_thread_lock=True, show_error=False, quiet=True)
+    logger.info("Serving study %s on %s (no share link; upload limit %.0f MB)", view_study.name,
+                demo.local_url, limit / 2**20)
+    if block:
+        demo.block_thread()
     return demo
 
 

@@ -7,7 +7,19 @@ import torch
 from PIL import Image
 
 import models
-from models.attribution import METHODS, Attribution, applicable_methods, explain, overlay
+from models.attribution import (
+    DISPLAY_MIN_SIZE,
+    METHODS,
+    Attribution,
+    applicable_methods,
+    enlarge,
+    explain,
+    flat_map_message,
+    is_flat,
+    overlay,
+    render_input,
+    render_overlay,
+)
 
 SIZE = 32
 DEEP = models.list_models(kind="deep")
@@ -435,6 +447,84 @@ def test_overlay_of_an_attribution(nets, image) -> None:
     att = explain(nets["resnet18"], image, method="integrated_gradients", n_steps=8)
     rgb = overlay(att.image, att.heatmap, signed=att.signed)
     assert rgb.shape == (SIZE, SIZE, 3) and rgb.dtype == np.uint8
+
+
+# ---------------------------------------------------------------------------- pictures for people
+@pytest.mark.parametrize(("shape", "factor"), [((64, 64), 5), ((224, 224), 2), ((32, 48), 10), ((400, 400), 1)])
+def test_enlarge_by_an_integer_factor(shape, factor) -> None:
+    img = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    big, k = enlarge(img)
+    assert k == factor and big.shape == (shape[0] * k, shape[1] * k) and min(big.shape) >= min(DISPLAY_MIN_SIZE, 400)
+    # nearest neighbour: every model pixel is a k x k block, nothing invented
+    np.testing.assert_array_equal(big[::k, ::k], img)
+    np.testing.assert_array_equal(big[k - 1::k, k - 1::k], img)
+    rgb, k = enlarge(np.repeat(img[..., None], 3, axis=2), upsample="bicubic", min_size=100)
+    assert rgb.shape[:2] == (shape[0] * k, shape[1] * k) and rgb.shape[2] == 3
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [({"upsample": "lanczos"}, "upsample"), ({"min_size": 0}, "min_size"),
+                                               ({"image": np.zeros((8, 8))}, "uint8")])
+def test_enlarge_errors(kwargs, match) -> None:
+    image = kwargs.pop("image", np.zeros((8, 8), np.uint8))
+    with pytest.raises(ValueError, match=match):
+        enlarge(image, **kwargs)
+
+
+def test_is_flat() -> None:
+    assert is_flat(np.zeros((8, 8))) and is_flat(np.full((8, 8), 0.3)) and is_flat(np.full((8, 8), np.nan))
+    tiny = np.zeros((8, 8))
+    tiny[3, 3] = 1e-12
+    assert not is_flat(tiny)
+
+
+def _strongly_coloured(rgb: np.ndarray, colour: np.ndarray, tol: int = 6) -> bool:
+    return bool(np.any(np.all(np.abs(rgb.astype(int) - colour) <= tol, axis=-1)))
+
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_render_overlay_is_large_and_has_a_colour_bar(signed) -> None:
+    import matplotlib
+
+    img = np.full((64, 64), 0.5, dtype=np.float32)
+    heat = np.zeros((64, 64), dtype=np.float32)
+    heat[10:30, 10:30] = 1.0
+    if signed:
+        heat[40:60, 40:60] = -1.0
+    rgb = render_overlay(img, heat, signed=signed, target_name="Stroke", method_label="Grad-CAM")
+    assert rgb.dtype == np.uint8 and rgb.ndim == 3 and min(rgb.shape[:2]) > DISPLAY_MIN_SIZE
+    # the overlay itself (alpha <= 0.45) never shows a pure colour-map end: only the colour bar does
+    cmap = matplotlib.colormaps["RdBu_r" if signed else "jet"]
+    for end in (0.0, 1.0):
+        assert _strongly_coloured(rgb, np.rint(np.asarray(cmap(end)[:3]) * 255).astype(int)), end
+    # the enlarged overlay is in the picture, block for block
+    big, k = enlarge(overlay(img, heat, signed=signed))
+    assert k == 5 and _contains(rgb, big)
+
+
+def _contains(canvas: np.ndarray, block: np.ndarray) -> bool:
+    h, w = block.shape[:2]
+    return any(np.array_equal(canvas[r:r + h, c:c + w], block)
+               for r in range(canvas.shape[0] - h + 1) for c in range(min(64, canvas.shape[1] - w + 1)))
+
+
+def test_render_overlay_of_a_flat_map_says_so() -> None:
+    img = np.tile(np.linspace(0, 1, 64, dtype=np.float32), (64, 1))
+    rgb = render_overlay(img, np.zeros((64, 64)), target_name="Stroke", method_label="Grad-CAM")
+    assert min(rgb.shape[:2]) > DISPLAY_MIN_SIZE
+    spread = rgb.astype(int).max(axis=-1) - rgb.astype(int).min(axis=-1)
+    assert spread.max() <= 1, "a flat map gets no colour layer (and no colour bar)"
+    assert rgb.std() > 10, "never an empty picture: the scan and the message are drawn"
+    assert flat_map_message("Grad-CAM", "Stroke") == "Grad-CAM found no evidence for Stroke in this image (a flat map)."
+
+
+def test_render_input_is_large() -> None:
+    img = np.random.default_rng(0).integers(0, 256, (64, 64), dtype=np.uint8)
+    rgb = render_input(img, note="after windowing")
+    assert rgb.dtype == np.uint8 and min(rgb.shape[:2]) > DISPLAY_MIN_SIZE
+    big, _ = enlarge(img)
+    assert _contains(rgb, np.repeat(big[..., None], 3, axis=2))
+    with pytest.raises(ValueError, match="2-D"):
+        render_input(np.zeros((4, 4, 3)))
 
 
 def test_precision_auto_picks_bf16_only_where_it_was_measured_faster(monkeypatch) -> None:

@@ -302,7 +302,7 @@ def test_all_input_kinds_agree(binary_folder: Path, png_image: tuple[Path, np.nd
     predictor = models.load_predictor(binary_folder)
     path, pixels = png_image
     reference = predictor.predict(path)
-    assert set(reference) == {"label", "probabilities"}
+    assert set(reference) == {"label", "probabilities", "ood"} and reference["ood"] is None  # no ood.safetensors
     assert set(reference["probabilities"]) == set(CLASSES)
     assert sum(reference["probabilities"].values()) == pytest.approx(1.0, abs=1e-6)
     for source in (str(path), path.read_bytes(), Image.open(path), pixels, io.BytesIO(path.read_bytes())):

@@ -125,9 +125,10 @@ def test_dashboard_in_a_real_browser(streamlit_app: tuple[str, Path]) -> None:
             frame.locator('input[type="file"]').first.set_input_files(str(image))
             positive = study.classes[-1]
             percent = f"{round(100 * probs[positive])}%"
-            label_box = frame.locator('[data-testid="label-output-value"]').first
-            label_box.wait_for(state="visible")
-            frame.get_by_text(re.compile(r"Decision")).first.wait_for(state="visible")
+            bars = frame.locator('[data-testid$="-confidence-set"]').first  # the probability bars
+            bars.wait_for(state="visible")
+            # the headline: decision, probability and threshold together (or "the most probable class")
+            frame.get_by_text(re.compile(r" — (P\(|the most probable)")).first.wait_for(state="visible")
             text = frame.locator("body").inner_text()
             assert percent in text, f"expected P({positive}) = {percent} on screen; the page shows:\n{text[:1500]}"
             assert "%" in text and positive in text

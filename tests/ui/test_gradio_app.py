@@ -115,6 +115,14 @@ def test_build_app_without_launching(handmade_study: Path) -> None:
     file_in = _component(demo, gr.File, "CT slice")
     assert ".dcm" in file_in.file_types and ".png" in file_in.file_types
 
+    # the decision Markdown holds the headline; the bars carry no second headline of their own
+    label = _component(demo, gr.Label, "Class probabilities")
+    assert label.show_heading is False and "decision threshold on P(Stroke)" in label.label
+    assert label.num_top_classes == len(study.classes) + 1
+    # examples come right under the file input (an embedded frame of limited height still shows them)
+    order = [b for b in demo.blocks.values() if isinstance(b, (gr.File, gr.Dataset, gr.Dropdown))]
+    assert [type(b).__name__ for b in order[:3]] == ["File", "Dataset", "Dropdown"]
+
     assert demo.delete_cache == gradio_app.DELETE_CACHE
     assert demo._queue.default_concurrency_limit == gradio_app.CONCURRENCY_LIMIT
     assert demo._queue.max_size == gradio_app.QUEUE_MAX_SIZE
@@ -185,14 +193,49 @@ def test_decision_at_study_threshold(handmade_study: Path, offset: float, decisi
     probabilities = {"Normal": 1 - p_stroke, "Stroke": p_stroke}
     md = gradio_app._decision_markdown(view, model, probabilities, window="brain", image_size=32,
                                        notes=["a note"])
-    assert f"Decision: **{decision}**" in md
-    assert f"{relation} threshold {threshold:.3f}" in md
+    headline = md.split("\n\n")[0]
+    # the headline holds the decision, the probability and the threshold together
+    assert headline.startswith(f"## {decision} — P(Stroke) ") and f" {relation} threshold " in headline
+    assert f"threshold {threshold:.3f}" in md and "held-out" in md
     assert "sensitivity 0.88" in md and "specificity 0.62" in md
     assert gradio_app.DISCLAIMER in md and "- a note" in md
+    assert "out-of-distribution" not in md  # not computed: no OOD line
     assert gradio_app.decide(view.classes, probabilities, threshold) == decision
     payload = gradio_app._label_payload(probabilities, decision)
     assert payload["label"] == decision
     assert [c["label"] for c in payload["confidences"]] == sorted(probabilities, key=probabilities.get, reverse=True)
+    # the page's bars end with the threshold, so it sits next to the probability it is compared with
+    ui = gradio_app._ui_label_payload(view.classes, probabilities, decision, threshold)
+    assert ui["confidences"][:2] == payload["confidences"]
+    assert ui["confidences"][2] == {"label": gradio_app.threshold_entry("Stroke"), "confidence": threshold}
+
+
+@pytest.mark.parametrize("p, threshold, expected", [
+    (0.24, 0.215, "Stroke — P(Stroke) 0.24 ≥ threshold 0.21"),  # the issue's case: bars say Normal 76 %
+    (0.2146, 0.2149, "Normal — P(Stroke) 0.2146 < threshold 0.2149"),  # never "0.21 < 0.21"
+    (0.2151, 0.2151, "Stroke — P(Stroke) 0.22 ≥ threshold 0.22"),
+    (0.90, 0.5, "Stroke — P(Stroke) 0.90 ≥ threshold 0.50"),
+])
+def test_headline_numbers_never_contradict_the_decision(p: float, threshold: float, expected: str) -> None:
+    probabilities = {"Normal": 1 - p, "Stroke": p}
+    assert gradio_app.decision_headline(["Normal", "Stroke"], probabilities, threshold) == expected
+
+
+def test_headline_multiclass() -> None:
+    probabilities = {"A": 0.2, "B": 0.5, "C": 0.3}
+    assert gradio_app.decision_headline(["A", "B", "C"], probabilities, None) == "B — the most probable class (P 0.50)"
+    assert gradio_app._ui_label_payload(["A", "B", "C"], probabilities, "B", None)["confidences"][-1]["label"] == "A"
+
+
+def test_ood_lines() -> None:
+    from models.ood import OODScore
+
+    flagged = gradio_app.ood_markdown(OODScore(12.34, 4.1, True))
+    assert "This scan is unlike the images the model was trained on (distance 12.3 > 4.1" in flagged.replace("**", "")
+    assert "caution" in flagged
+    assert "4.1" in gradio_app.ood_markdown(OODScore(3.0, 4.1, False)) and "unlike" not in \
+        gradio_app.ood_markdown(OODScore(3.0, 4.1, False))
+    assert "no out-of-distribution reference for this model" in gradio_app.ood_markdown(None).lower()
 
 
 def test_decide_differs_from_argmax_below_half() -> None:
@@ -208,7 +251,7 @@ def test_decision_multiclass_is_argmax() -> None:
     view = gradio_app._StudyView(study=study, models=["cnn"], default_model="cnn", default_window="brain")
     md = gradio_app._decision_markdown(view, "cnn", {"Hemorrhagic": 0.2, "Ischemic": 0.5, "Normal": 0.3},
                                        window="brain", image_size=32, notes=[])
-    assert "Decision: **Ischemic** (most probable class)" in md
+    assert md.startswith("## Ischemic — the most probable class (P 0.50)")
     assert "balanced accuracy 0.71" in md and "threshold" not in md
 
 
@@ -380,14 +423,110 @@ def test_classical_model_gets_no_overlay_and_a_note(study_view, tmp_path: Path) 
 
 
 def test_attribution_overlay_for_each_offered_method(study_view, tmp_path: Path) -> None:
+    from models.attribution import DISPLAY_MIN_SIZE
+
     path = _inputs.png_16bit(tmp_path)
     for model in study_view.models:
         for method in study_view.methods(model):
             result = _analyze(study_view, path, model=model, method=method)
+            # pictures for a projector: at least DISPLAY_MIN_SIZE px, the model input itself stays S x S
+            assert result.seen_picture.ndim == 3 and min(result.seen_picture.shape[:2]) > DISPLAY_MIN_SIZE
             if method == gradio_app.NO_ATTRIBUTION:
                 assert result.overlay is None
             else:
-                assert result.overlay.ndim == 3 and result.overlay.shape[:2] == result.seen.shape
+                assert result.overlay.ndim == 3 and min(result.overlay.shape[:2]) > DISPLAY_MIN_SIZE
+                assert "Attribution:" in result.decision_md
+
+
+def test_attribution_explains_the_decided_class(study_view, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from models import attribution
+
+    targets: list[object] = []
+    real = attribution.explain
+
+    def spy(*args: object, **kwargs: object):
+        targets.append(kwargs.get("target"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(attribution, "explain", spy)
+    deep = next(m for m in study_view.models if len(study_view.methods(m)) > 1)
+    result = _analyze(study_view, _inputs.png_16bit(tmp_path), model=deep, method="saliency")
+    assert targets == [study_view.classes.index(result.label)]
+    assert f"class `{result.label}`" in result.decision_md
+
+
+def test_flat_map_says_so(study_view, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from models import attribution
+
+    real = attribution.explain
+
+    def flat(*args: object, **kwargs: object):
+        att = real(*args, **kwargs)
+        att.heatmap[:] = 0.0
+        return att
+
+    monkeypatch.setattr(attribution, "explain", flat)
+    deep = next(m for m in study_view.models if len(study_view.methods(m)) > 1)
+    result = _analyze(study_view, _inputs.png_16bit(tmp_path), model=deep, method="grad_cam")
+    assert f"Grad-CAM found no evidence for `{result.label}` in this image (a flat map" in result.decision_md
+    assert result.overlay is not None and result.overlay.std() > 0  # a picture with a message, never blank
+
+
+def test_models_without_ood_reference_say_so(study_view, tmp_path: Path) -> None:
+    result = _analyze(study_view, _inputs.png_16bit(tmp_path), explain=False, method="none")
+    assert result.ood is None
+    assert "No out-of-distribution reference for this model" in result.decision_md
+
+
+def test_a_reference_that_does_not_fit_still_answers(study_view, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    predictor = gradio_app._PREDICTORS.get(study_view.study.model_dir(study_view.default_model))
+
+    def broken(_x: object) -> None:
+        raise ValueError("features must be (N, 1024) for this reference")
+
+    monkeypatch.setattr(predictor, "ood", object())
+    monkeypatch.setattr(predictor, "ood_score", broken)
+    result = _analyze(study_view, _inputs.png_16bit(tmp_path), explain=False, method="none")
+    assert result.ood is None and "out-of-distribution check failed" in result.decision_md
+    assert "No out-of-distribution reference" not in result.decision_md
+
+
+def test_ood_warning_above_the_headline(tmp_path: Path) -> None:
+    """A study whose models carry an OOD reference: a photograph is flagged above the headline."""
+    from PIL import Image
+    from skimage.data import camera
+
+    import models
+    from models.ood import compute_reference
+
+    study_dir = make_handmade_study(tmp_path / "leaderboards", name="with_ood")
+    view = gradio_app._study_view(study_dir)
+    split = view.study.split
+    X = np.stack([np.asarray(Image.open(view.study.data_dir / p)) for p in split["path"]])
+    cv = (split["part"] == "cv").to_numpy()
+    fit, calibration = cv & (split["fold"] != 0).to_numpy(), cv & (split["fold"] == 0).to_numpy()
+    for model in view.models:
+        folder = view.study.model_dir(model)
+        model_obj = models.load_predictor(folder).model
+        compute_reference(model_obj, X[fit], X[calibration]).save(folder)
+    gradio_app._PREDICTORS.clear()
+    photo = tmp_path / "camera.png"
+    Image.fromarray(camera()).save(photo)
+    own = view.study.data_dir / split.loc[split["part"] == "test", "path"].iloc[0]
+    try:
+        for model in view.models:
+            inside = _analyze(view, own, model=model, explain=False, method="none")
+            outside = _analyze(view, photo, model=model, explain=False, method="none")
+            assert inside.ood is not None and outside.ood is not None
+            assert outside.ood.flagged and outside.ood.distance > 2 * outside.ood.threshold, outside.ood
+            first = outside.decision_md.split("\n\n")[0]
+            assert first.startswith("> ⚠️") and "unlike the images the model was trained on" in first
+            # (that held-out scans pass is measured in tests/models/test_ood.py; this study is tiny)
+            assert inside.ood.distance < outside.ood.distance / 3, (inside.ood, outside.ood)
+            assert ("Like the training images" in inside.decision_md) != inside.ood.flagged
+    finally:
+        gradio_app._PREDICTORS.clear()
 
 
 @pytest.mark.parametrize("kwargs, fragment", [
@@ -401,6 +540,22 @@ def test_bad_settings_are_rejected(study_view, tmp_path: Path, kwargs: dict, fra
     deep = next(m for m in study_view.models if len(study_view.methods(m)) > 1)
     with pytest.raises(gradio_app.InputRejected, match=fragment):
         _analyze(study_view, path, **{"model": deep, **kwargs})
+
+
+# ------------------------------------------------------------------------------------- launch
+def test_launch_is_quiet_and_never_shares(monkeypatch: pytest.MonkeyPatch, handmade_study: Path) -> None:
+    calls: list[dict] = []
+
+    def fake_launch(self: gr.Blocks, **kwargs: object) -> None:
+        calls.append(kwargs)
+        self.local_url = "http://127.0.0.1:1/"
+
+    monkeypatch.setattr(gr.Blocks, "launch", fake_launch)
+    monkeypatch.setattr(gr.Blocks, "block_thread", lambda self: None)
+    gradio_app.launch(study_dir=handmade_study, server_port=7999, block=True)
+    assert len(calls) == 1
+    # quiet=True silences Gradio's "To create a public link, set `share=True`" hint; share stays off
+    assert calls[0]["share"] is False and calls[0]["quiet"] is True and calls[0]["allowed_paths"] == []
 
 
 # ------------------------------------------------------------------------------- first start

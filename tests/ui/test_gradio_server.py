@@ -114,19 +114,28 @@ def test_predict_label_is_the_decision_at_the_study_threshold(server: dict,
 def test_analyze_endpoint_returns_everything_the_ui_shows(server: dict, phantom_images: dict[str, Path]) -> None:
     from PIL import Image
 
+    from models.attribution import DISPLAY_MIN_SIZE
+
     study = server["study"]
     label, decision_md, overlay, seen = server["client"].predict(
         handle_file(str(phantom_images[study.classes[-1]])), "brain", study.best_model, "grad_cam",
         api_name="/analyze")
-    _check_label(label, study.classes)
-    assert "Decision:" in decision_md and "sensitivity" in decision_md
+    # the page's bars: the classes, then the decision threshold (binary studies)
+    bars = {c["label"]: c["confidence"] for c in label["confidences"]}
+    if len(study.classes) == 2:
+        entry = gradio_app.threshold_entry(study.classes[1])
+        assert label["confidences"][-1]["label"] == entry
+        assert bars.pop(entry) == pytest.approx(study.threshold(study.best_model))
+    _check_label({"label": label["label"], "confidences": [{"label": k, "confidence": v} for k, v in bars.items()]},
+                 study.classes)
+    assert f"## {label['label']} — " in decision_md and "sensitivity" in decision_md
     assert gradio_app.DISCLAIMER in decision_md
     card = study.card(study.best_model)
-    with Image.open(seen) as im:
-        assert im.size == (card["image_size"], card["image_size"])
+    with Image.open(seen) as im:  # the model input, enlarged for a screen or a projector
+        assert min(im.size) > DISPLAY_MIN_SIZE
     if card.get("kind") == "deep":
         with Image.open(overlay) as im:
-            assert im.mode == "RGB" and im.size == (card["image_size"], card["image_size"])
+            assert im.mode == "RGB" and min(im.size) > DISPLAY_MIN_SIZE
     else:
         assert overlay is None and "classical baseline" in decision_md
 
@@ -143,7 +152,20 @@ def test_analyze_overlay_of_a_deep_model(server: dict) -> None:
         handle_file(get_testdata_file("CT_small.dcm")), "stroke", deep[0], "saliency", api_name="/analyze")
     assert "Saliency" in decision_md and "DICOM" in decision_md
     with Image.open(overlay) as im_overlay, Image.open(seen) as im_seen:
-        assert im_overlay.mode == "RGB" and im_overlay.size == im_seen.size
+        assert im_overlay.mode == "RGB" and min(im_overlay.size) > 320 and min(im_seen.size) > 320
+
+
+def test_refit_saved_an_ood_reference_and_the_page_reports_it(server: dict, phantom_images: dict[str, Path]) -> None:
+    from models.ood import OOD_FILE, load_reference
+
+    study = server["study"]
+    for model in study.refitted_models():
+        reference = load_reference(study.model_dir(model))
+        assert reference is not None, f"{model}: no {OOD_FILE}"
+        assert 0 < reference.threshold < float("inf") and reference.n_calibration > 0
+    _, decision_md, _, _ = server["client"].predict(
+        handle_file(str(next(iter(phantom_images.values())))), "brain", study.best_model, "none", api_name="/analyze")
+    assert "Like the training images" in decision_md or "unlike the images the model was trained on" in decision_md
 
 
 @pytest.mark.parametrize("name", sorted(_inputs.ACCEPTED))
