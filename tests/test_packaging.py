@@ -92,9 +92,9 @@ def test_wheel_installs_and_its_console_scripts_run_a_search(tmp_path: Path) -> 
     site = run(venv / "bin" / "python", "-c", "import app, automl; print(automl.__file__); print(app.__file__)")
     assert all(Path(line).is_relative_to(venv) for line in site.split()), site
     out = tmp_path / "lb"
-    printed = run(venv / "bin" / "strokect-search", "--preset", "smoke", "--study", "x", "--out", out, "-q")
+    printed = run(venv / "bin" / "strokect-search", "--preset", "smoke", "--study", "x", "--leaderboards", out, "-q")
     assert printed.strip().splitlines()[-1] == str(out / "x")
     assert (out / "x" / "leaderboard.csv").is_file() and (out / "x" / "study.journal").is_file()
-    assert run(venv / "bin" / "strokect-leaderboard", "x", "--out", out, "--no-refit", "--no-audit").strip()
+    assert run(venv / "bin" / "strokect-leaderboard", "--study", "x", "--leaderboards", out, "--no-refit", "--no-audit").strip()
     assert "leaderboard" in run(venv / "bin" / "python", "-m", "automl.search", "--help")  # python -m still works
     assert "streamlit run" in run(venv / "bin" / "strokect-app", "--help").replace("\n", " ")

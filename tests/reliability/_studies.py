@@ -19,7 +19,7 @@ __all__ = ["check_study_folder", "file_digests", "finished_snapshot", "load_tria
 def search_args(*, study: str, data: Path, out: Path, storage: str | None, n_trials: int,
                 extra: Sequence[str] = ()) -> list[str]:
     """Arguments of one ``python -m automl.search`` smoke worker."""
-    args = ["--preset", "smoke", "--data", str(data), "--study", study, "--out", str(out),
+    args = ["--preset", "smoke", "--data", str(data), "--study", study, "--leaderboards", str(out),
             "--n-trials", str(n_trials), "--timeout", "0", "-q"]
     if storage is not None:
         args += ["--storage", storage]

@@ -411,7 +411,7 @@ def test_resumed_study_refuses_changed_data(tmp_path: Path) -> None:
     for c, value in (("Normal", 60), ("Stroke", 160)):
         for i in range(12):
             _write_png(root / c / f"{c.lower()}{i:02d} (0).png", value, seed=i + value)
-    config = dict(preset="smoke", data=str(root), study="changing", out=str(tmp_path / "lb"), models=("logreg",),
+    config = dict(preset="smoke", data=str(root), study="changing", leaderboards=str(tmp_path / "lb"), models=("logreg",),
                   n_trials=1, refit=False, leakage_audit="none", group_by="none")
     study_dir = run_search(SearchConfig(**config))
     board = (study_dir / "leaderboard.csv").read_bytes()
