@@ -32,6 +32,7 @@ from data._files import atomic_write_json, read_json_object
 
 __all__ = [
     "DEFAULT_LEADERBOARDS",
+    "leaderboards_root",
     "StudyFolder",
     "parse_storage_url",
     "open_storage",
@@ -47,6 +48,20 @@ JOURNAL_FILE = "study.journal"
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
 _SAFE_MODEL = re.compile(r"^[A-Za-z0-9_.+\-]+$")  # registry names; the frozen-feature lane's hold a "+"
 _OOF_TRIAL = re.compile(r"^oof_trial_(\d+)\.csv$")
+
+
+def leaderboards_root() -> Path:
+    """The default root of study folders: ``$STROKECT_LEADERBOARDS``; else ``<repo>/leaderboards`` in a
+    checkout; else (an installed package) ``./leaderboards`` in the working folder."""
+    import os
+
+    from data._io import checkout_root
+
+    env = os.environ.get("STROKECT_LEADERBOARDS")
+    if env:
+        return Path(env).expanduser()
+    checkout = checkout_root()
+    return (checkout if checkout is not None else Path.cwd()) / DEFAULT_LEADERBOARDS
 
 
 def probability_columns(classes: list[str] | tuple[str, ...]) -> list[str]:

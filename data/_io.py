@@ -146,10 +146,26 @@ def apply_window(hu: np.ndarray, window: str | tuple[float, float] = "brain") ->
     return np.clip(out, 0.0, 1.0, out=out)
 
 
+def checkout_root() -> Path | None:
+    """The repository this code runs from, or ``None`` when it is an installed package (site-packages)."""
+    root = Path(__file__).resolve().parents[1]
+    return root if (root / "pyproject.toml").is_file() or (root / ".git").exists() else None
+
+
 def cache_dir() -> Path:
-    """Root of generated data (phantoms, array caches): ``$STROKECT_CACHE`` or ``<repo>/.cache``."""
+    """Root of generated data (phantoms, array and feature caches, converted weights).
+
+    ``$STROKECT_CACHE``; else ``<repo>/.cache`` in a checkout; else (``pip install .``) the user cache,
+    ``$XDG_CACHE_HOME/strokect`` or ``~/.cache/strokect`` — never inside site-packages.
+    """
     env = os.environ.get("STROKECT_CACHE")
-    root = Path(env) if env else Path(__file__).resolve().parents[1] / ".cache"
+    checkout = checkout_root()
+    if env:
+        root = Path(env)
+    elif checkout is not None:
+        root = checkout / ".cache"
+    else:
+        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "strokect"
     root.mkdir(parents=True, exist_ok=True)
     return root
 

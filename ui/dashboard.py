@@ -21,7 +21,6 @@ import logging
 import os
 import socket
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,13 +33,13 @@ import streamlit as st
 from automl import results
 from automl.results import StudyError, StudyResults
 from automl.study import StudyFolder
+from automl.study import leaderboards_root as study_root
 from ui import charts, report
 
 __all__ = ["TABS", "leaderboards_root", "main", "winner_style"]
 
 logger = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 TABS = ["Leaderboard", "ROC / PR / calibration", "Confusion matrix", "Attributions", "Data", "Search",
         "Live prediction"]
 DEMO_STUDY = "demo"
@@ -49,8 +48,9 @@ _TRUE = ("1", "true", "yes", "on")
 
 
 def leaderboards_root() -> Path:
-    """The folder of studies: ``$STROKECT_LEADERBOARDS`` or ``<repo>/leaderboards``."""
-    return Path(os.environ.get("STROKECT_LEADERBOARDS") or REPO_ROOT / "leaderboards").expanduser()
+    """The folder of studies (:func:`automl.study.leaderboards_root`: ``$STROKECT_LEADERBOARDS``, else the
+    checkout's ``leaderboards/``, else ``./leaderboards`` for an installed package)."""
+    return study_root()
 
 
 def _env_flag(name: str) -> bool:

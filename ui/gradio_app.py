@@ -105,6 +105,7 @@ from typing import Any
 
 import numpy as np
 
+from automl.study import leaderboards_root
 from data._log import add_logging_arguments, setup_logging, start_logging
 
 __all__ = [
@@ -124,9 +125,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-#: Default folder of studies (``<repo>/leaderboards``).
-DEFAULT_LEADERBOARDS = REPO_ROOT / "leaderboards"
+#: Default folder of studies (:func:`automl.study.leaderboards_root`, read at import).
+DEFAULT_LEADERBOARDS = leaderboards_root()
 DISCLAIMER = "Research/teaching only, not for clinical use."
 #: Environment variable holding the upload limit in MB (default :data:`DEFAULT_MAX_FILE_MB`).
 MAX_FILE_MB_ENV = "STROKECT_MAX_FILE_MB"

@@ -109,3 +109,20 @@ def test_atomic_writer_rejects_a_bad_mode(tmp_path: Path) -> None:
 def test_library_versions_names_python_and_skips_missing_modules() -> None:
     versions = library_versions(("numpy", "no_such_module_xyz"))
     assert versions["numpy"] == np.__version__ and "python" in versions and "no_such_module_xyz" not in versions
+
+
+def test_cache_and_leaderboards_never_inside_an_installed_package(monkeypatch: pytest.MonkeyPatch,
+                                                                  tmp_path: Path) -> None:
+    from automl.study import leaderboards_root
+    from data import _io
+
+    monkeypatch.delenv("STROKECT_CACHE", raising=False)
+    monkeypatch.delenv("STROKECT_LEADERBOARDS", raising=False)
+    assert _io.cache_dir() == _io.checkout_root() / ".cache"  # a checkout: the repo's own folders
+    monkeypatch.setattr(_io, "checkout_root", lambda: None)  # as from site-packages after `pip install .`
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.chdir(tmp_path)
+    assert _io.cache_dir() == tmp_path / "xdg" / "strokect"
+    assert leaderboards_root() == tmp_path / "leaderboards"
+    monkeypatch.setenv("STROKECT_LEADERBOARDS", str(tmp_path / "mine"))
+    assert leaderboards_root() == tmp_path / "mine"
