@@ -2,7 +2,8 @@
 
 Internal to :mod:`automl.leaderboard`. Reads only the finished table and the ``report.json`` content;
 computes nothing. Order: the verdict, the warnings (small test part), the leakage audit, the data
-and selection, the patient-level headline, the slice-level test scores, all trials.
+and selection, the patient-level headline, the slice-level test scores, all trials. A nested
+evaluation (``nested.json``) comes before all of that: it is then the headline.
 
 Not estimable is written as such: a figure whose class has fewer than two test subjects reads
 ``not estimable (n = 1 Stroke / 7 Normal patients)``, never 0.000 or 1.000.
@@ -95,25 +96,73 @@ def _head_lines(report: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _data_lines(report: dict[str, Any], config_json: dict[str, Any]) -> list[str]:
+def _data_lines(report: dict[str, Any], config_json: dict[str, Any], *, nested: bool = False) -> list[str]:
     n_img, n_sub = config_json.get("n_images"), config_json.get("n_subjects")
     selection = report.get("selection") or {}
     cohort = (report.get("test_cohort") or {}).get("n_subjects") or {}
     test = " / ".join(f"{n} {c}" for c, n in reversed(list(cohort.items()))) if cohort else "–"
+    part = f"untouched test part ({config_json.get('test_size')})"
+    estimate = "test part below is. Nested evaluation (an outer CV around the search) is not done. "
+    k = config_json.get("outer_fold")
+    if k is not None:  # an inner study of a nested evaluation
+        part = f"test part = outer fold {k} (`outer/{k}/`) of {config_json.get('outer_folds')}"
+        estimate = ("test part below is its part of the nested estimate, which the parent study pools over every "
+                    "outer fold. ")
+    elif nested:
+        estimate = "nested estimate above is; the test part below is a second, smaller check. "
     return [
         f"Data: `{config_json.get('data_dir')}` — {n_img} images, {n_sub} subjects "
         f"(grouping: {config_json.get('subject_source')}), classes {config_json.get('classes')}. "
-        f"Split: {config_json.get('folds')}-fold subject-grouped CV + untouched test part "
-        f"({config_json.get('test_size')}): {test} subjects in the test part. "
+        f"Split: {config_json.get('folds')}-fold subject-grouped CV + {part}: {test} subjects in the test part. "
         f"Image size {config_json.get('image_size')} px, seed {config_json.get('seed')}.",
         "",
         f"Trials: {report.get('trial_states')}. Best model: **{report.get('best_model')}** "
         f"(trial {report.get('best_trial')}), chosen by its {selection.get('label', 'selection score (CV)')}: "
         f"{fmt(report.get('best_cv_auc'))} — optimistically biased by that choice, so not the estimate; the "
-        "test part below is. Nested evaluation (an outer CV around the search) is not done. "
+        f"{estimate}"
         f"Threshold: {report.get('threshold_method')} on the final model's calibration part (held-out CV images).",
         "",
     ]
+
+
+def _estimate_cell(estimate: dict[str, Any] | None) -> str:
+    """A ``MetricEstimate.to_dict()`` as ``0.712 [0.55, 0.86]``; its reason when not estimable."""
+    if not estimate or estimate.get("estimate") is None:
+        return (estimate or {}).get("reason") or "–"
+    low, high = estimate.get("ci_low"), estimate.get("ci_high")
+    ci = "[–]" if low is None or high is None else f"[{fmt(float(low), 2)}, {fmt(float(high), 2)}]"
+    return f"{fmt(float(estimate['estimate']))} {ci}"
+
+
+def _count_text(n_subjects: dict[str, Any] | None) -> str:
+    return " / ".join(f"{n} {c}" for c, n in reversed(list((n_subjects or {}).items()))) or "–"
+
+
+def _nested_lines(nested: dict[str, Any]) -> list[str]:
+    """The nested estimate (``nested.json``): what a reader of a nested study sees first."""
+    est = nested.get("estimate") or {}
+    subject, slices = est.get("subject") or {}, est.get("slice") or {}
+    n_images = sum((est.get("n_images") or {}).values())
+    lines = [f"**{nested.get('headline')}.** {nested.get('verdict')}", "",
+             "| nested estimate | AUC [95% CI] | sensitivity [95% CI] | specificity [95% CI] | cases |",
+             "|---|---|---|---|---|",
+             f"| patients (each outer fold's rule and threshold) | {_estimate_cell(subject.get('auc'))} | "
+             f"{_estimate_cell(subject.get('sensitivity'))} | {_estimate_cell(subject.get('specificity'))} | "
+             f"{_count_text(est.get('n_subjects'))} patients |",
+             f"| slices (pooled; intervals resample patients) | {_estimate_cell(slices.get('auc'))} | – | – | "
+             f"{n_images} images |", "",
+             "| outer fold | winner, chosen by its inner CV | selection score (inner CV) | test patients | "
+             "patient AUC | slice AUC |", "|---|---|---|---|---|---|"]
+    for f in nested.get("folds") or []:
+        lines.append(f"| {f.get('outer_fold')} (`{f.get('study')}/`) | {f.get('winner')} "
+                     f"(trial {f.get('winner_trial')}) | {fmt(f.get('inner_cv_auc'))} | "
+                     f"{_count_text(f.get('n_subjects'))} | {fmt(f.get('subject_auc'))} | {fmt(f.get('test_auc'))} |")
+    mean = nested.get("per_fold_mean") or {}
+    return lines + ["", f"Mean over the outer folds of their own test AUCs: patients {fmt(mean.get('subject_auc'))}, "
+                        f"slices {fmt(mean.get('test_auc'))} (the pooled estimate above ranks patients of different "
+                        "folds against each other, so the two differ where the winners' scales do).", "",
+                    f"Method: {nested.get('method')} (`nested.json`, `nested.csv`). Below: this study's own "
+                    "search and single test part; its winner is the model to use.", ""]
 
 
 def _patient_lines(refits: pd.DataFrame, classes: list[str]) -> list[str]:
@@ -164,20 +213,25 @@ def _trial_lines(table: pd.DataFrame) -> list[str]:
     return lines
 
 
-def render_markdown(table: pd.DataFrame, report: dict[str, Any], config_json: dict[str, Any]) -> str:
+def render_markdown(table: pd.DataFrame, report: dict[str, Any], config_json: dict[str, Any], *,
+                    nested: dict[str, Any] | None = None) -> str:
     """The text of ``leaderboard.md``.
 
     Args:
         table: The leaderboard (``automl.leaderboard.LEADERBOARD_COLUMNS``).
         report: The content of ``report.json``.
         config_json: The study's ``config.json``.
+        nested: The content of ``nested.json`` (a nested evaluation, :mod:`automl.nested`): it comes
+            first, and says that it is the headline.
 
     Returns:
-        Markdown, verdict first.
+        Markdown, verdict first (the nested estimate's when there is one).
     """
     classes = [str(c) for c in config_json.get("classes") or []]
     lines = [f"# Leaderboard: {config_json.get('study_name')}", ""]
-    lines += _head_lines(report) + _data_lines(report, config_json)
+    if nested:
+        lines += _nested_lines(nested) + ["## This study's own test part", ""]
+    lines += _head_lines(report) + _data_lines(report, config_json, nested=bool(nested))
     refits = table[table["refit"]].sort_values("rank", kind="stable")
     if not refits.empty:
         lines += _patient_lines(refits, classes) + _slice_lines(refits)

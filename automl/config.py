@@ -105,6 +105,10 @@ class SearchConfig:
     target_sensitivity: float | None = None  # threshold for this OOF sensitivity instead of Youden's J
     leakage_audit: str | None = None        # probe (logreg on pixels) | model (the winner, fewer epochs) | none
     refit: bool = True                      # refit best-per-architecture and score the test part
+    outer_folds: int | None = None          # nested evaluation: the whole search again in K subject-grouped
+                                            # outer folds (<study>/outer/<k>/), every subject tested once
+    outer_fold: int | None = None           # set by the nested run on its inner study k (test part: outer
+                                            # fold k of outer_folds); not a flag
     # --- execution ---
     storage: str | None = None              # Optuna storage URL; None -> <out>/<study>/study.journal
     workers: int = 1                        # local worker processes on the same study
@@ -198,6 +202,7 @@ class SearchConfig:
              f"--target-sensitivity must be in (0, 1], got {self.target_sensitivity!r}")
         need(self.leakage_audit in LEAKAGE_AUDIT,
              f"--leakage-audit must be one of {list(LEAKAGE_AUDIT)}, got {self.leakage_audit!r}")
+        self._validate_nested()
         if self.storage is not None:
             kind, target = parse_storage_url(self.storage)  # raises ValueError naming the URL
             if kind == "journal":  # a journal path given on the command line is relative to the working folder
@@ -210,6 +215,18 @@ class SearchConfig:
              f"--heartbeat-interval must be an integer >= 1, got {self.heartbeat_interval!r}")
         need(_is_int(self.heartbeat_grace) and self.heartbeat_grace > self.heartbeat_interval,
              f"--heartbeat-grace must be an integer > --heartbeat-interval, got {self.heartbeat_grace!r}")
+
+    def _validate_nested(self) -> None:
+        """``--outer-folds`` (and the nested run's own ``outer_fold``); ``--test-size`` stays the parent's own."""
+        if self.outer_folds is not None and not (_is_int(self.outer_folds) and 2 <= self.outer_folds <= 10):
+            raise ValueError(f"--outer-folds must be an integer in [2, 10], got {self.outer_folds!r}")
+        if self.outer_folds is not None and self.refit is not True:
+            raise ValueError("--outer-folds needs the refits (each outer fold's winner is scored on its test part): "
+                             "drop --no-refit")
+        if self.outer_fold is not None and not (self.outer_folds is not None and _is_int(self.outer_fold)
+                                                and 0 <= self.outer_fold < self.outer_folds):
+            raise ValueError(f"outer_fold must be an integer in [0, --outer-folds), got {self.outer_fold!r} "
+                             f"with --outer-folds {self.outer_folds!r}")
 
     # ------------------------------------------------------------------------------ derived
     @property
@@ -273,7 +290,8 @@ def cpu_preset_models(*, weights_dir: str | None = None, offline: bool = False) 
 
 
 #: Fields that define what a trial's number means: a resumed study must agree on them.
-STUDY_DEFINING = ("folds", "test_size", "image_size", "seed", "group_by", "window", "epochs", "search_epochs")
+STUDY_DEFINING = ("folds", "test_size", "image_size", "seed", "group_by", "window", "epochs", "search_epochs",
+                  "outer_fold")
 
 
 def _is_int(value: Any) -> bool:

@@ -1,7 +1,8 @@
 """The data a study runs on, loaded once per process: manifest, split and image arrays.
 
 :func:`prepare_data` scans ``--data`` (or generates the synthetic phantom), makes the
-subject-grouped split and loads the cached arrays; the search, the refits and the leakage audit
+subject-grouped split (an inner study of a nested evaluation: its outer fold as the test part) and
+loads the cached arrays; the search, the refits and the leakage audit
 all use the resulting :class:`DataContext`. :func:`prediction_frame` is the layout of every file
 under ``predictions/``.
 """
@@ -61,7 +62,8 @@ def prepare_data(config: SearchConfig, *, data_dir: Path | None = None, manifest
     data_dir = data_dir or resolve_data_dir(config)
     if manifest is None:
         manifest = data.scan_folder(data_dir, group_by=config.group_by, window=config.window, min_per_class=config.folds)
-    split = make_split(manifest, test_size=config.test_size, n_folds=config.folds, seed=config.seed)
+    outer = None if config.outer_fold is None else (config.outer_folds, config.outer_fold)  # a nested inner study
+    split = make_split(manifest, test_size=config.test_size, n_folds=config.folds, seed=config.seed, outer=outer)
     X = data.load_arrays(manifest, size=config.image_size, window=config.window)
     y = manifest.table["y"].to_numpy(dtype=np.int64)
     return DataContext(data_dir=Path(data_dir), manifest=manifest, split=split, X=X, y=y, classes=list(manifest.classes))

@@ -37,7 +37,9 @@ under an exclusive lock so two processes finishing at once do not interleave):
    precision, F1 macro-averaged over classes, specificity the macro mean of one-vs-rest
    specificities); no threshold and no paired test.
 5. **Leakage audit** (see :func:`automl.refit.leakage_audit`).
-6. ``leaderboard.csv``, ``leaderboard.md``, ``report.json``.
+6. ``leaderboard.csv``, ``leaderboard.md``, ``report.json``. A study with a nested evaluation
+   (``nested.json``, :mod:`automl.nested`) leads ``leaderboard.md`` with the nested estimate, and
+   ``report.json`` says which evaluation gave the headline (``headline_evaluation``).
 
 Every number can be recomputed with scikit-learn from ``predictions/*.csv`` (the tests do).
 """
@@ -76,7 +78,7 @@ from automl.scoring import (
 )
 from automl.study import StudyFolder, parse_storage_url, probability_columns
 from automl.uncertainty import Comparison
-from data._files import atomic_write_csv, atomic_write_json, atomic_write_text, json_clean
+from data._files import atomic_write_csv, atomic_write_json, atomic_write_text, json_clean, read_json_object
 
 logger = logging.getLogger(__name__)
 
@@ -211,12 +213,32 @@ def write_leaderboard(
         leak = _leakage_audit_step(study, folder, config, config_json, trials, best_trial, lazy, progress, audit=audit)
         report = _report(study, table, refits, comparisons, leak, config, config_json, best_trial, best_model)
         report.update(verdict)
+        nested = _nested_step(folder, config_json, report)
         atomic_write_csv(table[LEADERBOARD_COLUMNS], folder.leaderboard_csv)
-        atomic_write_text(render_markdown(table, report, config_json), folder.leaderboard_md)
+        atomic_write_text(render_markdown(table, report, config_json, nested=nested), folder.leaderboard_md)
         atomic_write_json(report, folder.report_path)
     logger.info("leaderboard: %d trials, %d refitted model(s), best %s -> %s", len(table), len(refits), best_model,
                 folder.leaderboard_csv)
     return folder.leaderboard_csv
+
+
+def _nested_step(folder: StudyFolder, config_json: dict[str, Any], report: dict[str, Any]) -> dict[str, Any] | None:
+    """``nested.json`` when the study holds a nested evaluation of its data (:mod:`automl.nested`), else ``None``.
+
+    Sets ``report["headline_evaluation"]`` (``"nested"`` | ``"single test part"``) and, for a nested
+    study, ``report["nested"]`` (method, outer folds, verdict; the numbers stay in ``nested.json``).
+    """
+    nested = None
+    if folder.nested_json.is_file():
+        nested = read_json_object(folder.nested_json, missing=f"{folder.nested_json} is missing")
+        if nested.get("manifest_hash") != config_json.get("manifest_hash"):
+            logger.warning("%s was computed on other data (manifest hash %s != %s): not the headline",
+                           folder.nested_json, nested.get("manifest_hash"), config_json.get("manifest_hash"))
+            nested = None
+    report["headline_evaluation"] = "nested" if nested else "single test part"
+    if nested:
+        report["nested"] = {k: nested.get(k) for k in ("method", "outer_folds", "headline", "verdict")}
+    return nested
 
 
 def _remove_stale_oof(folder: StudyFolder, trials: dict[int, optuna.trial.FrozenTrial]) -> None:

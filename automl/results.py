@@ -29,6 +29,7 @@ from automl.study import StudyFolder, probability_columns, valid_model_name
 from data._files import read_json_object
 
 __all__ = [
+    "NestedResults",
     "StudyError",
     "StudyResults",
     "list_studies",
@@ -116,6 +117,66 @@ def _read_csv(path: Path, *, what: str, required: tuple[str, ...] = ()) -> pd.Da
     return frame
 
 
+@dataclass
+class NestedResults:
+    """A study's nested evaluation (:mod:`automl.nested`): ``nested.json`` and ``nested.csv``.
+
+    Attributes:
+        dir: The parent study folder.
+        summary: ``nested.json``: ``method``, ``outer_folds``, ``headline``, ``verdict``, ``estimate``
+            (a ``Headline.to_dict()``: ``subject`` and ``slice`` metrics with intervals, ``counts``,
+            ``n_subjects``), ``folds`` (per outer fold: ``winner``, ``winner_trial``, ``inner_cv_auc``,
+            ``subject_rule``, ``subject_threshold``, ``test_auc``, ``subject_auc``, ...), ``winners``.
+        predictions: ``nested.csv``: the outer folds' winners' test predictions, every image once
+            (path, label, y, subject, outer_fold, model, prob_<class>).
+    """
+
+    dir: Path
+    summary: dict[str, Any]
+    predictions: pd.DataFrame
+
+    @property
+    def outer_folds(self) -> int:
+        return int(self.summary.get("outer_folds") or self.predictions["outer_fold"].nunique())
+
+    @property
+    def method(self) -> str:
+        return str(self.summary.get("method") or f"nested subject-grouped CV, {self.outer_folds} outer folds")
+
+    @property
+    def verdict(self) -> str | None:
+        value = self.summary.get("verdict")
+        return str(value) if value else None
+
+    @property
+    def estimate(self) -> dict[str, Any]:
+        """The nested estimate: patient level (``["subject"]``) first, slices (``["slice"]``) second."""
+        return dict(self.summary.get("estimate") or {})
+
+    @property
+    def folds(self) -> pd.DataFrame:
+        """One row per outer fold: its winner (chosen by its inner CV), selection score and test figures."""
+        return pd.DataFrame(self.summary.get("folds") or [])
+
+    def inner_study(self, k: int) -> StudyResults:
+        """The inner study of outer fold ``k`` (``outer/<k>/``), an ordinary study."""
+        try:
+            folder = StudyFolder(self.dir).outer_study(k)
+        except ValueError as exc:
+            raise StudyError(str(exc)) from exc
+        return load_study(folder.root)
+
+
+def _read_nested(folder: StudyFolder, classes: list[str]) -> NestedResults | None:
+    if not folder.nested_json.is_file():
+        return None
+    summary = _read_json(folder.nested_json, what="nested evaluation")
+    required = ("path", "y", "subject", "outer_fold", "model", *probability_columns(classes))
+    predictions = _read_csv(folder.nested_csv, what="nested evaluation: the outer folds' test predictions",
+                            required=required)
+    return NestedResults(dir=folder.root, summary=summary, predictions=predictions)
+
+
 def _as_bool(series: pd.Series) -> pd.Series:
     if series.dtype == bool:
         return series
@@ -180,6 +241,19 @@ class StudyResults:
         if not path.is_file():
             return None
         return _read_csv(path, what="attribution scores", required=("method", "model"))
+
+    @cached_property
+    def nested(self) -> NestedResults | None:
+        """The nested evaluation (``nested.json`` + ``nested.csv``), or ``None`` for a study without one."""
+        return _read_nested(self.folder, self.classes)
+
+    @property
+    def headline_evaluation(self) -> str:
+        """Which evaluation gave the headline: ``"nested"`` or ``"single test part"`` (``report.json``)."""
+        value = self._report_or_empty().get("headline_evaluation")
+        if value:
+            return str(value)
+        return "nested" if self.folder.nested_json.is_file() else "single test part"
 
     @property
     def name(self) -> str:

@@ -7,6 +7,7 @@ Run it::
     python -m automl.search --data DIR --study mine --preset full --storage postgresql://user@host/db
     python -m automl.search --study mine --n-trials 40          # resume: same --study, more trials
     python -m automl.search --preset demo --workers 2           # two local processes, one study
+    python -m automl.search --data DIR --study small --outer-folds 5   # nested evaluation (small cohorts)
 
 or from Python::
 
@@ -35,6 +36,10 @@ What happens (one study = one folder ``<leaderboards>/<study>/``, laid out by :c
    refitted (first CV fold's training part; threshold on its held-out calibration part, see
    :mod:`automl.leaderboard`), scored once on the test part, leakage audit, every file written
    atomically. It can be regenerated from the storage alone with ``python -m automl.leaderboard``.
+5. **Nested evaluation** (``--outer-folds K``, :mod:`automl.nested`): steps 2-4 first run in each of
+   ``K`` subject-grouped outer folds (``<study>/outer/<k>/``, test part = outer fold ``k``); the outer
+   folds' winners, each chosen by its own inner CV, are pooled into ``nested.csv`` / ``nested.json``
+   (every patient tested once), then the parent study runs as above and leads with that estimate.
 
 ``--n-trials`` is the number of finished (complete or pruned) trials the study should hold: a
 re-run with the same ``--study`` resumes and only runs what is missing (raise ``--n-trials`` to add
@@ -65,6 +70,7 @@ from automl._progress import Progress, ProgressCallback
 from automl.config import PRESETS, PRUNERS, STUDY_DEFINING, SearchConfig
 from automl.data_context import DataContext, prepare_data, resolve_data_dir
 from automl.leaderboard import write_leaderboard
+from automl.nested import inner_configs, pool_outer_folds
 from automl.objective import DEFAULT_TRIAL_ATTR, Objective, worker_identity
 from automl.space import default_params, default_trials, suggest_config
 from automl.strategy import make_pruner, make_sampler, make_storage, open_study, sampler_seed, storage_url
@@ -157,6 +163,11 @@ def run_search(config: SearchConfig, *, on_progress: ProgressCallback | None = N
                progress_bars: bool | None = None, verbosity: int = 0) -> Path:
     """Run (or resume) a study and write ``<out>/<study>/``; return that folder.
 
+    With ``config.outer_folds`` (``--outer-folds K``) the study is a nested evaluation
+    (:mod:`automl.nested`): first the ``K`` inner studies ``<study>/outer/<k>/`` (ordinary studies
+    whose test part is outer fold ``k``), then ``nested.csv`` / ``nested.json`` (the pooled estimate),
+    then the parent study itself, whose leaderboard leads with the nested estimate.
+
     Args:
         config: The validated search configuration.
         on_progress: Optional callback receiving progress events (see :mod:`automl._progress`),
@@ -173,6 +184,19 @@ def run_search(config: SearchConfig, *, on_progress: ProgressCallback | None = N
             trials is written (refits and the audit are skipped; the interrupted trial is retried on
             the next run).
     """
+    options = {"on_progress": on_progress, "progress_bars": progress_bars, "verbosity": verbosity}
+    if config.outer_folds is not None and config.outer_fold is None:
+        for inner in inner_configs(config):
+            logger.info("nested evaluation: outer fold %d (of %d) -> %s", inner.outer_fold, config.outer_folds,
+                        inner.study_dir)
+            _run_study(inner, **options)
+        pool_outer_folds(config.study_dir, outer_folds=config.outer_folds, seed=config.seed)
+    return _run_study(config, **options)
+
+
+def _run_study(config: SearchConfig, *, on_progress: ProgressCallback | None, progress_bars: bool | None,
+               verbosity: int) -> Path:
+    """One ordinary study (see :func:`run_search`)."""
     t_start = time.monotonic()
     progress = Progress(n_trials=config.n_trials, n_folds=config.folds, n_epochs=config.epochs,
                         on_progress=on_progress, bars=progress_bars)
@@ -285,6 +309,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="choose the threshold for this OOF sensitivity instead of Youden's J")
     p.add_argument("--leakage-audit", default=None, help="probe|model|none")
     p.add_argument("--no-refit", dest="refit", action="store_false", help="skip refits and test scoring")
+    p.add_argument("--outer-folds", type=_positive_int("--outer-folds"), default=None,
+                   help="nested evaluation: the whole search again in K subject-grouped outer folds (2-10, "
+                        "<study>/outer/<k>/), every patient tested once; their pooled estimate (nested.json) "
+                        "becomes the headline. --test-size then sets the parent study's own test part only")
     p.add_argument("--storage", default=None, help="Optuna storage URL (postgresql://..., sqlite:///...) or .journal file")
     p.add_argument("--workers", type=_positive_int("--workers"), default=1, help="local worker processes")
     p.add_argument("--seed", type=_positive_int("--seed"), default=0)

@@ -11,9 +11,16 @@ The split is made once per study and deterministically from ``seed``:
 ``grouped=False`` replaces both splitters by their slice-level ``StratifiedKFold`` twins. That is
 the split a careless study would make; the search uses it only for the leakage audit.
 
+**Nested evaluation** (``--outer-folds K``, :mod:`automl.nested`): :func:`outer_test_parts` splits the
+*subjects* once into ``K`` label-stratified parts (``StratifiedGroupKFold(n_splits=K, shuffle=True,
+random_state=seed)`` on one row per subject, its label the highest slice label), and
+``make_split(..., outer=(K, k))`` takes part ``k`` as the test part (``test_size`` is then unused) and
+makes the CV folds on the rest exactly as above.
+
 Example:
     >>> split = make_split(manifest, test_size=0.2, n_folds=5, seed=0)
     >>> for train_idx, val_idx in split.folds: ...
+    >>> inner = make_split(manifest, n_folds=5, seed=0, outer=(3, 1))   # test part: outer fold 1 of 3
     >>> split.to_frame().to_csv("split.csv", index=False)
 """
 from __future__ import annotations
@@ -30,7 +37,7 @@ from automl.verdict import small_cohort_warning
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Split", "make_split", "slice_level_folds", "check_split"]
+__all__ = ["Split", "make_split", "outer_test_parts", "slice_level_folds", "check_split"]
 
 
 @dataclass
@@ -108,6 +115,7 @@ def make_split(
     n_folds: int = 5,
     seed: int = 0,
     grouped: bool = True,
+    outer: tuple[int, int] | None = None,
 ) -> Split:
     """Split a manifest into an untouched test part and ``n_folds`` cross-validation folds.
 
@@ -120,6 +128,9 @@ def make_split(
         seed: Seed of both splitters; the same manifest and seed give the same split.
         grouped: Keep all slices of a subject on one side (``StratifiedGroupKFold``). ``False`` gives
             slice-level ``StratifiedKFold`` folds (leakage audit only).
+        outer: ``(K, k)`` for an inner study of a nested evaluation: the test part is outer fold ``k``
+            of :func:`outer_test_parts` ``(manifest, K, seed=seed)`` and ``test_size`` is not used.
+            Needs ``grouped=True``.
 
     Returns:
         The :class:`Split`.
@@ -134,17 +145,12 @@ def make_split(
     table = _table_of(manifest)
     y = table["y"].to_numpy(dtype=int)
     groups = table["subject"].astype(str).to_numpy() if grouped else np.arange(len(table)).astype(str)
-    n_test_splits = max(2, int(round(1.0 / float(test_size))))
-    _check_feasible(y, groups, n_test_splits, "test-part splits (1/test_size)")
-
-    all_idx = np.arange(len(table))
-    outer = (
-        StratifiedGroupKFold(n_splits=n_test_splits, shuffle=True, random_state=seed)
-        if grouped
-        else StratifiedKFold(n_splits=n_test_splits, shuffle=True, random_state=seed)
-    )
-    cv_index, test_index = next(iter(outer.split(all_idx, y, groups if grouped else None)))
-    cv_index, test_index = np.sort(cv_index), np.sort(test_index)
+    if outer is not None:
+        if not grouped:
+            raise ValueError("outer folds keep subjects together: outer=(K, k) needs grouped=True")
+        cv_index, test_index = _outer_part(table, outer, seed)
+    else:
+        cv_index, test_index = _test_part(y, groups, test_size, seed, grouped)
 
     _check_feasible(y[cv_index], groups[cv_index], n_folds, "CV folds")
     inner = (
@@ -166,6 +172,65 @@ def make_split(
     if grouped:
         _report_test_subjects(split)
     return split
+
+
+def _test_part(y: np.ndarray, groups: np.ndarray, test_size: float, seed: int,
+               grouped: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The first fold of a ``round(1 / test_size)``-fold split: ``(cv_index, test_index)``, sorted."""
+    n_test_splits = max(2, int(round(1.0 / float(test_size))))
+    _check_feasible(y, groups, n_test_splits, "test-part splits (1/test_size)")
+
+    all_idx = np.arange(len(y))
+    outer = (
+        StratifiedGroupKFold(n_splits=n_test_splits, shuffle=True, random_state=seed)
+        if grouped
+        else StratifiedKFold(n_splits=n_test_splits, shuffle=True, random_state=seed)
+    )
+    cv_index, test_index = next(iter(outer.split(all_idx, y, groups if grouped else None)))
+    return np.sort(cv_index), np.sort(test_index)
+
+
+def _outer_part(table: pd.DataFrame, outer: Any, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Outer fold ``k`` of ``K`` as the test part: ``(cv_index, test_index)``, sorted."""
+    if not (isinstance(outer, (tuple, list)) and len(outer) == 2 and all(_is_int(v) for v in outer)
+            and 0 <= outer[1] < outer[0]):
+        raise ValueError(f"outer must be (K, k) with integers 0 <= k < K, got {outer!r}")
+    test_index = outer_test_parts(table, int(outer[0]), seed=seed)[int(outer[1])]
+    return np.setdiff1d(np.arange(len(table)), test_index), test_index
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def outer_test_parts(manifest: Any, n_outer: int, *, seed: int = 0) -> list[np.ndarray]:
+    """Split the subjects into ``n_outer`` label-stratified parts: the outer folds of a nested evaluation.
+
+    One row per subject, labelled with its highest slice label (a patient with any stroke slice is a
+    stroke patient), split by ``StratifiedGroupKFold(n_splits=n_outer, shuffle=True, random_state=seed)``:
+    every subject lands in exactly one part, and each part holds about ``1 / n_outer`` of every
+    class's subjects.
+
+    Args:
+        manifest: A ``data.Manifest`` (or its ``table``) with columns ``path, label, y, subject``.
+        n_outer: Number of outer folds, at least 2.
+        seed: Seed of the splitter (the study's ``--seed``).
+
+    Returns:
+        ``n_outer`` sorted arrays of manifest rows (the slices of each part's subjects).
+
+    Raises:
+        ValueError: On a bad ``n_outer`` or when a class has fewer subjects than ``n_outer``.
+    """
+    if not _is_int(n_outer) or n_outer < 2:
+        raise ValueError(f"n_outer must be an integer >= 2, got {n_outer!r}")
+    table = _table_of(manifest)
+    subjects = table["subject"].astype(str).to_numpy()
+    per_subject = pd.Series(table["y"].to_numpy(dtype=int)).groupby(subjects, sort=True).max()
+    names, labels = per_subject.index.to_numpy(dtype=str), per_subject.to_numpy(dtype=int)
+    _check_feasible(labels, names, int(n_outer), "outer folds (--outer-folds)")
+    splitter = StratifiedGroupKFold(n_splits=int(n_outer), shuffle=True, random_state=seed)
+    return [np.flatnonzero(np.isin(subjects, names[part])) for _, part in splitter.split(names, labels, names)]
 
 
 def _report_test_subjects(split: Split) -> None:

@@ -13,6 +13,9 @@ a storage URL (Optuna's own layout is the model: ``optuna/study`` owns the study
         leaderboard.csv  leaderboard.md  report.json  attribution.csv
         predictions/oof_trial_<NNNN>.csv   predictions/{oof,test,calibration}_<model>.csv
         models/<model>/      predictor folder (model.safetensors + card.json) + config.json
+        outer/<k>/           nested evaluation (--outer-folds K): inner study k, a complete study folder
+                             whose test part is outer fold k
+        nested.csv  nested.json   the outer folds' winners' pooled test predictions and the nested estimate
 
 Example::
 
@@ -186,6 +189,15 @@ class StudyFolder:
     predictions_dir = property(lambda self: self.root / "predictions")
     models_dir = property(lambda self: self.root / "models")
     lock_path = property(lambda self: self.root / ".leaderboard.lock")
+    nested_csv = property(lambda self: self.root / "nested.csv")
+    nested_json = property(lambda self: self.root / "nested.json")
+    outer_dir = property(lambda self: self.root / "outer")
+
+    def outer_study(self, k: int) -> StudyFolder:
+        """The inner study of outer fold ``k`` of a nested evaluation (``outer/<k>/``)."""
+        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+            raise ValueError(f"an outer fold is an integer >= 0, got {k!r}")
+        return StudyFolder(self.outer_dir / str(k))
 
     def oof_trial_path(self, trial: int) -> Path:
         """Out-of-fold predictions of one complete trial."""
