@@ -345,7 +345,15 @@ def sidebar_ui(root: Path, studies: list[Path]) -> tuple[StudyResults | None, st
 
 # ==================================================================================== tabs
 def verdict_ui(study: StudyResults) -> None:
-    """The verdict (large), the warnings and the winner's patient-level figures, read from the study files."""
+    """The verdict (large), the warnings and the winner's patient-level figures, read from the study files.
+
+    With a nested evaluation (``--outer-folds``) its pooled estimate is the headline and comes first.
+    """
+    nested = study.nested
+    if nested is not None and nested.verdict:
+        st.markdown(f"### {nested.verdict}")
+        st.caption(f"Headline: {nested.method} (every patient tested once). The single test part below is a "
+                   "second, smaller check.")
     verdict = study.verdict
     if verdict:
         st.markdown(f"### {verdict}")
@@ -379,7 +387,8 @@ def verdict_ui(study: StudyResults) -> None:
     st.caption(f"{study.best_model}: {label} {row['cv_auc_mean']:.3f} — optimistically biased by the choice, not the "
                f"estimate. Patient rule `{row.get('subject_rule')}` chosen on out-of-fold predictions, threshold "
                f"{'–' if pd.isna(threshold) else f'{threshold:.3f}'} on the calibration part. "
-               "Nested evaluation is not done.")
+               + ("The nested estimate above uses every patient." if study.nested is not None else
+                  "Nested evaluation (`--outer-folds K`) would use every patient; not run for this study."))
 
 
 def _audit_ui(study: StudyResults) -> None:

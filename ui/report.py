@@ -129,15 +129,20 @@ def _audit_html(report: dict[str, Any]) -> str:
 def _verdict_html(study: StudyResults, report: dict[str, Any]) -> str:
     """The verdict (large), the warnings, and what the selection score is."""
     verdict = study.verdict
-    parts = [f"<p class='verdict'><b>Verdict.</b> {html.escape(verdict)}</p>" if verdict else
+    nested = study.nested
+    parts = [f"<p class='verdict'><b>Nested estimate.</b> {html.escape(nested.verdict)}</p>"
+             f"<p>Headline: {html.escape(nested.method)} (every patient tested once); the single test part "
+             "below is a second, smaller check.</p>"] if nested is not None and nested.verdict else []
+    parts += [f"<p class='verdict'><b>Verdict.</b> {html.escape(verdict)}</p>" if verdict else
              "<p class='info'>No verdict recorded: this study was written before the patient-level verdict; "
              f"regenerate it with <code>python -m automl.leaderboard --study {html.escape(study.name)}</code>.</p>"]
     parts += [f"<p class='bad'>⚠️ {html.escape(w)}</p>" for w in study.warnings]
     label = (report.get("selection") or {}).get("label", "selection score (CV)")
     if report.get("best_cv_auc") is not None:
         parts.append(f"<p>Best model chosen by its {html.escape(label)}: {_fmt(report.get('best_cv_auc'))} — "
-                     "optimistically biased by that choice, so not the estimate; the test part is. "
-                     "Nested evaluation (an outer CV around the search) is not done.</p>")
+                     "optimistically biased by that choice, so not the estimate; "
+                     + ("the nested estimate is.</p>" if nested is not None else
+                        "the test part is. Nested evaluation (<code>--outer-folds K</code>) was not run.</p>"))
     return "\n".join(parts)
 
 

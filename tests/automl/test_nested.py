@@ -252,3 +252,28 @@ def test_pooling_names_a_missing_fold(nested_study: Path, tmp_path: Path) -> Non
     StudyFolder(copy).outer_study(1).test_predictions_path(winner).unlink()
     with pytest.raises(ValueError, match="outer fold 1"):
         pool_outer_folds(copy, outer_folds=K)
+
+
+def test_the_dashboard_and_the_report_lead_with_the_nested_estimate(nested_study: Path, monkeypatch) -> None:
+    from streamlit.testing.v1 import AppTest
+
+    from ui.report import build_report
+
+    study = load_study(nested_study)
+    text = build_report(nested_study)
+    assert study.nested.verdict and text.index("Nested estimate.") < text.index("Verdict.")
+    assert html_escape(study.nested.verdict) in text
+    monkeypatch.setenv("STROKECT_LEADERBOARDS", str(nested_study.parent))
+    monkeypatch.setenv("STROKECT_NO_AUTOSTART", "1")
+    monkeypatch.setenv("STROKECT_NO_GRADIO", "1")
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[2] / "app.py"), default_timeout=120)
+    at.run()
+    assert not at.exception
+    assert at.markdown[0].value == f"### {study.nested.verdict}"
+    assert any("every patient tested once" in c.value for c in at.caption)
+
+
+def html_escape(text: str) -> str:
+    import html
+
+    return html.escape(text)
