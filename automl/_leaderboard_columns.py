@@ -46,6 +46,10 @@ def test_values(r: Refit, classes: list[str]) -> dict[str, Any]:
     values.update(ci_method=auc.ci_method, test_note=note(auc), n_test_images=len(r.frame))
     if len(classes) == 2:
         values.update(n_test_subjects_pos=auc.n_subjects[classes[1]], n_test_subjects_neg=auc.n_subjects[classes[0]])
+        # patients holding slices of each class (labels per slice: a stroke patient has normal slices too);
+        # a slice-level AUC needs two of each
+        holding = r.frame.groupby("y")["subject"].nunique()
+        values.update(n_test_slice_subjects_pos=int(holding.get(1, 0)), n_test_slice_subjects_neg=int(holding.get(0, 0)))
     return values
 
 

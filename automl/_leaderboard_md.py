@@ -60,8 +60,11 @@ def _counts(row: pd.Series, classes: list[str]) -> str:
 
 
 def _too_few(row: pd.Series) -> bool:
-    """Fewer than two test subjects in a class: slice figures are not estimable either."""
-    pos, neg = row.get("n_test_subjects_pos"), row.get("n_test_subjects_neg")
+    """Fewer than two test subjects holding slices of a class: slice figures are not estimable (studies
+    written before the per-slice counts: subjects per class)."""
+    pos, neg = row.get("n_test_slice_subjects_pos"), row.get("n_test_slice_subjects_neg")
+    if pd.isna(pos) or pd.isna(neg):
+        pos, neg = row.get("n_test_subjects_pos"), row.get("n_test_subjects_neg")
     return pd.notna(pos) and pd.notna(neg) and min(int(pos), int(neg)) < 2
 
 

@@ -81,6 +81,11 @@ class _Clusters:
         return {name: int(n) for name, n in zip(self.names, counts)}
 
     @property
+    def contributing(self) -> dict[str, int]:
+        """Subjects holding at least one image of each class (labels per slice: a patient may count twice)."""
+        return {name: int(len(np.unique(self.codes[self.y == c]))) for c, name in enumerate(self.names)}
+
+    @property
     def clustered(self) -> bool:
         return len(self.subject_y) < len(self.y)
 
@@ -286,7 +291,7 @@ def _point_estimate(cl: _Clusters, metric: str, threshold: float | None, n_bins:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UndefinedMetricWarning)
         if metric == "auc":
-            n = cl.n_subjects
+            n = cl.contributing
             return roc_auc(cl.y, cl.P) if min(n.values()) >= MIN_SUBJECTS_FOR_AUC else math.nan
         if metric == "brier":
             return brier_score(cl.y, p)

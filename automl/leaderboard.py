@@ -99,6 +99,7 @@ LEADERBOARD_COLUMNS = [
     "subject_sensitivity", "subject_sensitivity_ci_low", "subject_sensitivity_ci_high",
     "subject_specificity", "subject_specificity_ci_low", "subject_specificity_ci_high",
     "subject_ci_method", "subject_note", "subject_compare_p", "n_test_subjects_pos", "n_test_subjects_neg",
+    "n_test_slice_subjects_pos", "n_test_slice_subjects_neg",
     # slices (intervals resample subjects: ci_method)
     "test_auc", "test_auc_ci_low", "test_auc_ci_high", "test_accuracy", "test_accuracy_ci_low",
     "test_accuracy_ci_high", "test_balanced_accuracy", "test_sensitivity", "test_sensitivity_ci_low",

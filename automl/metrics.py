@@ -227,7 +227,6 @@ def expected_calibration_error(y: object, p: object, *, n_bins: int = 10) -> flo
         y_arr, score = _check_binary(y, p_arr)
         hit = y_arr.astype(np.float64)
     bins = np.minimum((score * n_bins).astype(np.int64), int(n_bins) - 1)
-    counts = np.bincount(bins, minlength=n_bins).astype(np.float64)
     sum_hit = np.bincount(bins, weights=hit, minlength=n_bins)
     sum_score = np.bincount(bins, weights=score, minlength=n_bins)
     return float(np.abs(sum_hit - sum_score).sum() / len(score))

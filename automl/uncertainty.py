@@ -251,7 +251,10 @@ def cluster_bootstrap(
     cl = _clusters(y, P, subjects, classes)
     _check_threshold(metrics, threshold, cl.P.shape[1])
     n_subjects, n_images = cl.n_subjects, cl.n_images
-    enough = min(n_subjects.values()) >= min_subjects
+    # subjects that hold images of each class: with labels per subject the subjects per class; with labels per
+    # slice (a stroke patient also has normal slices) a patient counts for every class it has slices of
+    contributing = cl.contributing
+    enough = min(contributing.values()) >= min_subjects
     estimates = {m: _point_estimate(cl, m, threshold, n_bins) for m in metrics}
     replicates: dict[str, list[np.ndarray]] = {m: [] for m in metrics}
     if enough:
@@ -271,7 +274,7 @@ def cluster_bootstrap(
             metric=m, estimate=float(estimates[m]), ci_low=low if ok else math.nan,
             ci_high=high if ok else math.nan, ci_method=cl.method, alpha=float(alpha), n_boot=n_boot,
             n_subjects=n_subjects, n_images=n_images, estimable=ok,
-            reason="" if ok else _not_estimable(n_subjects),
+            reason="" if ok else _not_estimable(contributing),
         )
     return out
 
@@ -438,13 +441,14 @@ def compare_aucs(
     method = "paired_cluster_bootstrap" if cl.clustered else "delong"
     base = {"method": method, "alpha": float(alpha), "n_boot": int(n_boot) if cl.clustered else 0,
             "n_subjects": n_subjects, "n_images": cl.n_images}
-    enough_for_auc = min(n_subjects.values()) >= MIN_SUBJECTS_FOR_AUC
+    contributing = cl.contributing  # patients holding images of each class (see cluster_bootstrap)
+    enough_for_auc = min(contributing.values()) >= MIN_SUBJECTS_FOR_AUC
     auc_1 = roc_auc(y_arr, s1) if enough_for_auc else math.nan
     auc_2 = roc_auc(y_arr, s2) if enough_for_auc else math.nan
-    if min(n_subjects.values()) < min_subjects:
+    if min(contributing.values()) < min_subjects:
         return Comparison(auc_1=auc_1, auc_2=auc_2, difference=auc_1 - auc_2, ci_low=math.nan,
                           ci_high=math.nan, z=math.nan, p_value=math.nan, estimable=False,
-                          reason=_not_estimable(n_subjects), **base)
+                          reason=_not_estimable(contributing), **base)
     diff = auc_1 - auc_2
     if cl.clustered:
         k1, k2 = _auc_kernel(y_arr == 1, s1, cl), _auc_kernel(y_arr == 1, s2, cl)

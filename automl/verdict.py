@@ -432,6 +432,17 @@ def verdict_sentence(
             text += ", below chance"
         elif auc.ci_low <= 0.5:
             text += ", not distinguishable from chance"
+    elif best.slice.get("auc") is not None and best.slice["auc"].estimable:
+        # labels per slice (a stroke patient has normal slices too): the slices are then the honest unit,
+        # with an interval that resamples patients
+        sl = best.slice["auc"]
+        level = round(100 * (1 - sl.alpha))
+        text = (f"{name}: {unit}-level AUC not estimable ({who}); slice-level AUC {sl.estimate:.2f} ({level}% CI "
+                f"{sl.ci_low:.2f}–{sl.ci_high:.2f}, resampling {unit}s)")
+        if sl.ci_high < 0.5:
+            text += ", below chance"
+        elif sl.ci_low <= 0.5:
+            text += ", not distinguishable from chance"
     else:
         text = f"{name}: {unit}-level AUC not estimable ({who})"
     clauses = []

@@ -125,7 +125,9 @@ def _estimable(rows: pd.DataFrame) -> pd.Series:
     """Rows whose test part has two or more subjects of each class (all rows when the counts are unknown)."""
     if "n_test_subjects_pos" not in rows.columns or "n_test_subjects_neg" not in rows.columns:
         return pd.Series(True, index=rows.index)
-    counts = rows[["n_test_subjects_pos", "n_test_subjects_neg"]].astype(float)
+    slice_cols = ["n_test_slice_subjects_pos", "n_test_slice_subjects_neg"]  # patients holding slices of each class
+    columns = slice_cols if set(slice_cols) <= set(rows.columns) else ["n_test_subjects_pos", "n_test_subjects_neg"]
+    counts = rows[columns].astype(float)
     return counts.isna().any(axis=1) | (counts.min(axis=1) >= 2)
 
 

@@ -86,7 +86,9 @@ def _not_estimable_rows(board: pd.DataFrame) -> pd.Series:
     """Rows whose test part has fewer than two subjects of a class (unknown counts: ``False``)."""
     if "n_test_subjects_pos" not in board.columns or "n_test_subjects_neg" not in board.columns:
         return pd.Series(False, index=board.index)
-    counts = board[["n_test_subjects_pos", "n_test_subjects_neg"]].astype(float)
+    slice_cols = ["n_test_slice_subjects_pos", "n_test_slice_subjects_neg"]  # patients holding slices of each class
+    columns = slice_cols if set(slice_cols) <= set(board.columns) else ["n_test_subjects_pos", "n_test_subjects_neg"]
+    counts = board[columns].astype(float)
     return counts.notna().all(axis=1) & (counts.min(axis=1) < 2)
 
 

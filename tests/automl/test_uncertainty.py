@@ -488,3 +488,24 @@ def test_other_functions_reject_bad_input(clustered):
         V.headline(clustered.drop(columns="prob_normal"), rule="mean", threshold=0.5)
     with pytest.raises(ValueError, match="alpha"):
         V.verdict_sentence(V.headline(clustered, rule="mean", threshold=0.5, n_boot=20), alpha=2)
+
+
+def test_labels_per_slice_count_every_patient_holding_slices_of_a_class() -> None:
+    """Slice labels (a stroke patient also has normal slices): the slice AUC is estimable from the patients that
+    hold slices of each class, while the patient-level AUC (1 normal patient) is not; the verdict says both."""
+    rng = np.random.default_rng(3)
+    rows = []
+    for s in range(12):
+        n = 10
+        y = np.zeros(n, dtype=int) if s == 0 else (np.arange(n) >= 5).astype(int)  # patient 0 has no lesion
+        p = np.clip(0.3 + 0.4 * y + rng.normal(0, 0.1, n), 0, 1)
+        rows += [{"subject": f"p{s}", "y": int(a), "prob_Normal": 1 - b, "prob_Stroke": b} for a, b in zip(y, p)]
+    frame = pd.DataFrame(rows)
+    est = U.cluster_bootstrap(frame["y"], frame["prob_Stroke"], frame["subject"], classes=["Normal", "Stroke"],
+                            n_boot=200)["auc"]
+    assert est.n_subjects == {"Normal": 1, "Stroke": 11}
+    assert est.estimable and est.ci_method == "cluster_bootstrap" and est.ci_low > 0.5
+    best = V.headline(frame.assign(path=range(len(frame))), rule="mean", threshold=0.5, model="m", n_boot=200)
+    assert not best.subject["auc"].estimable
+    sentence = V.verdict_sentence(best)
+    assert "patient-level AUC not estimable" in sentence and "slice-level AUC" in sentence
