@@ -80,11 +80,14 @@ def refit_epochs(trial: optuna.trial.FrozenTrial) -> int:
     return int(tc.get("epochs") or 1)
 
 
-def predict_proba(model: Any, X: np.ndarray, *, num_classes: int, batch_size: int = 64) -> np.ndarray:
+def predict_proba(model: Any, X: np.ndarray, *, num_classes: int, batch_size: int = 64,
+                  features: Any = None) -> np.ndarray:
     """Class probabilities ``(N, C)`` of a fitted model (deep or classical) on uint8 images ``(N, S, S)``.
 
     Deep models get exactly what ``fit_fold`` fed them: float ``(B, 1, S, S)`` in [0, 1]; the logits
-    become probabilities with :func:`models.logits_to_probabilities`.
+    become probabilities with :func:`models.logits_to_probabilities`. A frozen-feature model given
+    ``features`` (its cache's ``features(X)``) runs only its head on them: the same numbers as the whole
+    network (tests/models/test_frozen.py), without a backbone pass.
     """
     import torch
 
@@ -92,6 +95,10 @@ def predict_proba(model: Any, X: np.ndarray, *, num_classes: int, batch_size: in
 
     if not isinstance(model, torch.nn.Module):
         return np.asarray(model.predict_proba(X), dtype=float)
+    if features is not None:
+        with torch.inference_mode():
+            logits = model.head()(torch.from_numpy(np.asarray(features(X), dtype=np.float32)))
+        return model_zoo.logits_to_probabilities(logits, num_classes).float().numpy().astype(float)
     device = next(model.parameters()).device
     model.eval()
     out = []
@@ -136,10 +143,11 @@ def refit_one(trial: optuna.trial.FrozenTrial, ctx: Any, config: Any, folder: St
     # the test part is never seen before it is scored
     result = train.fit_fold(ctx.X[fit_index], ctx.y[fit_index], ctx.X[calibration], ctx.y[calibration], config=tc,
                             num_classes=ctx.num_classes, report=None)
-    P_calibration = predict_proba(result.model, ctx.X[calibration], num_classes=ctx.num_classes)
+    lane = _lane_features(tc, int(ctx.X.shape[1]))  # the frozen lane: its cached features, no forward passes
+    P_calibration = predict_proba(result.model, ctx.X[calibration], num_classes=ctx.num_classes, features=lane)
     calibration_frame = prediction_frame(ctx, calibration, P_calibration)
     threshold, threshold_method = calibration_threshold(calibration_frame, ctx.classes, config.target_sensitivity)
-    P = predict_proba(result.model, ctx.X[test], num_classes=ctx.num_classes)
+    P = predict_proba(result.model, ctx.X[test], num_classes=ctx.num_classes, features=lane)
     frame = prediction_frame(ctx, test, P)
     model_folder = folder.model_dir(model_name)
     card = {
@@ -157,7 +165,8 @@ def refit_one(trial: optuna.trial.FrozenTrial, ctx: Any, config: Any, folder: St
         "refit_epochs": epochs,
     }
     model_zoo.save_checkpoint(result.model, model_folder, card=card)
-    _save_ood_reference(result.model, ctx.X[fit_index], ctx.X[calibration], model_folder, seed=config.seed)
+    _save_ood_reference(result.model, ctx.X[fit_index], ctx.X[calibration], model_folder, seed=config.seed,
+                        features=lane)
     atomic_write_json({
         "study": config_json.get("study_name"),
         "trial": trial.number,
@@ -175,8 +184,22 @@ def refit_one(trial: optuna.trial.FrozenTrial, ctx: Any, config: Any, folder: St
     return frame, calibration_frame, threshold, threshold_method
 
 
+def _lane_features(tc: Any, image_size: int) -> Any:
+    """``features(X)`` from the frozen-feature lane's cache for a ``<backbone>+<head>`` model, else ``None``."""
+    import models as model_zoo
+
+    info = model_zoo.get_model_info(tc.model)
+    if info.head is None:
+        return None
+    from automl.features import feature_cache
+
+    cache = feature_cache(info.backbone, image_size=image_size, pretrained=tc.pretrained,
+                          weights_dir=tc.weights_dir, offline=tc.offline, device=tc.device)
+    return cache.features
+
+
 def _save_ood_reference(model: Any, X_fit: np.ndarray, X_calibration: np.ndarray, folder: Path, *,
-                        seed: int) -> None:
+                        seed: int, features: Any = None) -> None:
     """Save the out-of-distribution reference (:mod:`models.ood`) next to the checkpoint.
 
     Fitted on the refit's training part, its threshold calibrated on the calibration part. Optional:
@@ -186,7 +209,7 @@ def _save_ood_reference(model: Any, X_fit: np.ndarray, X_calibration: np.ndarray
     from models.ood import OOD_FILE, compute_reference
 
     try:
-        compute_reference(model, X_fit, X_calibration, seed=int(seed)).save(folder)
+        compute_reference(model, X_fit, X_calibration, seed=int(seed), features=features).save(folder)
     except Exception as exc:  # noqa: BLE001 - the refit itself succeeded; the flag is an extra
         logger.warning("No out-of-distribution reference for %s: %s", folder.name, exc)
         (folder / OOD_FILE).unlink(missing_ok=True)

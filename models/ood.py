@@ -375,7 +375,7 @@ def fit_reference(fit_features: np.ndarray, fit_statistics: np.ndarray, calibrat
 
 def compute_reference(model: Any, X_fit: np.ndarray, X_calibration: np.ndarray, *,
                       percentile: float = DEFAULT_PERCENTILE, max_fit_images: int = MAX_FIT_IMAGES,
-                      seed: int = 0) -> OODReference:
+                      seed: int = 0, features: Any = None) -> OODReference:
     """Features of both parts through ``model``, then :func:`fit_reference`.
 
     Args:
@@ -385,6 +385,8 @@ def compute_reference(model: Any, X_fit: np.ndarray, X_calibration: np.ndarray, 
         percentile: See :func:`fit_reference`.
         max_fit_images: Fit on a seeded random subset of at most this many training images.
         seed: Seed of that subset.
+        features: Optional ``features(X) -> (N, D)`` giving the same penultimate features without running
+            the model (the frozen-feature lane's cache); default: :func:`model_features`.
     """
     from models.classical import ClassicalModel
 
@@ -394,6 +396,6 @@ def compute_reference(model: Any, X_fit: np.ndarray, X_calibration: np.ndarray, 
         keep = np.sort(np.random.default_rng(seed).choice(len(X_fit), size=max_fit_images, replace=False))
         X_fit = X_fit[keep]
     kind = "statistics" if isinstance(model, ClassicalModel) else "penultimate"
-    return fit_reference(model_features(model, X_fit), image_statistics(X_fit),
-                         model_features(model, X_calibration), image_statistics(X_calibration),
-                         percentile=percentile, feature_kind=kind)
+    extract = features if features is not None else (lambda X: model_features(model, X))
+    return fit_reference(extract(X_fit), image_statistics(X_fit), extract(X_calibration),
+                         image_statistics(X_calibration), percentile=percentile, feature_kind=kind)

@@ -128,6 +128,14 @@ def test_a_search_ranks_the_lane_next_to_scratch_models(tmp_path: Path) -> None:
     assert refits.loc["tiny_cnn", "init"] == "random"
     predictor = models.load_predictor(study_dir / "models" / "efficientnet_lite0+logreg")
     assert predictor.card["init"] == "imagenet:package"
+    # the refit scored the test part from the feature cache (head only): the served network agrees
+    from automl.results import load_study
+
+    study = load_study(study_dir)
+    test = study.test_predictions("efficientnet_lite0+logreg").head(6)
+    served = [predictor.predict(study.data_dir / path)["probabilities"]["Stroke"] for path in test["path"]]
+    np.testing.assert_allclose(served, test["prob_Stroke"], atol=0.02)
+    assert (study_dir / "models" / "efficientnet_lite0+logreg" / "ood.safetensors").is_file()
 
 
 def test_offline_yes_without_weights_stops_before_any_work(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
