@@ -45,9 +45,15 @@ def image_digests(images: np.ndarray) -> np.ndarray:
 
 
 def _weights_digest(model: Any) -> str:
-    """8 hex digits of a digest of the model's weights: features of other weights never mix."""
+    """8 hex digits of a digest of the backbone's weights (its classifier, random in a feature extractor,
+    left out): features of other weights never mix, and every process finds the same file."""
+    net = getattr(model, "backbone", model)
+    head = net.get_classifier() if hasattr(net, "get_classifier") else None
+    skip = {id(t) for t in head.parameters()} if isinstance(head, torch.nn.Module) else set()
     digest = hashlib.blake2b(digest_size=4)
-    for name, tensor in sorted(model.state_dict().items()):
+    for name, tensor in sorted(net.state_dict(keep_vars=True).items()):
+        if id(tensor) in skip:
+            continue
         digest.update(name.encode())
         digest.update(tensor.detach().to("cpu").contiguous().numpy().tobytes())
     return digest.hexdigest()

@@ -63,6 +63,14 @@ def test_feature_cache_computes_each_image_once_and_persists(tmp_path: Path) -> 
     assert len(FeatureCache(other, folder=tmp_path)) == 0
 
 
+def test_the_cache_file_ignores_the_random_classifier_of_a_feature_extractor(tmp_path: Path) -> None:
+    """Two builds of the same pretrained backbone (each with a fresh random classifier) share one file."""
+    first = models.load_backbone("efficientnet_lite0", image_size=32, pretrained="yes", device="cpu")
+    second = models.load_backbone("efficientnet_lite0", image_size=32, pretrained="yes", device="cpu")
+    assert not torch.equal(first.model.backbone.get_classifier().weight, second.model.backbone.get_classifier().weight)
+    assert FeatureCache(first, folder=tmp_path).path == FeatureCache(second, folder=tmp_path).path
+
+
 def test_an_unreadable_cache_file_is_ignored(tmp_path: Path) -> None:
     backbone = _CountingBackbone()
     path = FeatureCache(backbone, folder=tmp_path).path
