@@ -76,7 +76,8 @@ class TrainConfig:
     unfreeze_lr_factor: float = 0.1  # two_stage: stage-2 learning rate = lr * this
     layer_decay: float = 0.5  # gradual: learning-rate multiplier per stage below the head
     cache_features: bool = True  # head-only epochs reuse frozen-backbone features computed once per fold
-    # bf16 autocast; None = auto: on for CUDA with bf16 support, and on a CPU with AMX for the models whose
+    # bf16 autocast; None = auto: on for CUDA with bf16 support, and on a CPU with native bf16 (AMX or
+    # AVX512-BF16: models.cpu_has_native_bf16) for the models whose
     # ModelInfo.trains_in_bf16_on_cpu says it was measured faster without changing the AUCs (CNNs, ResNets)
     amp: bool | None = None
 
@@ -161,12 +162,14 @@ class TrainConfig:
 
 
 def default_amp(device: torch.device, model_name: str) -> bool:
-    """``TrainConfig.amp=None``: bf16 autocast on CUDA with bf16 support, and on a CPU with AMX for the
-    architectures that train faster that way (:attr:`models.ModelInfo.trains_in_bf16_on_cpu`)."""
+    """``TrainConfig.amp=None``: bf16 autocast on CUDA with bf16 support, and on a CPU that computes bf16
+    natively (AMX or AVX512-BF16, :func:`models.cpu_has_native_bf16`) for the architectures that train
+    faster that way (:attr:`models.ModelInfo.trains_in_bf16_on_cpu`). CPUs without native bf16 (AVX2,
+    plain AVX-512) emulate it more slowly than fp32, so they train in fp32."""
     if device.type == "cuda":
         return bool(torch.cuda.is_bf16_supported())
     if device.type == "cpu":
-        return models.get_model_info(model_name).trains_in_bf16_on_cpu and models.cpu_has_amx()
+        return models.get_model_info(model_name).trains_in_bf16_on_cpu and models.cpu_has_native_bf16()
     return False
 
 

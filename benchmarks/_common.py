@@ -43,10 +43,13 @@ __all__ = [
     "Record",
     "Timing",
     "cpu_peak_gflops",
+    "kind_of",
     "machine_info",
+    "matmul_gflops",
     "make_record",
     "measure",
     "measure_interleaved",
+    "paired_ratio",
     "percentile",
     "read_cpuinfo",
     "set_threads",
@@ -74,6 +77,11 @@ class Timing:
     @property
     def total(self) -> float:
         return float(sum(self.values))
+
+    @property
+    def best(self) -> float:
+        """The fastest repeat: on a shared machine, the one least slowed by other processes."""
+        return float(min(self.values))
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -110,6 +118,17 @@ def measure(fn: Callable[[], Any], *, warmup: int = 1, repeats: int = 5) -> Timi
         fn()
         values.append(time.perf_counter() - t0)
     return Timing(values)
+
+
+def paired_ratio(ours: Timing, baseline: Timing) -> float | None:
+    """Median over rounds of ``ours / baseline`` for timings made by :func:`measure_interleaved`.
+
+    Each round times both calls back to back, so a burst of load from other processes slows both
+    alike and cancels in that round's ratio; the ratio of the two medians does not have that property
+    when the bursts are longer than a call but shorter than the run.
+    """
+    pairs = [a / b for a, b in zip(ours.values, baseline.values) if b > 0]
+    return float(statistics.median(pairs)) if pairs else None
 
 
 def measure_interleaved(fns: dict[str, Callable[[], Any]], *, warmup: int = 1, repeats: int = 5) -> dict[str, Timing]:
@@ -245,18 +264,28 @@ _MACHINE: dict[str, Any] | None = None
 
 
 def machine_info() -> dict[str, Any]:
-    """CPU model, logical cores, clock, ISA, peak GFLOP/s estimate, torch version, threads and the
-    1-minute load average when the record was made (a shared machine is slower and noisier)."""
+    """Where a figure came from: CPU kind, model, logical cores, clock, ISA flags, peak GFLOP/s estimate,
+    torch version, threads and the 1-minute load average when the record was made (a shared machine is
+    slower and noisier). ``kind`` (:func:`models.cpu_kind`) keys the results of each CPU kind apart."""
     global _MACHINE
     if _MACHINE is None:
+        from models._common import cpu_capabilities, cpu_kind
+
         cpu = read_cpuinfo()
-        cores = os.cpu_count() or 1
-        flags = set(cpu.get("flags", ()))
+        caps = cpu_capabilities()
+        cores = int(caps["cores"])
+        # an ISA cap in the environment (ONEDNN_MAX_CPU_ISA, ATEN_CPU_CAPABILITY) hides the flags above it
+        hidden = {f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if not caps[f]}
+        flags = {f for f in cpu.get("flags", ()) if f not in hidden}
+        cpu = {**cpu, "flags": sorted(flags)}
         info: dict[str, Any] = {
-            "cpu": cpu.get("model") or platform.processor() or platform.machine(),
+            "kind": cpu_kind(caps),
+            "cpu": caps["model"] or cpu.get("model") or platform.processor() or platform.machine(),
             "cores": cores,
             "mhz": cpu.get("mhz"),
             "isa": [f for f in ("avx512f", "avx512_bf16", "amx_bf16", "avx2", "fma") if f in flags],
+            "capabilities": {k: caps[k] for k in ("avx2", "avx512f", "avx512_bf16", "amx_bf16")},
+            "isa_capped_by": caps.get("capped_by") or None,
             "peak_gflops_fp32": None,
             "peak_formula": None,
             "python": platform.python_version(),
@@ -270,6 +299,7 @@ def machine_info() -> dict[str, Any]:
             import torch
 
             info["torch"] = torch.__version__
+            info["cuda"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
         except ImportError:  # pragma: no cover - torch is a hard dependency
             info["torch"] = None
         _MACHINE = info
@@ -285,6 +315,34 @@ def machine_info() -> dict[str, Any]:
     except (AttributeError, OSError):  # pragma: no cover - not on Windows
         out["load_avg_1m"] = None
     return out
+
+
+def kind_of(machine: dict[str, Any]) -> str:
+    """The CPU kind a record's ``machine`` block names; records written before kinds existed get theirs
+    from their model, ISA list and cores, as :func:`models.cpu_kind` names it."""
+    if machine.get("kind"):
+        return str(machine["kind"])
+    from models._common import cpu_kind
+
+    isa = set(machine.get("isa") or ())
+    caps = {"model": machine.get("cpu") or "unknown CPU", "cores": machine.get("cores") or 1,
+            "avx2": "avx2" in isa, "avx512f": "avx512f" in isa, "avx512_bf16": "avx512_bf16" in isa,
+            "amx_bf16": "amx_bf16" in isa}
+    return cpu_kind(caps)
+
+
+def matmul_gflops(*, n: int = 1024, repeats: int = 7, dtype: str = "float32") -> dict[str, float]:
+    """GFLOP/s of one plain ``n x n`` matmul on this CPU (torch, its threads): best and median of ``repeats``.
+
+    The practical ceiling of dense compute here; "best" is the least disturbed by other processes.
+    """
+    import torch
+
+    dt = getattr(torch, dtype)
+    a, b = torch.rand(n, n).to(dt), torch.rand(n, n).to(dt)
+    timing = measure(lambda: a @ b, warmup=2, repeats=repeats)
+    flop = 2.0 * n ** 3
+    return {"best": flop / min(timing.values) / 1e9, "median": flop / timing.median / 1e9, "n": n}
 
 
 def set_threads(n: int | None) -> int:

@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks._common import Record, make_record, measure_interleaved
+from benchmarks._common import Record, make_record, measure_interleaved, paired_ratio
 
 __all__ = ["Settings", "ig_memory", "run", "settings"]
 
@@ -229,6 +229,7 @@ def run(cfg: Settings) -> list[Record]:
                 f"{NAME}.{name}@{cfg.size}.{record_name}", ours=ours.median, baseline=base.median, units="s per image",
                 better="lower", target=target, meets_target=meets,
                 details={"model": name, "size": cfg.size, "ours_seconds": ours.values, "captum_seconds": base.values,
+                         "best_s_ours": ours.best, "best_s_captum": base.best, "paired_ratio": paired_ratio(ours, base),
                          "ours_call": f"models.attribution.explain(predictor, x, method={method!r}...)"
                                       " (default precision='auto')",
                          "captum_call": captum_call, "threads": threads, **extra},

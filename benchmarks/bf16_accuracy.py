@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from benchmarks._common import Record, make_record
-from benchmarks.search_efficiency import Surrogate, cv_auc, grid_point, surrogate_config
+from benchmarks.search_efficiency import Surrogate, cv_auc, feasible_batch_sizes, grid_point, surrogate_config
 
 __all__ = ["Settings", "run", "settings"]
 
@@ -41,11 +41,15 @@ class Settings(Surrogate):
 
 
 def settings(mode: str) -> Settings:
-    """``"full"`` or ``"quick"`` settings (quick: one seed, tiny_cnn, two grid points, 32 px)."""
+    """``"full"`` or ``"quick"`` settings (quick: one seed, tiny_cnn, two grid points, 32 px).
+
+    Quick mode's folds hold about 30 training images, so its batch sizes stay within what the search
+    space offers there (8 and 16; :func:`automl.space.suggest_config` allows no batch above the data).
+    """
     if mode == "full":
         return Settings()
     if mode == "quick":
-        return Settings(seeds=(0,), models=("tiny_cnn",), lr_grid=(1e-3,), batch_grid=(16, 32), phantom_n=60,
+        return Settings(seeds=(0,), models=("tiny_cnn",), lr_grid=(1e-3,), batch_grid=(8, 16), phantom_n=60,
                         image_size=32, folds=2, epochs=2)
     raise ValueError(f"mode must be 'full' or 'quick', got {mode!r}.")
 
@@ -58,14 +62,21 @@ def run(cfg: Settings) -> list[Record]:
     from automl import search
 
     pairs: dict[str, list[dict[str, Any]]] = {m: [] for m in cfg.models}
+    skipped: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench-bf16-") as tmp:
         for seed in cfg.seeds:
             search_cfg = surrogate_config(cfg, seed=seed, out=tmp, study=f"bf16_{seed}", n_trials=1)
             ctx = search.prepare_data(search_cfg)
             max_batch = min(len(tr) for tr, _ in ctx.split.folds)
+            feasible = feasible_batch_sizes(max_batch)
             for name in cfg.models:
                 for lr in cfg.lr_grid:
                     for batch in cfg.batch_grid:
+                        if batch not in feasible:  # the search space has no such batch for folds this small
+                            skipped.append({"seed": seed, "model": name, "lr": lr, "batch_size": batch})
+                            logger.warning("seed %d %s: batch %d skipped (the folds allow %s)", seed, name, batch,
+                                           list(feasible))
+                            continue
                         base = search.suggest_config(optuna.trial.FixedTrial(grid_point(name, lr, batch)), search_cfg,
                                                      max_batch_size=max_batch)
                         fp32, t32 = cv_auc(ctx, dataclasses.replace(base, amp=False))
@@ -76,6 +87,9 @@ def run(cfg: Settings) -> list[Record]:
                                     fp32, bf16)
     records = []
     for name, rows in pairs.items():
+        if not rows:
+            raise ValueError(f"bf16_accuracy: no feasible grid point for {name} (batch sizes {list(cfg.batch_grid)} "
+                             f"all exceed what the folds allow); skipped: {skipped}")
         diffs = [r["bf16"] - r["fp32"] for r in rows]
         nonzero = [d for d in diffs if d != 0.0]
         p_value = float(stats.wilcoxon(nonzero).pvalue) if len(nonzero) >= 2 else None
@@ -90,7 +104,7 @@ def run(cfg: Settings) -> list[Record]:
                 "mean_paired_difference": statistics.fmean(diffs),
                 "sd_paired_difference": statistics.stdev(diffs) if len(diffs) > 1 else None,
                 "min_paired_difference": min(diffs), "max_paired_difference": max(diffs),
-                "wilcoxon_p": p_value,
+                "wilcoxon_p": p_value, "skipped_points": skipped,
                 "speedup_bf16": sum(r["seconds_fp32"] for r in rows) / sum(r["seconds_bf16"] for r in rows),
                 "setting": {"seeds": list(cfg.seeds), "lr_grid": list(cfg.lr_grid), "batch_grid": list(cfg.batch_grid),
                             "phantom_n": cfg.phantom_n, "difficulty": cfg.difficulty, "label_level": cfg.label_level,

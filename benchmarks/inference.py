@@ -13,7 +13,7 @@ phantom PNG (``disk_size`` px on disk, so both sides decode and resize):
   -> ``to_tensor`` -> ``model.eval()`` -> ``model(x)`` under ``torch.no_grad`` -> ``sigmoid``, and
   for 32 images the same call 32 times.
 
-Figures: one-image latency p50 (record) and p95 (details) over ``repeats`` calls after ``warmup``;
+Figures: one-image latency p50 (record), p95 and the fastest call (details) over ``repeats`` calls after ``warmup``;
 batch-32 throughput (images/s, median over ``batch_repeats``). Ours and naive calls alternate.
 Targets: our p50 <= naive p50, and
 ResNet-18 at 224 px one-image p50 <= 50 ms.
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks._common import Record, make_record, measure_interleaved
+from benchmarks._common import Record, make_record, measure_interleaved, paired_ratio
 
 __all__ = ["Settings", "run", "settings"]
 
@@ -116,6 +116,9 @@ def run(cfg: Settings) -> list[Record]:
                 f"{NAME}.{name}@{size}.p50", ours=p50, baseline=base50, units="ms", better="lower", target=target,
                 meets_target=meets,
                 details={**common, "p95_ms_ours": ours.p95 * 1e3, "p95_ms_naive": naive.p95 * 1e3,
+                         # the fastest call: what the code does when no other process takes the cores
+                         "best_ms_ours": ours.best * 1e3, "best_ms_naive": naive.best * 1e3,
+                         "paired_ratio": paired_ratio(ours, naive),
                          "warmup": cfg.warmup, "repeats": cfg.repeats},
             ))
             ips, base_ips = len(paths) / ours_b.median, len(paths) / naive_b.median

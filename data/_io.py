@@ -94,6 +94,9 @@ class _Decoded(NamedTuple):
     format: str  # "png" | "jpeg" | "bmp" | "tiff" | "dicom" | ... | "array" | "pil"
     patient_id: str | None = None
     study_uid: str | None = None
+    # uint8 (H, W) when the pixels were 8-bit grey (PIL mode "L"): ``image == gray8 / 255`` exactly,
+    # so the scanner can count its statistics on 256 levels instead of ~400,000 floats
+    gray8: np.ndarray | None = None
 
 
 # ----------------------------------------------------------------------------------- windows
@@ -243,6 +246,11 @@ def _pil_to_gray(im: Any, path: str | None) -> np.ndarray:
 
 
 def _decode_pil_image(im: Any, path: str | None) -> np.ndarray:
+    return _decode_pil(im, path)[0]
+
+
+def _decode_pil(im: Any, path: str | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Decode a PIL image: the float32 grey image and, for 8-bit grey pixels, the uint8 array it came from."""
     from PIL import ImageOps
 
     _check_pixels(im.height, im.width, path)
@@ -259,13 +267,16 @@ def _decode_pil_image(im: Any, path: str | None) -> np.ndarray:
                 im = transposed
     except Exception as exc:  # a broken EXIF block must not lose an otherwise good image
         logger.debug("Ignoring unreadable EXIF orientation of %s: %s", path, exc)
+    if im.mode == "L":
+        gray8 = np.asarray(im)
+        return np.divide(gray8, np.float32(255.0), dtype=np.float32), gray8  # == _pil_to_gray's "L" rule
     try:
         gray = _pil_to_gray(im, path)
     except BadImageError:
         raise
     except Exception as exc:
         raise BadImageError(f"unsupported image mode {im.mode!r} ({exc})", path) from None
-    return np.ascontiguousarray(gray, dtype=np.float32)
+    return np.ascontiguousarray(gray, dtype=np.float32), None
 
 
 def _decode_raster_bytes(data: bytes, path: str | None) -> _Decoded:
@@ -287,8 +298,8 @@ def _decode_raster_bytes(data: bytes, path: str | None) -> _Decoded:
     with im:
         fmt = (im.format or "raster").lower()
         fmt = {"mpo": "jpeg"}.get(fmt, fmt)
-        image = _decode_pil_image(im, path)
-    return _Decoded(image, fmt)
+        image, gray8 = _decode_pil(im, path)
+    return _Decoded(image, fmt, gray8=gray8)
 
 
 # ------------------------------------------------------------------------------------- DICOM

@@ -12,6 +12,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import hashlib
 import logging
+import math
 import multiprocessing
 import os
 import re
@@ -114,16 +115,51 @@ def sharpness(image: np.ndarray) -> float:
     The 4-neighbour Laplacian with symmetric edges, identical to ``scipy.ndimage.laplace(image,
     mode="reflect")``, in plain numpy.
     """
-    img = np.asarray(image, dtype=np.float64)
-    p = np.pad(img, 1, mode="symmetric")
-    lap = p[:-2, 1:-1] + p[2:, 1:-1] + p[1:-1, :-2] + p[1:-1, 2:] - 4.0 * img
+    arr = np.asarray(image)
+    # a one-pixel symmetric pad repeats the edge: pad in the input's (narrower) dtype, then widen once
+    p = np.pad(arr, 1, mode="edge").astype(np.float64, copy=False)
+    lap = p[:-2, 1:-1] + p[2:, 1:-1] + p[1:-1, :-2] + p[1:-1, 2:] - 4.0 * p[1:-1, 1:-1]
     return float(lap.var())
 
 
 def intensity_histogram(image: np.ndarray, bins: int = HIST_BINS) -> np.ndarray:
     """Pixel counts of a [0, 1] image in ``bins`` equal bins (1.0 in the last), like ``np.histogram``."""
-    idx = np.minimum((np.asarray(image, dtype=np.float32) * bins).astype(np.int64), bins - 1)
-    return np.bincount(np.clip(idx, 0, bins - 1).ravel(), minlength=bins).astype(np.int64)
+    scaled = np.asarray(image, dtype=np.float32) * np.float32(bins)
+    # clipping to [0, bins - 1] before truncation is the same as truncating, then clipping
+    idx = np.clip(scaled, 0, bins - 1, out=scaled).astype(np.uint8 if bins <= 256 else np.int64)
+    return np.bincount(idx.ravel(), minlength=bins).astype(np.int64)
+
+
+#: The float32 value of each 8-bit grey level (``level / 255``), as the decoder produces it.
+_LEVELS = np.divide(np.arange(256, dtype=np.uint8), np.float32(255.0), dtype=np.float32)
+
+
+def _gray8_stats(gray8: np.ndarray) -> dict[str, Any]:
+    """``mean``, ``std``, ``sharpness`` and ``hist`` of ``gray8 / 255`` from the 8-bit pixels.
+
+    The same figures as :func:`intensity_histogram` (identical), ``mean``/``std`` of the float image
+    (summed per grey level instead of per pixel: equal up to float64 rounding) and :func:`sharpness`
+    (the Laplacian in exact integers, divided by 255^2 at the end: within ~1e-7 relative of the float
+    computation, which rounds every pixel to float32 first), in a few passes over uint8 data.
+    """
+    from PIL import Image
+
+    levels = np.asarray(Image.fromarray(gray8).histogram(), dtype=np.int64)  # 2-3x np.bincount's speed
+    n = int(gray8.size)
+    values = _LEVELS.astype(np.float64)
+    mean = float(levels @ values) / n
+    std = math.sqrt(float(levels @ np.square(values - mean)) / n)
+    bins = np.clip(_LEVELS * np.float32(HIST_BINS), 0, HIST_BINS - 1).astype(np.int64)
+    hist = np.bincount(bins, weights=levels, minlength=HIST_BINS).astype(np.int64)
+    p = np.pad(gray8, 1, mode="edge").astype(np.int16)  # the Laplacian of 8-bit values lies in [-1020, 1020]
+    lap = p[:-2, 1:-1] + p[2:, 1:-1]
+    lap += p[1:-1, :-2]
+    lap += p[1:-1, 2:]
+    lap -= 4 * p[1:-1, 1:-1]
+    s1 = int(lap.sum(dtype=np.int64))
+    s2 = int(np.einsum("ij,ij->", lap, lap, dtype=np.int64))
+    sharp = (s2 - s1 * s1 / n) / n / (255.0 * 255.0)
+    return {"mean": mean, "std": std, "sharpness": float(sharp), "hist": hist}
 
 
 def _dct_rows(n: int = 32, k: int = 8) -> np.ndarray:
@@ -160,7 +196,11 @@ def _inspect_file(job: tuple[str, str, str]) -> dict[str, Any]:
         data = _read_file(abs_path)
         decoded = _decode_bytes(data, window=window, path=rel_path)
         image = decoded.image
-        hist = intensity_histogram(image)
+        if decoded.gray8 is not None:
+            stats = _gray8_stats(decoded.gray8)
+        else:
+            stats = {"mean": float(image.mean(dtype=np.float64)), "std": float(image.std(dtype=np.float64)),
+                     "sharpness": sharpness(image), "hist": intensity_histogram(image)}
         return {
             "ok": True,
             "path": rel_path,
@@ -169,10 +209,10 @@ def _inspect_file(job: tuple[str, str, str]) -> dict[str, Any]:
             "phash": perceptual_hash(image),
             "height": int(image.shape[0]),
             "width": int(image.shape[1]),
-            "mean": float(image.mean(dtype=np.float64)),
-            "std": float(image.std(dtype=np.float64)),
-            "sharpness": sharpness(image),
-            "hist": hist.astype(np.int64),
+            "mean": stats["mean"],
+            "std": stats["std"],
+            "sharpness": stats["sharpness"],
+            "hist": stats["hist"].astype(np.int64),
             "patient_id": decoded.patient_id,
             "study_uid": decoded.study_uid,
         }

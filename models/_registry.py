@@ -118,7 +118,8 @@ class ModelInfo:
 
     @property
     def trains_in_bf16_on_cpu(self) -> bool:
-        """Whether the training engine uses bf16 autocast for this architecture on a CPU with AMX.
+        """Whether the training engine uses bf16 autocast for this architecture on a CPU with native bf16
+        (AMX or AVX512-BF16: :func:`models.cpu_has_native_bf16`).
 
         True for the ``cnn`` and ``resnet`` families: the engine trained them 1.7-2.6x faster per training
         step at 128 px and 1.1-1.5x faster per whole fold at 64 px (``python -m benchmarks --only

@@ -52,8 +52,8 @@ Grad-CAM, saliency, occlusion and attention rollout, whose first pass is on the 
 integrated gradients and gradient SHAP start on interpolated images and need one more pass).
 
 Precision: ``explain(..., precision="auto")`` runs integrated gradients, gradient SHAP and occlusion
-under bf16 autocast on CPUs with AMX for ResNets, CNNs and ViTs (measured 1.3-2.2x faster, maps
-correlating >= 0.98 with fp32), fp32 everywhere else; ``"fp32"`` and ``"bf16"`` force one.
+under bf16 autocast on CPUs with native bf16 (AMX or AVX512-BF16) for ResNets, CNNs and ViTs (measured
+1.2-2.4x faster, maps correlating >= 0.98 with fp32), fp32 everywhere else; ``"fp32"`` and ``"bf16"`` force one.
 
 Resources: the model's own device is used (GPU when the model lives there); the model is put in
 ``eval()`` and its parameters stop requiring gradients for the duration of the call (only input or
@@ -86,7 +86,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from models._common import cpu_has_amx
+from models._common import cpu_has_native_bf16
 
 __all__ = ["DISPLAY_MIN_SIZE", "METHODS", "Attribution", "applicable_methods", "enlarge", "explain",
            "flat_map_message", "is_flat", "overlay", "render_input", "render_overlay"]
@@ -445,7 +445,7 @@ def _use_bf16(precision: str, method: str, model_name: str | None, device: torch
         raise ValueError(f"precision must be one of {list(_PRECISIONS)}, got {precision!r}.")
     if precision != "auto":
         return precision == "bf16"
-    if method not in _MULTI_PASS or device.type != "cpu" or not cpu_has_amx() or model_name is None:
+    if method not in _MULTI_PASS or device.type != "cpu" or not cpu_has_native_bf16() or model_name is None:
         return False
     from models import get_model_info
 
@@ -774,7 +774,8 @@ def explain(
             default: the predictor's window, as for a prediction).
         precision: ``"fp32"``, ``"bf16"`` (the method's passes under ``torch.autocast`` with
             bfloat16) or ``"auto"``: bf16 for the multi-pass methods (integrated gradients, gradient
-            SHAP, occlusion) of ResNets, CNNs and ViTs on a CPU with AMX, where it measured 1.3-2.2x
+            SHAP, occlusion) of ResNets, CNNs and ViTs on a CPU with native bf16 (AMX or AVX512-BF16),
+            where it measured 1.2-2.4x
             as fast with maps correlating >= 0.98 with fp32 (``python -m benchmarks --only
             attributions``), fp32 otherwise (EfficientNet, GPUs, other CPUs). The target and its
             probability always come from an fp32 pass. The precision used is in

@@ -346,7 +346,7 @@ class Predictor:
         channels_last: Whether the weights were converted to ``torch.channels_last`` (convolutional
         models, :attr:`models.ModelInfo.prefers_channels_last`; same outputs, faster convolutions).
         fused_batchnorm: How many BatchNorm layers were folded into their convolutions
-        (:func:`models._common.fuse_batchnorm_`; the small CNNs' blocks; same outputs up to float rounding).
+        (:func:`models._common.fuse_batchnorm_`; the small CNNs' blocks and timm ResNets; same outputs up to float rounding).
         default_batch_size: Images per forward pass when a call does not say.
         ood: The out-of-distribution reference, ``None`` for model folders saved without one.
 

@@ -424,7 +424,7 @@ def test_the_optimizer_is_fused_on_cpu_and_follows_the_plain_update_rule(small_f
 
 def test_bf16_autocast_by_default_only_where_it_was_measured_faster(small_fold, monkeypatch) -> None:
     cpu = torch.device("cpu")
-    monkeypatch.setattr(models, "cpu_has_amx", lambda: True)
+    monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: True)
     assert train_mod.default_amp(cpu, "resnet18") and train_mod.default_amp(cpu, "simple_cnn")
     assert not train_mod.default_amp(cpu, "vit_tiny") and not train_mod.default_amp(cpu, "efficientnet_b0")
     assert not train_mod.default_amp(torch.device("mps"), "resnet18")
@@ -435,6 +435,6 @@ def test_bf16_autocast_by_default_only_where_it_was_measured_faster(small_fold, 
         logits = auto.model(torch.from_numpy(small_fold[2]).float().div(255).unsqueeze(1))
     np.testing.assert_allclose(models.logits_to_probabilities(logits, 2).numpy(), auto.val_probabilities, atol=1e-6)
     assert fit_fold(*small_fold, config=small_config(model="tiny_cnn", amp=False), num_classes=2).precision == "fp32"
-    monkeypatch.setattr(models, "cpu_has_amx", lambda: False)
+    monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: False)
     assert not train_mod.default_amp(cpu, "resnet18")
     assert fit_fold(*small_fold, config=small_config(model="tiny_cnn"), num_classes=2).precision == "fp32"

@@ -28,7 +28,7 @@ def _check_records(records: list, prefix: str) -> list[dict]:
         assert isinstance(d["target"], str) and d["target"]
         assert d["meets_target"] in (True, False, None)
         assert isinstance(d["details"], dict)
-        for key in ("cpu", "cores", "torch", "threads", "peak_gflops_fp32", "load_avg_1m"):
+        for key in ("kind", "cpu", "cores", "capabilities", "torch", "threads", "peak_gflops_fp32", "load_avg_1m"):
             assert key in d["machine"]
         if d["ours"] is not None and d["baseline"] not in (None, 0):
             assert d["ratio"] == pytest.approx(d["ours"] / d["baseline"])
@@ -117,14 +117,68 @@ def test_run_benchmarks_rejects_unknown_names_and_modes() -> None:
         cli.run_benchmarks(["inference"], mode="fast")
 
 
+def _records_of(doc: dict, kind: str | None = None) -> list[str]:
+    kind = kind or _common.machine_info()["kind"]
+    return [r["name"] for r in doc["kinds"][kind]["records"]]
+
+
 def test_merge_keeps_records_of_benchmarks_not_rerun(tmp_path: Path) -> None:
     path = tmp_path / "results.json"
     path.write_text(json.dumps({"records": [_record("inference.a", "inference"),
                                             _record("input_pipeline.old", "input_pipeline")]}))
     doc = cli.merge_results(path, [_record("input_pipeline.new", "input_pipeline")], ["input_pipeline"])
-    assert [r["name"] for r in doc["records"]] == ["input_pipeline.new", "inference.a"]  # run order
+    assert doc["schema_version"] == 2
+    assert _records_of(doc) == ["input_pipeline.new", "inference.a"]  # run order
     path.write_text("{not json")
-    assert [r["name"] for r in cli.merge_results(path, [], ["inference"])["records"]] == []
+    assert _records_of(cli.merge_results(path, [], ["inference"])) == []
+
+
+def test_merge_keeps_other_cpu_kinds_side_by_side(tmp_path: Path) -> None:
+    """A schema-1 file of another CPU (the Intel Xeon with AMX) survives a run here, under its own kind."""
+    path = tmp_path / "results.json"
+    xeon = {"cpu": "Intel(R) Xeon(R) Processor", "cores": 2, "isa": ["avx512f", "avx512_bf16", "amx_bf16", "avx2"]}
+    old = _record("inference.a", "inference")
+    old["machine"] = xeon
+    path.write_text(json.dumps({"schema_version": 1, "machine": xeon, "records": [old]}))
+    here = _common.machine_info()["kind"]
+    doc = cli.merge_results(path, [_record("inference.a", "inference")], ["inference"], kind="Other CPU (avx2, 2 cores)")
+    assert set(doc["kinds"]) == {"Intel(R) Xeon(R) Processor (amx_bf16, 2 cores)", "Other CPU (avx2, 2 cores)"}
+    path.write_text(json.dumps(doc))
+    doc = cli.merge_results(path, [_record("inference.b", "inference")], ["inference"])
+    assert _records_of(doc, "Intel(R) Xeon(R) Processor (amx_bf16, 2 cores)") == ["inference.a"]
+    assert _records_of(doc, here) == ["inference.b"] and len(doc["kinds"]) == 3 - (here == "Other CPU (avx2, 2 cores)")
+    table = cli.format_kinds_table(doc).splitlines()
+    assert "Intel(R) Xeon(R) Processor (amx_bf16, 2 cores)" in table[0] and here in table[0]
+    assert len(table) == 2 + 2 and "0.5" in table[2]
+
+
+@pytest.mark.parametrize("flags, expected", [
+    ("fpu sse2 avx avx2 fma", {"avx2": True, "avx512f": False, "avx512_bf16": False, "amx_bf16": False}),
+    ("avx2 avx512f avx512bw avx512_bf16", {"avx2": True, "avx512f": True, "avx512_bf16": True, "amx_bf16": False}),
+    ("avx2 avx512f avx512_bf16 amx_bf16 amx_tile", {"avx2": True, "avx512f": True, "avx512_bf16": True,
+                                                    "amx_bf16": True}),
+])
+def test_cpu_capabilities_from_cpuinfo_flags(tmp_path: Path, flags: str, expected: dict) -> None:
+    from models._common import cpu_capabilities, cpu_kind
+
+    (tmp_path / "cpuinfo").write_text(f"processor\t: 0\nmodel name\t: Test CPU\nflags\t\t: {flags}\n\n"
+                                      f"processor\t: 1\nmodel name\t: Test CPU\nflags\t\t: fpu\n")
+    caps = cpu_capabilities(str(tmp_path / "cpuinfo"))
+    assert {k: caps[k] for k in expected} == expected and caps["model"] == "Test CPU" and caps["cores"] >= 1
+    newest = [k for k in ("amx_bf16", "avx512_bf16", "avx512f", "avx2") if expected[k]][0]
+    assert cpu_kind(caps) == f"Test CPU ({newest}, {caps['cores']} cores)"
+
+
+def test_native_bf16_means_amx_or_avx512_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
+    import models
+    from models import _common as common
+
+    base = {"model": "x", "cores": 2, "avx2": True, "avx512f": True, "avx512_bf16": False, "amx_bf16": False}
+    for extra, native in (({}, False), ({"avx512_bf16": True}, True), ({"amx_bf16": True}, True)):
+        monkeypatch.setattr(common, "cpu_capabilities", lambda: {**base, **extra})
+        assert models.cpu_has_native_bf16() is native
+    monkeypatch.setattr(common, "cpu_capabilities", lambda: {**base, "avx512_bf16": True})
+    assert models.cpu_has_amx() is False
 
 
 def test_format_table_lists_every_record() -> None:
@@ -161,9 +215,11 @@ def test_main_writes_json_and_reports_failures(tmp_path: Path, monkeypatch: pyte
     out = tmp_path / "r.json"
     assert cli.main(["--only", "inference", "--out", str(out)]) == 0
     doc = json.loads(out.read_text())
-    assert {r["benchmark"] for r in doc["records"]} == {"inference"}
-    assert all(r["mode"] == "full" for r in doc["records"])
-    _check_records(doc["records"], "inference")
+    records = cli.all_records(doc)
+    assert {r["benchmark"] for r in records} == {"inference"}
+    assert all(r["mode"] == "full" for r in records)
+    assert all(r["machine"]["kind"] == _common.machine_info()["kind"] for r in records)
+    _check_records(records, "inference")
     assert "inference.tiny_cnn@32.p50" in capsys.readouterr().out
     assert cli.main(["--markdown", "--out", str(out)]) == 0
     assert "| inference.tiny_cnn@32.p50 |" in capsys.readouterr().out
@@ -175,7 +231,7 @@ def test_main_writes_json_and_reports_failures(tmp_path: Path, monkeypatch: pyte
 
     monkeypatch.setattr(inference, "run", broken)
     assert cli.main(["--only", "inference", "--quick", "--out", str(out)]) == 1
-    records = json.loads(out.read_text())["records"]
+    records = cli.all_records(json.loads(out.read_text()))
     assert [r["name"] for r in records] == ["inference.error"]
     assert "boom" in records[0]["details"]["error"]
 
@@ -366,3 +422,90 @@ def test_bf16_accuracy_tiny() -> None:
     diffs = [p["bf16"] - p["fp32"] for p in details["pairs"]]
     assert details["mean_paired_difference"] == pytest.approx(sum(diffs) / 2)
     assert dicts[0]["meets_target"] is None and details["speedup_bf16"] > 0
+
+
+def test_quick_settings_fit_the_search_space() -> None:
+    """Quick mode once crashed: a grid batch of 32 on folds that allow (8, 16); and the search benchmark's
+    quick budget equalled its grid, so both strategies read 1.00 whenever neither reached the grid's best."""
+    from benchmarks import bf16_accuracy, search_efficiency
+
+    quick = bf16_accuracy.settings("quick")
+    assert set(quick.batch_grid) <= set(search_efficiency.feasible_batch_sizes(24))
+    cfg = search_efficiency.settings("quick")
+    grid_points = len(cfg.lr_grid) * len(cfg.batch_grid) + len(cfg.c_grid)
+    assert cfg.n_trials < grid_points
+    assert search_efficiency.feasible_batch_sizes(20) == (8, 16)
+
+
+def test_bf16_accuracy_skips_batches_the_folds_do_not_allow() -> None:
+    from benchmarks import bf16_accuracy
+
+    cfg = bf16_accuracy.Settings(seeds=(0,), models=("tiny_cnn",), lr_grid=(1e-3,), batch_grid=(8, 64), phantom_n=60,
+                                 image_size=16, folds=2, epochs=1)
+    details = _check_records(bf16_accuracy.run(cfg), "bf16_accuracy")[0]["details"]
+    assert details["n_pairs"] == 1 and [p["batch_size"] for p in details["skipped_points"]] == [64]
+
+
+def test_phase_timer_subtracts_nested_phases() -> None:
+    import time
+    import types
+
+    from benchmarks.end_to_end import PhaseTimer
+
+    owner = types.SimpleNamespace()
+    owner.inner = lambda: time.sleep(0.02)
+    owner.outer = lambda: (time.sleep(0.01), owner.inner())
+    timer = PhaseTimer()
+    with timer.patched([(owner, "inner", "features"), (owner, "outer", "trials")]):
+        owner.outer()
+    assert timer.calls == {"features": 1, "trials": 1}
+    assert 0.015 < timer.seconds["features"] and timer.seconds["trials"] < 0.02
+    assert not hasattr(owner.inner, "__wrapped__")  # restored
+
+
+def test_end_to_end_tiny(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from benchmarks import end_to_end
+
+    monkeypatch.setenv("STROKECT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = end_to_end.Settings(n=60, side=96, slices_per_patient=(2, 3), phases="all", image_size=32, baseline_n=6,
+                              feature_n=8, feature_repeats=1, models=("logreg", "tiny_cnn"), epochs=1, folds=2,
+                              absolute_targets=False)
+    dicts = _check_records(end_to_end.run(cfg), "end_to_end")
+    names = [d["name"].split(".", 2)[2] for d in dicts]
+    assert names == ["scan_cache", "scan", "cache", "features_resnet18", "preset_cpu"]
+    scan_cache, preset = dicts[0], dicts[-1]
+    assert scan_cache["details"]["n_files"] == 60 and scan_cache["ours"] > 0 and scan_cache["baseline"] > 0
+    phases = preset["details"]["phases_s"]
+    assert set(phases) == {*end_to_end.PHASES, "other"} and phases["trials"] > 0 and phases["scan"] > 0
+    assert sum(phases.values()) == pytest.approx(preset["ours"], rel=0.05)
+    assert preset["meets_target"] is None  # a reduced preset has no target
+
+
+def test_gpu_benchmark_exits_cleanly_without_a_gpu(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: the benchmark would run")
+    from benchmarks import gpu
+
+    out = tmp_path / "r.json"
+    assert gpu.main(["--out", str(out)]) == 0
+    assert gpu.NO_GPU_MESSAGE in capsys.readouterr().out
+    assert not out.exists() and gpu.run() == []
+
+
+def test_gpu_benchmark_loops_run_on_the_cpu() -> None:
+    """The two training loops of the GPU benchmark, on the CPU at a minuscule size (the GPU run is the same code)."""
+    np = pytest.importorskip("numpy")
+    import types
+
+    from benchmarks import gpu
+
+    rng = np.random.default_rng(0)
+    X = rng.integers(0, 255, size=(16, 32, 32), dtype=np.uint8)
+    y = np.tile([0, 1], 8)
+    plain = gpu.plain_fit("resnet18", X, y, epochs=1, batch_size=8, device="cpu")
+    assert plain["images_per_second"] > 0 and plain["peak_gpu_mib"] is None
+    ctx = types.SimpleNamespace(X=X, y=y, num_classes=2)
+    ours = gpu.ours_fit("resnet18", ctx, np.arange(12), np.arange(12, 16), epochs=1, batch_size=4, device="cpu")
+    assert ours["images_per_second"] > 0 and ours["precision"] in ("fp32", "bf16")

@@ -303,3 +303,34 @@ def test_intensity_histogram_matches_numpy() -> None:
     x = np.random.default_rng(3).random((40, 50)).astype(np.float32)
     x[0, :3] = [0.0, 1.0, 0.5]
     np.testing.assert_array_equal(intensity_histogram(x), np.histogram(x, bins=32, range=(0.0, 1.0))[0])
+
+
+def test_eight_bit_qc_matches_the_float_computation(tmp_path: Path) -> None:
+    """8-bit grey files take a faster route (statistics counted on the 256 grey levels, an integer
+    Laplacian): same histogram, same pHash, the same mean/std/sharpness up to float rounding."""
+    from data._io import _decode_bytes
+    from data._scan import _gray8_stats, _inspect_file, intensity_histogram
+
+    rng = np.random.default_rng(3)
+    for shape in [(1, 1), (1, 7), (5, 1), (33, 47)]:
+        g = rng.integers(0, 256, size=shape, dtype=np.uint8)
+        f = np.divide(g, np.float32(255.0), dtype=np.float32)
+        stats = _gray8_stats(g)
+        np.testing.assert_array_equal(stats["hist"], intensity_histogram(f))
+        assert stats["mean"] == pytest.approx(f.mean(dtype=np.float64), rel=1e-12, abs=1e-15)
+        assert stats["std"] == pytest.approx(f.std(dtype=np.float64), rel=1e-9, abs=1e-12)
+        assert stats["sharpness"] == pytest.approx(sharpness(f), rel=1e-6, abs=1e-12)
+    image = u8(smooth_field(rng, 80))
+    for name, fmt in (("a.png", "PNG"), ("b.jpg", "JPEG")):
+        Image.fromarray(image).save(tmp_path / name, fmt)
+        decoded = _decode_bytes((tmp_path / name).read_bytes(), window="brain", path=name)
+        assert decoded.gray8 is not None and decoded.gray8.dtype == np.uint8
+        np.testing.assert_array_equal(decoded.image, decoded.gray8 / np.float32(255.0))
+        row = _inspect_file((str(tmp_path / name), name, "brain"))
+        f = decoded.image
+        assert row["phash"] == perceptual_hash(f)
+        np.testing.assert_array_equal(row["hist"], intensity_histogram(f))
+        assert row["mean"] == pytest.approx(float(f.mean(dtype=np.float64)), rel=1e-12)
+        assert row["sharpness"] == pytest.approx(sharpness(f), rel=1e-6)
+    Image.fromarray(np.stack([image] * 3, axis=-1)).save(tmp_path / "rgb.png")
+    assert _decode_bytes((tmp_path / "rgb.png").read_bytes(), window="brain", path="rgb.png").gray8 is None

@@ -131,7 +131,7 @@ def test_default_batch_size_follows_the_memory_format(tmp_path: Path) -> None:
             predictor.predict_proba(X, batch_size=True)
 
 
-@pytest.mark.parametrize(("name", "blocks"), [("tiny_cnn", 3), ("simple_cnn", 5), ("resnet18", 0)])
+@pytest.mark.parametrize(("name", "blocks"), [("tiny_cnn", 3), ("simple_cnn", 5), ("resnet18", 20)])
 def test_the_small_cnns_are_served_with_batchnorm_folded_into_their_convolutions(
         tmp_path: Path, name: str, blocks: int) -> None:
     model = _make_model(name)
