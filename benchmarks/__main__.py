@@ -50,6 +50,7 @@ BENCHMARKS = (
     "bf16_accuracy",
     "search_efficiency",
     "frozen_backbone",
+    "transfer_lane",
     "inference",
     "attributions",
     "end_to_end",

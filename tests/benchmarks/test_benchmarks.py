@@ -335,6 +335,17 @@ def test_frozen_backbone_tiny() -> None:
     assert len(dicts[0]["details"]["cached_epoch_seconds"][0]) == 2
 
 
+def test_transfer_lane_tiny() -> None:
+    from benchmarks import transfer_lane
+
+    dicts = _check_records(transfer_lane.run(transfer_lane.Settings(n=120, size=32, folds=2, epochs=1)),
+                           "transfer_lane")
+    details = dicts[0]["details"]
+    assert dicts[0]["units"] == "CV AUC per CPU-second"
+    assert details["lane_cpu_seconds"] > 0 and details["scratch_cpu_seconds"] > 0
+    assert dicts[0]["ours"] == pytest.approx(details["lane_cv_auc"] / details["lane_cpu_seconds"])
+
+
 def test_frozen_backbone_needs_a_timm_model(tmp_path: Path) -> None:
     from benchmarks.frozen_backbone import write_random_weights
 
