@@ -11,7 +11,6 @@ import math
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -27,15 +26,6 @@ from automl.metrics import (
 
 MIN_SUBJECTS_FOR_AUC = 2  # an AUC needs at least this many subjects of each class
 _CHUNK_CELLS = 2_000_000  # resamples x images held in memory at once (the previous bootstrap's budget)
-
-
-def _json_number(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_number(v) for k, v in value.items()}
-    return value
-
 
 
 # ----------------------------------------------------------------------------------------------------

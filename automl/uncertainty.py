@@ -56,7 +56,6 @@ from automl._resample import (
     _clusters,
     _from_sums,
     _is_int,
-    _json_number,
     _not_estimable,
     _percentile,
     _point_estimate,
@@ -65,6 +64,7 @@ from automl._resample import (
     _subject_sums,
 )
 from automl.metrics import UndefinedMetricWarning, _check_binary, roc_auc
+from data._files import json_clean
 
 __all__ = [
     "METRICS",
@@ -120,7 +120,7 @@ class MetricEstimate:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (``nan`` -> ``None``)."""
-        return _json_number(asdict(self))
+        return json_clean(asdict(self))
 
 
 @dataclass(frozen=True)
@@ -163,7 +163,7 @@ class Comparison:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (``nan`` -> ``None``)."""
-        return _json_number(asdict(self))
+        return json_clean(asdict(self))
 
 
 # ----------------------------------------------------------------------------------------------------

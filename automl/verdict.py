@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from automl._resample import _count_phrase, _is_int, _json_number
+from automl._resample import _count_phrase, _is_int
 from automl.metrics import (
     UndefinedMetricWarning,
     _rule_k,
@@ -48,6 +48,7 @@ from automl.uncertainty import (
     cluster_bootstrap,
     compare_aucs,
 )
+from data._files import json_clean
 
 __all__ = [
     "SUBJECT_RULES",
@@ -92,7 +93,7 @@ class SubjectRule:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (``nan`` -> ``None``)."""
-        return _json_number(asdict(self))
+        return json_clean(asdict(self))
 
 
 @dataclass(frozen=True)
@@ -128,7 +129,7 @@ class Headline:
         out = asdict(self)
         out["subject"] = {k: v.to_dict() for k, v in self.subject.items()}
         out["slice"] = {k: v.to_dict() for k, v in self.slice.items()}
-        return _json_number(out)
+        return json_clean(out)
 
 
 # ----------------------------------------------------------------------------------------------------
