@@ -52,9 +52,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Models (cpu_preset_models): the pixel baselines, the frozen-feature lane of every backbone whose
     # ImageNet weights can be had (efficientnet_lite0 always: its pip package), simple_cnn from scratch,
     # and short fine-tunes (two_stage: 1 head epoch on cached features + 1 full epoch) of the pretrained
-    # CNNs. Budget arithmetic (measured figures: README "CPU preset"): scan + cache ~25 s; features of
-    # 2,500 images at 128 px ~15 s per backbone, then ~1 s per head trial; a fine-tune ~65 s per fold-epoch
-    # (1,333 training images) x 3 folds + its refit; simple_cnn ~45 s per fold-epoch x 2 epochs x 3 folds.
+    # CNNs. Budget arithmetic from one measured run (README "CPU preset", 2-core AMD EPYC, quiet): scan + cache
+    # 3 s; lane features once (~8 s per backbone) then ~1 s per head trial; simple_cnn ~16 s per fold-epoch
+    # x 2 epochs x 3 folds; a two-stage fine-tune ~24 s per fold (head on cached features + 1 full epoch);
+    # refits ~2 min: 6 min in all, well inside 20 min with an online machine's extra backbones.
     "cpu": dict(
         models=None, n_trials=None, timeout=0.0, folds=3, test_size=0.2, image_size=128, epochs=2,
         search_epochs=False, pretrained="auto", leakage_audit="probe", n_startup_trials=0,
