@@ -123,7 +123,7 @@ class FeatureCache:
 def feature_cache(backbone: str, *, image_size: int, pretrained: str, weights_dir: str | None, offline: bool,
                   device: str = "auto") -> FeatureCache:
     """The process-wide :class:`FeatureCache` of a backbone (built, and its weights resolved, once)."""
-    key = (backbone, image_size, pretrained, weights_dir, offline, device)
+    key = (backbone, image_size, pretrained, weights_dir, offline, str(models.pick_device(device)))  # "auto" == "cpu" here
     with _LOCK:
         if key not in _CACHES:
             frozen = models.load_backbone(backbone, image_size=image_size, pretrained=pretrained,
