@@ -13,12 +13,24 @@ import logging
 import re
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from data._files import atomic_save_npy
-from data._io import _decode_bytes, _read_file, _resolve_window, cache_dir, resize_pad, to_uint8, window_key
+from data._io import (
+    _decode_bytes,
+    _read_file,
+    _resolve_window,
+    apply_window,
+    cache_dir,
+    resize_pad,
+    to_uint8,
+    window_key,
+)
 from data._scan import Manifest, parallel_map
+from data._volume_io import is_nifti_name, slice_ref, split_slice_ref
+from data._volumes import read_nifti
 
 __all__ = ["array_cache_path", "load_arrays"]
 
@@ -39,18 +51,55 @@ def array_cache_path(manifest: Manifest, *, size: int, window: str | tuple[float
     return cache_dir() / "arrays" / f"{manifest.hash}_{size}_{safe}.npy"
 
 
-def _prepare(job: tuple[str, str, str, str, int]) -> np.ndarray:
-    """Decode, check and resize one file (runs in worker processes)."""
-    abs_path, rel_path, sha1, window, size = job
+def _changed(rel_path: str, actual: str, expected: str) -> ValueError:
+    return ValueError(f"{rel_path} changed since the folder was scanned (SHA-1 {actual[:12]} != {expected[:12]}); "
+                      "scan the folder again.")
+
+
+def _prepare(job: tuple[str, str, tuple[tuple[int, str], ...], str, int]) -> list[np.ndarray]:
+    """Decode, check and resize one file, or the listed slices of one NIfTI volume (runs in worker processes).
+
+    ``job`` is ``(abs path, rel path, ((slice or -1, sha1), ...), window, size)``.
+    """
+    abs_path, rel_path, items, window, size = job
+    if is_nifti_name(rel_path):
+        volume = read_nifti(abs_path, name=rel_path)
+        out = []
+        for k, sha1 in items:
+            if not 0 <= k < len(volume.hu):
+                raise _changed(slice_ref(rel_path, k), "missing slice", sha1)
+            hu = volume.hu[k]
+            actual = hashlib.sha1(hu.tobytes()).hexdigest()
+            if actual != sha1:
+                raise _changed(slice_ref(rel_path, k), actual, sha1)
+            out.append(to_uint8(resize_pad(apply_window(hu, window), size)))
+        return out
     data = _read_file(abs_path)
     actual = hashlib.sha1(data).hexdigest()
-    if actual != sha1:
-        raise ValueError(
-            f"{rel_path} changed since the folder was scanned (SHA-1 {actual[:12]} != {sha1[:12]}); "
-            "scan the folder again."
-        )
+    if actual != items[0][1]:
+        raise _changed(rel_path, actual, items[0][1])
     image = _decode_bytes(data, window=window, path=rel_path).image
-    return to_uint8(resize_pad(image, size))
+    return [to_uint8(resize_pad(image, size))]
+
+
+def _cache_jobs(manifest: Manifest, key: str, size: int) -> tuple[list[tuple[Any, ...]], list[list[int]]]:
+    """One decode job per file (a NIfTI volume once for all its slices) and the manifest rows each fills."""
+    root = Path(manifest.root).resolve()
+    jobs: list[tuple[Any, ...]] = []
+    rows_of: list[list[int]] = []
+    volume_job: dict[str, int] = {}
+    for i, (path, sha1) in enumerate(zip(manifest.table["path"], manifest.table["sha1"])):
+        file, k = split_slice_ref(path)
+        if k is not None and file in volume_job:
+            j = volume_job[file]
+            jobs[j] = (*jobs[j][:2], (*jobs[j][2], (k, sha1)), *jobs[j][3:])
+            rows_of[j].append(i)
+            continue
+        if k is not None:
+            volume_job[file] = len(jobs)
+        jobs.append((str(root / file), file, ((-1 if k is None else k, sha1),), key, size))
+        rows_of.append([i])
+    return jobs, rows_of
 
 
 def load_arrays(
@@ -92,12 +141,10 @@ def load_arrays(
 
     t0 = time.perf_counter()
     key = window_key(window)
-    jobs = [
-        (str(abs_path), rel, sha1, key, size)
-        for abs_path, rel, sha1 in zip(manifest.paths(), manifest.table["path"], manifest.table["sha1"])
-    ]
-    images = parallel_map(_prepare, jobs, workers=workers)
-    arr = np.stack(images).astype(np.uint8, copy=False) if images else np.zeros((0, size, size), dtype=np.uint8)
+    jobs, rows_of = _cache_jobs(manifest, key, size)
+    arr = np.zeros((n, size, size), dtype=np.uint8)
+    for images, rows in zip(parallel_map(_prepare, jobs, workers=workers), rows_of):
+        arr[rows] = np.stack(images)
     atomic_save_npy(arr, path)
     logger.info("Cached %d images at %dx%d (%s) in %.1f s -> %s", n, size, size, key, time.perf_counter() - t0, path)
     return arr

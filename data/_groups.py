@@ -6,7 +6,8 @@ validation scores the model on a patient it has already seen. Every image theref
 
 1. ``groups.csv`` in the dataset root (columns ``file,subject``; ``file`` relative to the root,
    or a bare file name when names are unique);
-2. DICOM *PatientID* (else *StudyInstanceUID*), when every image is DICOM with an id;
+2. DICOM *PatientID* (else *StudyInstanceUID*), when every image is DICOM with an id or a NIfTI
+   slice (a NIfTI volume's subject is the BIDS ``sub-<label>`` of its file name, else the file);
 3. a subject id in the **file name**: a user regex, or the first built-in scheme
    (:data:`FILENAME_SCHEMES`) that matches at least 90 % of the files *and* yields fewer
    subjects than files (and at least two). Unmatched files become their own subject.
@@ -185,14 +186,26 @@ def _from_csv(table: pd.DataFrame, csv_path: Path) -> list[str]:
     return result
 
 
+def _nifti_subject(volume: str) -> str:
+    """Subject of a NIfTI volume: a BIDS ``sub-<label>`` in its file name, else the file without its suffix."""
+    name = volume.rsplit("/", 1)[-1]
+    match = re.match(FILENAME_SCHEMES["bids"], name)
+    if match:
+        return match["subject"]
+    return re.sub(r"(?i)\.nii(\.gz)?$", "", volume)
+
+
 def _dicom_ids(table: pd.DataFrame) -> tuple[list[str] | None, str]:
-    """Per-row PatientID (else StudyInstanceUID); ``None`` and a reason when not usable."""
-    if "format" not in table or not (table["format"] == "dicom").all():
-        n_other = int((table.get("format", pd.Series(dtype=str)) != "dicom").sum())
-        return None, f"{n_other} of {len(table)} images are not DICOM"
+    """Per-row PatientID (else StudyInstanceUID; for NIfTI the file's subject); ``None`` and a reason when not usable."""
+    formats = table["format"] if "format" in table else pd.Series([None] * len(table), index=table.index)
+    if not formats.isin(["dicom", "nifti"]).all():
+        n_other = int((~formats.isin(["dicom", "nifti"])).sum())
+        return None, f"{n_other} of {len(table)} images are neither DICOM nor NIfTI"
     patient = table["patient_id"] if "patient_id" in table else pd.Series([None] * len(table), index=table.index)
     study = table["study_uid"] if "study_uid" in table else pd.Series([None] * len(table), index=table.index)
-    ids = [p if isinstance(p, str) and p else s if isinstance(s, str) and s else None for p, s in zip(patient, study)]
+    volume = table["volume"] if "volume" in table else pd.Series([""] * len(table), index=table.index)
+    ids = [_nifti_subject(v) if f == "nifti" else p if isinstance(p, str) and p else s if isinstance(s, str) and s
+           else None for f, p, s, v in zip(formats, patient, study, volume)]
     n_missing = sum(i is None for i in ids)
     if n_missing:
         return None, f"{n_missing} of {len(table)} DICOM files have neither PatientID nor StudyInstanceUID"

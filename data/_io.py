@@ -24,6 +24,7 @@ Everything that reads pixels goes through :func:`load_image`, which returns a gr
 from __future__ import annotations
 
 import io
+import math
 import logging
 import os
 import re
@@ -38,7 +39,9 @@ __all__ = [
     "RASTER_EXTENSIONS",
     "WINDOWS",
     "BadImageError",
+    "BRAIN_HU",
     "apply_window",
+    "brain_fraction",
     "cache_dir",
     "dicom_to_hu",
     "is_dicom_bytes",
@@ -57,6 +60,10 @@ WINDOWS: dict[str, tuple[float, float]] = {
     "subdural": (75.0, 215.0),
     "bone": (600.0, 2800.0),
 }
+
+#: Hounsfield range counted as brain parenchyma by :func:`brain_fraction` (white matter ~20-30 HU, grey
+#: matter ~35-45 HU; CSF, fat, bone and air fall outside).
+BRAIN_HU = (15.0, 60.0)
 
 #: Largest image (pixels of one frame) that is decoded; larger ones are decompression bombs.
 MAX_PIXELS = 50_000_000
@@ -97,6 +104,14 @@ class _Decoded(NamedTuple):
     # uint8 (H, W) when the pixels were 8-bit grey (PIL mode "L"): ``image == gray8 / 255`` exactly,
     # so the scanner can count its statistics on 256 levels instead of ~400,000 floats
     gray8: np.ndarray | None = None
+    # where a DICOM slice sits in its series (see data._volumes): SeriesInstanceUID, ImagePositionPatient,
+    # ImageOrientationPatient, PixelSpacing, InstanceNumber; and the share of brain-density pixels of a CT slice
+    series_uid: str | None = None
+    position: tuple[float, float, float] | None = None
+    orientation: tuple[float, ...] | None = None
+    pixel_spacing: tuple[float, float] | None = None
+    instance: int | None = None
+    brain_fraction: float | None = None
 
 
 # ----------------------------------------------------------------------------------- windows
@@ -121,6 +136,14 @@ def _resolve_window(window: str | tuple[float, float]) -> tuple[float, float]:
     if not width > 0 or not np.isfinite(level) or not np.isfinite(width):
         raise ValueError(f"CT window width must be finite and > 0 (level finite), got level={level}, width={width}.")
     return level, width
+
+
+def brain_fraction(hu: np.ndarray) -> float:
+    """Share of a slice's pixels whose HU lies in :data:`BRAIN_HU` (0 below the skull base and above the vertex)."""
+    arr = np.asarray(hu)
+    if arr.size == 0:
+        return 0.0
+    return float(np.count_nonzero((arr >= BRAIN_HU[0]) & (arr <= BRAIN_HU[1])) / arr.size)
 
 
 def window_key(window: str | tuple[float, float]) -> str:
@@ -405,6 +428,30 @@ def dicom_to_hu(ds: Any, *, frame: int | None = None) -> np.ndarray:
     return (arr.astype(np.float32) * np.float32(slope) + np.float32(intercept)).astype(np.float32)
 
 
+def _floats(value: Any, n: int) -> tuple[float, ...] | None:
+    """``n`` finite floats from a DICOM multi-value, else ``None``."""
+    try:
+        out = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        return None
+    return out if len(out) == n and all(math.isfinite(v) for v in out) else None
+
+
+def _dicom_geometry(ds: Any) -> dict[str, Any]:
+    """Series id and slice geometry of a DICOM slice (missing elements are ``None``)."""
+    try:
+        instance = int(ds.get("InstanceNumber")) if ds.get("InstanceNumber") not in (None, "") else None
+    except (TypeError, ValueError):
+        instance = None
+    return {
+        "series_uid": str(ds.get("SeriesInstanceUID", "") or "").strip() or None,
+        "position": _floats(ds.get("ImagePositionPatient"), 3),
+        "orientation": _floats(ds.get("ImageOrientationPatient"), 6),
+        "pixel_spacing": _floats(ds.get("PixelSpacing"), 2),
+        "instance": instance,
+    }
+
+
 def _decode_dicom_dataset(ds: Any, window: str | tuple[float, float], path: str | None) -> _Decoded:
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2") or "MONOCHROME2").upper()
     arr, frame = _dicom_pixels(ds, path)
@@ -427,8 +474,10 @@ def _decode_dicom_dataset(ds: Any, window: str | tuple[float, float], path: str 
         raise BadImageError(f"unsupported DICOM pixel array of shape {arr.shape}", path)
     slope, intercept = _rescale_params(ds, frame)
     values = arr.astype(np.float32) * np.float32(slope) + np.float32(intercept)
+    extra: dict[str, Any] = _dicom_geometry(ds) if _n_frames(ds) == 1 else {}
     if _is_ct(ds):
         image = apply_window(values, window)
+        extra["brain_fraction"] = brain_fraction(values)
     else:
         center, width = _first(ds.get("WindowCenter")), _first(ds.get("WindowWidth"))
         try:
@@ -437,7 +486,7 @@ def _decode_dicom_dataset(ds: Any, window: str | tuple[float, float], path: str 
             image = _minmax(values)
     if photometric == "MONOCHROME1":
         image = np.float32(1.0) - image
-    return _Decoded(np.ascontiguousarray(image, dtype=np.float32), "dicom", patient, study)
+    return _Decoded(np.ascontiguousarray(image, dtype=np.float32), "dicom", patient, study, **extra)
 
 
 def _decode_dicom_bytes(data: bytes, window: str | tuple[float, float], path: str | None) -> _Decoded:

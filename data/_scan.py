@@ -28,6 +28,8 @@ import numpy as np
 import pandas as pd
 
 from data._groups import GROUP_SOURCES, _check_threshold, assign_subjects
+from data._volume_io import SLICE_LABELS_FILE, is_nifti_name, slice_ref, split_slice_ref
+from data._volumes import volume_pass
 from data._io import (
     DICOM_EXTENSIONS,
     RASTER_EXTENSIONS,
@@ -35,6 +37,8 @@ from data._io import (
     _decode_bytes,
     _read_file,
     _resolve_window,
+    apply_window,
+    brain_fraction,
     window_key,
 )
 
@@ -48,6 +52,12 @@ logger = logging.getLogger(__name__)
 #: Columns of ``Manifest.table``, in order.
 MANIFEST_COLUMNS = [
     "path", "label", "y", "subject", "format", "sha1", "phash", "height", "width", "mean", "std", "sharpness",
+    "volume", "slice_index", "slice_position", "brain_fraction",
+]
+#: Columns of ``Manifest.volumes``.
+VOLUME_COLUMNS = [
+    "volume", "label", "format", "subject", "slices_total", "slices_kept", "slice_spacing_mm", "pixel_spacing_mm",
+    "tilt_deg",
 ]
 #: Number of bins of the per-image intensity histograms on [0, 1] kept for the quality report.
 HIST_BINS = 32
@@ -71,7 +81,12 @@ class Manifest:
             relative to ``root``), ``label``, ``y`` (index into ``classes``), ``subject``,
             ``format``, ``sha1`` (of the file bytes), ``phash`` (16 hex digits), ``height``,
             ``width``, ``mean``, ``std`` (of the [0, 1] image), ``sharpness`` (variance of its
-            Laplacian).
+            Laplacian), ``volume`` (the NIfTI file or DICOM series a slice belongs to, ``""`` for
+            single images), ``slice_index`` (0-based from the feet, -1 for single images),
+            ``slice_position`` (mm along the slice normal, NaN when unknown) and
+            ``brain_fraction`` (share of pixels at brain density, :func:`data.brain_fraction`;
+            NaN for raster images, which carry no HU). A NIfTI slice's ``path`` is
+            ``"<file>#<k>"`` and its ``sha1`` hashes the slice's HU values.
         bad_files: Files that could not be read, columns ``path`` and ``reason``.
         subject_source: ``"groups.csv"``, ``"dicom"``, ``"filename"``, ``"phash"`` or ``"none"``.
         window: CT window used for DICOM (preset name or ``"level,width"``).
@@ -79,6 +94,10 @@ class Manifest:
         histograms: int64 (N, 32) pixel histograms on [0, 1] per row (for the quality report),
             ``None`` when the manifest was built elsewhere.
         phash_threshold: Hamming threshold the scan used for near-duplicates.
+        volumes: One row per volume (NIfTI file or DICOM series): ``volume, label, format,
+            subject, slices_total, slices_kept, slice_spacing_mm, pixel_spacing_mm, tilt_deg``
+            (empty without volumes).
+        notes: Findings about the volumes that skipped nothing (mixed series in a folder, tilt).
     """
 
     root: Path
@@ -90,11 +109,13 @@ class Manifest:
     hash: str
     histograms: np.ndarray | None = field(default=None, repr=False)
     phash_threshold: int = 6
+    volumes: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=VOLUME_COLUMNS), repr=False)
+    notes: list[str] = field(default_factory=list)
 
     def paths(self) -> list[Path]:
         """Absolute paths of the images, in table order."""
         root = Path(self.root).resolve()
-        return [root / p for p in self.table["path"]]
+        return [root / split_slice_ref(p)[0] for p in self.table["path"]]
 
     def __len__(self) -> int:
         return len(self.table)
@@ -189,38 +210,59 @@ def perceptual_hash(image: np.ndarray) -> str:
     return np.packbits(bits).tobytes().hex()
 
 
-def _inspect_file(job: tuple[str, str, str]) -> dict[str, Any]:
-    """Read, hash and decode one file (runs in worker processes): a result row or a reason."""
+def _image_row(image: np.ndarray, gray8: np.ndarray | None) -> dict[str, Any]:
+    """Hash and QC statistics of one decoded [0, 1] image."""
+    if gray8 is not None:
+        stats = _gray8_stats(gray8)
+    else:
+        stats = {"mean": float(image.mean(dtype=np.float64)), "std": float(image.std(dtype=np.float64)),
+                 "sharpness": sharpness(image), "hist": intensity_histogram(image)}
+    return {
+        "ok": True, "phash": perceptual_hash(image), "height": int(image.shape[0]), "width": int(image.shape[1]),
+        "mean": stats["mean"], "std": stats["std"], "sharpness": stats["sharpness"],
+        "hist": stats["hist"].astype(np.int64),
+    }
+
+
+def _inspect_nifti(abs_path: str, rel_path: str, window: str) -> list[dict[str, Any]]:
+    """One row per axial slice of a NIfTI volume."""
+    from data._volumes import read_nifti
+
+    volume = read_nifti(abs_path, name=rel_path)
+    rows = []
+    for k, hu in enumerate(volume.hu):
+        image = apply_window(hu, window)
+        row = _image_row(image, None)
+        row.update(path=slice_ref(rel_path, k), format="nifti", sha1=hashlib.sha1(hu.tobytes()).hexdigest(),
+                   patient_id=None, study_uid=None, volume=rel_path, slice_index=k,
+                   slice_position=float(volume.positions[k]), brain_fraction=brain_fraction(hu),
+                   spacing=volume.spacing, tilt_deg=volume.tilt_deg)
+        rows.append(row)
+    return rows
+
+
+def _inspect_file(job: tuple[str, str, str]) -> list[dict[str, Any]]:
+    """Read, hash and decode one file (runs in worker processes): result rows (several for a volume) or a reason."""
     abs_path, rel_path, window = job
     try:
+        if is_nifti_name(rel_path):
+            return _inspect_nifti(abs_path, rel_path, window)
         data = _read_file(abs_path)
         decoded = _decode_bytes(data, window=window, path=rel_path)
-        image = decoded.image
-        if decoded.gray8 is not None:
-            stats = _gray8_stats(decoded.gray8)
-        else:
-            stats = {"mean": float(image.mean(dtype=np.float64)), "std": float(image.std(dtype=np.float64)),
-                     "sharpness": sharpness(image), "hist": intensity_histogram(image)}
-        return {
-            "ok": True,
-            "path": rel_path,
-            "format": decoded.format,
-            "sha1": hashlib.sha1(data).hexdigest(),
-            "phash": perceptual_hash(image),
-            "height": int(image.shape[0]),
-            "width": int(image.shape[1]),
-            "mean": stats["mean"],
-            "std": stats["std"],
-            "sharpness": stats["sharpness"],
-            "hist": stats["hist"].astype(np.int64),
-            "patient_id": decoded.patient_id,
-            "study_uid": decoded.study_uid,
-        }
+        row = _image_row(decoded.image, decoded.gray8)
+        row.update(
+            path=rel_path, format=decoded.format, sha1=hashlib.sha1(data).hexdigest(),
+            patient_id=decoded.patient_id, study_uid=decoded.study_uid, series_uid=decoded.series_uid,
+            position=decoded.position, orientation=decoded.orientation, pixel_spacing=decoded.pixel_spacing,
+            instance=decoded.instance,
+            brain_fraction=math.nan if decoded.brain_fraction is None else decoded.brain_fraction,
+        )
+        return [row]
     except BadImageError as exc:
-        return {"ok": False, "path": rel_path, "reason": exc.reason}
+        return [{"ok": False, "path": rel_path, "reason": exc.reason}]
     except Exception as exc:  # never let one file stop a scan
         logger.debug("Unexpected error reading %s", abs_path, exc_info=True)
-        return {"ok": False, "path": rel_path, "reason": f"unexpected error: {type(exc).__name__}: {exc}"}
+        return [{"ok": False, "path": rel_path, "reason": f"unexpected error: {type(exc).__name__}: {exc}"}]
 
 
 # ----------------------------------------------------------------------------------- helpers
@@ -281,6 +323,8 @@ def _is_hidden(name: str) -> bool:
 
 
 def _is_candidate(path: Path) -> bool:
+    if is_nifti_name(path.name):
+        return True
     suffix = path.suffix.lower()
     if suffix in RASTER_EXTENSIONS or suffix in DICOM_EXTENSIONS:
         return True
@@ -334,6 +378,24 @@ def _check_scan_args(
     return window_key(window)
 
 
+def _check_volume_args(
+    root_path: Path, slice_labels: str | os.PathLike[str] | None, slice_step: int, min_brain_fraction: float
+) -> Path | None:
+    """Validate the volume options; return the slice-label CSV to use (``None``: none)."""
+    if isinstance(slice_step, bool) or not isinstance(slice_step, (int, np.integer)) or slice_step < 1:
+        raise ValueError(f"slice_step must be an int >= 1, got {slice_step!r}.")
+    if isinstance(min_brain_fraction, bool) or not isinstance(min_brain_fraction, (int, float)) \
+            or not 0.0 <= float(min_brain_fraction) < 1.0:
+        raise ValueError(f"min_brain_fraction must be a number in [0, 1), got {min_brain_fraction!r}.")
+    if slice_labels is not None:
+        path = Path(slice_labels).expanduser()
+        if not path.is_file():
+            raise ValueError(f"slice_labels {str(slice_labels)!r} is not a file (a volume,slice,label CSV).")
+        return path
+    default = root_path / SLICE_LABELS_FILE
+    return default if default.is_file() else None
+
+
 def _dataset_root(root: str | os.PathLike[str]) -> Path:
     """Resolve ``root`` and check that it is an existing folder."""
     root_path = Path(root).expanduser().resolve()
@@ -373,7 +435,6 @@ def _scan_jobs(root_path: Path, window_name: str) -> tuple[list[str], list[tuple
 def _check_class_counts(
     root_path: Path,
     classes: list[str],
-    labels: dict[str, str],
     good: list[dict[str, Any]],
     bad: list[dict[str, Any]],
     min_per_class: int,
@@ -381,10 +442,10 @@ def _check_class_counts(
     """Raise if a class has fewer than ``min_per_class`` readable images."""
     counts = {c: 0 for c in classes}
     for r in good:
-        counts[labels[r["path"]]] += 1
+        counts[r["label"]] += 1
     n_bad = {c: 0 for c in classes}
     for r in bad:
-        n_bad[labels[r["path"]]] += 1
+        n_bad[r["label"]] += 1
     short = [c for c in classes if counts[c] < min_per_class]
     if short:
         detail = "; ".join(f"{c!r}: {counts[c]} readable, {n_bad[c]} bad" for c in short)
@@ -394,14 +455,14 @@ def _check_class_counts(
         )
 
 
-def _results_table(good: list[dict[str, Any]], labels: dict[str, str], classes: list[str]) -> pd.DataFrame:
-    """One row per readable file, subjects still blank, plus the DICOM id columns for grouping."""
+def _results_table(good: list[dict[str, Any]], classes: list[str]) -> pd.DataFrame:
+    """One row per readable image or slice, subjects still blank, plus the DICOM id columns for grouping."""
     y_of = {c: i for i, c in enumerate(classes)}
     table = pd.DataFrame(
         {
             "path": [r["path"] for r in good],
-            "label": [labels[r["path"]] for r in good],
-            "y": [y_of[labels[r["path"]]] for r in good],
+            "label": [r["label"] for r in good],
+            "y": [y_of[r["label"]] for r in good],
             "subject": "",
             "format": [r["format"] for r in good],
             "sha1": [r["sha1"] for r in good],
@@ -413,9 +474,29 @@ def _results_table(good: list[dict[str, Any]], labels: dict[str, str], classes: 
             "sharpness": [r["sharpness"] for r in good],
             "patient_id": [r["patient_id"] for r in good],
             "study_uid": [r["study_uid"] for r in good],
+            "volume": [r["volume"] for r in good],
+            "slice_index": [r["slice_index"] for r in good],
+            "slice_position": [r["slice_position"] for r in good],
+            "brain_fraction": [r["brain_fraction"] for r in good],
         }
     )
-    return table.astype({"y": "int64", "height": "int64", "width": "int64"})
+    return table.astype({"y": "int64", "height": "int64", "width": "int64", "slice_index": "int64",
+                         "slice_position": "float64", "brain_fraction": "float64", "volume": str})
+
+
+def _volume_table(volumes: list[dict[str, Any]], table: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
+    """``Manifest.volumes``: each volume's class folder (``"several"`` for a series split across them), subject
+    and kept slices."""
+    if not volumes:
+        return pd.DataFrame(columns=VOLUME_COLUMNS)
+    rows = table[table["volume"] != ""]
+    kept = rows.groupby("volume").size()
+    subject = rows.groupby("volume")["subject"].first()
+    frame = pd.DataFrame(volumes)
+    frame["label"] = [v.split("/", 1)[0] if v.split("/", 1)[0] in classes else "several" for v in frame["volume"]]
+    frame["subject"] = [subject.get(v, "") for v in frame["volume"]]
+    frame["slices_kept"] = [int(kept.get(v, 0)) for v in frame["volume"]]
+    return frame[VOLUME_COLUMNS].reset_index(drop=True)
 
 
 # ------------------------------------------------------------------------------------- scan
@@ -428,6 +509,9 @@ def scan_folder(
     window: str | tuple[float, float] = "brain",
     min_per_class: int = 2,
     workers: int | None = None,
+    slice_labels: str | os.PathLike[str] | None = None,
+    slice_step: int = 1,
+    min_brain_fraction: float = 0.0,
 ) -> Manifest:
     """Scan a folder of class subfolders into a :class:`Manifest`.
 
@@ -440,6 +524,14 @@ def scan_folder(
         window: CT window for DICOM: preset name or ``(level, width)``.
         min_per_class: Fewest readable images a class may have (e.g. the number of CV folds).
         workers: Decoding processes; ``None`` picks 2 for large folders, sequential otherwise.
+        slice_labels: ``volume,slice,label`` CSV of per-slice labels of volumes (see
+            :mod:`data._volume_io`); ``None`` uses ``_slice_labels.csv`` in ``root`` when present.
+            Volumes not listed keep their folder's label.
+        slice_step: Keep every ``slice_step``-th slice of each volume (1: all), so a 300-slice
+            scan does not flood the search. Single images are always kept.
+        min_brain_fraction: Keep only volume slices with at least this share of pixels at brain
+            density (:func:`data.brain_fraction`, HU in 15..60): 0 keeps all; 0.05 drops the
+            slices below the skull base and above the vertex.
 
     Returns:
         The manifest; rows sorted by class order, then natural file order.
@@ -452,16 +544,20 @@ def scan_folder(
     t0 = time.perf_counter()
     window_name = _check_scan_args(min_per_class, phash_threshold, group_by, window)
     root_path = _dataset_root(root)
+    slice_labels = _check_volume_args(root_path, slice_labels, slice_step, min_brain_fraction)
     classes, jobs, labels = _scan_jobs(root_path, window_name)
 
-    results = parallel_map(_inspect_file, jobs, workers=workers)
-    good = [r for r in results if r["ok"]]
-    bad = [r for r in results if not r["ok"]]
+    results = [row for rows in parallel_map(_inspect_file, jobs, workers=workers) for row in rows]
+    for r in results:
+        r["label"] = labels[split_slice_ref(r["path"])[0]]
+    good, bad, volumes, notes = volume_pass(
+        [r for r in results if r["ok"]], [r for r in results if not r["ok"]], classes=classes,
+        slice_labels=slice_labels, slice_step=slice_step, min_brain_fraction=min_brain_fraction)
     for r in bad:
         logger.warning("Skipping bad file %s: %s", r["path"], r["reason"])
-    _check_class_counts(root_path, classes, labels, good, bad, min_per_class)
+    _check_class_counts(root_path, classes, good, bad, min_per_class)
 
-    table = _results_table(good, labels, classes)
+    table = _results_table(good, classes)
     subjects, source = assign_subjects(
         table, root_path, group_by=group_by, filename_regex=filename_regex, phash_threshold=phash_threshold
     )
@@ -480,6 +576,8 @@ def scan_folder(
         hash=_manifest_hash(table, window_name),
         histograms=histograms,
         phash_threshold=int(phash_threshold),
+        volumes=_volume_table(volumes, table, classes),
+        notes=notes,
     )
     logger.info(
         "Scanned %s in %.1f s: %d images in %d classes, %d bad files, %d subjects (%s).",

@@ -326,7 +326,7 @@ def test_eight_bit_qc_matches_the_float_computation(tmp_path: Path) -> None:
         decoded = _decode_bytes((tmp_path / name).read_bytes(), window="brain", path=name)
         assert decoded.gray8 is not None and decoded.gray8.dtype == np.uint8
         np.testing.assert_array_equal(decoded.image, decoded.gray8 / np.float32(255.0))
-        row = _inspect_file((str(tmp_path / name), name, "brain"))
+        row = _inspect_file((str(tmp_path / name), name, "brain"))[0]
         f = decoded.image
         assert row["phash"] == perceptual_hash(f)
         np.testing.assert_array_equal(row["hist"], intensity_histogram(f))
