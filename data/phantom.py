@@ -14,16 +14,36 @@ Usage::
     python -m data.phantom --out /tmp/phantom --n 400 --size 128 --seed 0
     python -m data.phantom --out /tmp/phantom3 --n 600 --classes normal,ischemic,hemorrhagic \\
         --difficulty 0.7 --label-level subject
+    python -m data.phantom --out /tmp/phantom_dcm --n 400 --format dicom   # or --format nifti
 
 Layout written (atomically: into a temporary sibling folder, then renamed)::
 
+    --format png (default)
     <out>/<Class>/<patient> (<slice>).png           uint8 greyscale, Kaggle-style names
     <out>/_masks/<Class>/<patient> (<slice>).png    uint8 0/255 lesion mask (all zero without lesion)
-    <out>/_meta.csv    file, class, patient, slice_index, lesion_type, lesion_area, territory, side
-    <out>/_params.json generator parameters, version and class counts
+    --format dicom: one CT series per patient, in the patient's class folder
+    <out>/<Class>/P<pid:04d>/<k:03d>.dcm            k = 1..n inferior -> superior; uint16 HU + 1024
+    <out>/_masks/<Class>/P<pid:04d>/<k:03d>.png     uint8 0/255 lesion mask of the slice
+    --format nifti: one volume per patient, in the patient's class folder
+    <out>/<Class>/P<pid:04d>.nii.gz                 int16 HU, (size, size, n), RAS+
+    <out>/_masks/<Class>/P<pid:04d>.nii.gz          uint8 0/1 lesion mask, same header
+    <out>/_slice_labels.csv  volume, slice, label (volume formats only; see below)
+    all formats
+    <out>/_meta.csv    file, class, patient, slice_index, lesion_type, lesion_area, territory, side, volume
+    <out>/_params.json generator parameters, format, version, class counts, pixel and slice spacing (mm)
+
+One ``_meta.csv`` row per slice: ``file`` is its manifest path (the PNG, the DICOM file, or
+``<Class>/P<pid:04d>.nii.gz#<k>`` with ``k`` 0-based), ``class`` the slice's label, ``slice_index``
+1-based, ``volume`` the series folder or NIfTI file (empty for png). A volume is a patient's and lies in
+the patient's class folder (Normal, or the stroke class), so with ``label_level="slice"`` a stroke
+volume holds Normal slices too: ``_slice_labels.csv`` (0-based ``slice``) gives each slice the label
+the png format would have given it. With ``label_level="subject"`` it is written as well, the
+volume's label on every row. Geometry, header conventions and stored values of the volumes are
+described in :mod:`data._phantom_volumes`.
 
 Conventions: images are shown in radiological orientation (anterior at the top, the patient's
-left on the image right); ``side`` in ``_meta.csv`` is the patient's side.
+left on the image right); ``side`` in ``_meta.csv`` is the patient's side. The png images and masks
+do not depend on the format code: the same arguments give the same pixels as before it existed.
 """
 from __future__ import annotations
 
@@ -48,8 +68,18 @@ from PIL import Image
 
 from data._io import apply_window, cache_dir
 from data._log import add_logging_arguments, start_logging
+from data._phantom_volumes import (
+    FIELD_OF_VIEW_MM,
+    HEAD_HEIGHT_MM,
+    VolumeGeometry,
+    read_nifti_mask_slice,
+    volume_geometry,
+    write_dicom_series,
+    write_nifti_volume,
+)
+from data._volume_io import SLICE_LABELS_FILE, slice_ref, split_slice_ref
 
-__all__ = ["CLASS_SETS", "GENERATOR_VERSION", "default_dataset", "generate_phantom", "load_mask", "main"]
+__all__ = ["CLASS_SETS", "FORMATS", "GENERATOR_VERSION", "default_dataset", "generate_phantom", "load_mask", "main"]
 
 logger = logging.getLogger(__name__)
 
@@ -62,8 +92,14 @@ CLASS_SETS: dict[tuple[str, ...], tuple[str, ...]] = {
     ("normal", "ischemic", "hemorrhagic"): ("Normal", "Ischemic", "Hemorrhagic"),
 }
 
+#: Output formats: class folders of PNG slices, one DICOM series or one NIfTI file per patient.
+FORMATS = ("png", "dicom", "nifti")
+
 _LABEL_LEVELS = ("slice", "subject")
-_META_COLUMNS = ("file", "class", "patient", "slice_index", "lesion_type", "lesion_area", "territory", "side")
+_META_COLUMNS = (
+    *("file", "class", "patient", "slice_index", "lesion_type", "lesion_area", "territory", "side"),
+    "volume",  # the DICOM series folder or NIfTI file of the slice (empty for png)
+)
 _TERRITORIES = ("MCA", "ACA", "PCA")
 _ISCHEMIC_SHARE = 0.6  # share of ischemic strokes in the two-class set (the rest are hemorrhages)
 _Z_RANGE = (0.22, 0.95)  # supratentorial slice levels: 0 = skull base, 1 = vertex
@@ -159,6 +195,7 @@ class _Patient:
     anatomy: _Anatomy
     lesion: _Lesion | None
     noise_seed: np.random.SeedSequence
+    z_step: float = 0.05  # spacing of the levels ``z`` (also for a single-slice patient)
 
 
 @dataclasses.dataclass
@@ -794,7 +831,7 @@ def _plan(
         lesion = None
         if kind != "normal":
             lesion = _make_lesion(np.random.default_rng(lesion_seq), kind, first, last, difficulty)
-        patients.append(_Patient(index, 0, kind, z, anatomy, lesion, noise_seq))
+        patients.append(_Patient(index, 0, kind, z, anatomy, lesion, noise_seq, float(z_step)))
         index += 1
     # Patient ids in file names are shuffled so that they carry no information about the class.
     ids = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(2**31,))).permutation(len(patients)) + 1
@@ -851,6 +888,13 @@ def _check_label_level(label_level: str) -> str:
     return label_level
 
 
+def _check_format(fmt: object) -> str:
+    value = fmt.lower() if isinstance(fmt, str) else fmt
+    if value not in FORMATS:
+        raise ValueError(f"format must be one of {list(FORMATS)}, got {fmt!r}.")
+    return str(value)
+
+
 def _check_slices(slices_per_patient: Sequence[int]) -> tuple[int, int]:
     try:
         low, high = slices_per_patient
@@ -876,8 +920,9 @@ def generate_phantom(
     difficulty: float = 0.5,
     label_level: str = "slice",
     slices_per_patient: tuple[int, int] = (6, 12),
+    format: str = "png",  # noqa: A002 - the CLI's --format
 ) -> Path:
-    """Write a synthetic head-CT dataset in the layout of a real one (class folders of PNGs).
+    """Write a synthetic head-CT dataset in the layout of a real one (PNG slices, DICOM or NIfTI).
 
     The folder is generated into a temporary sibling and renamed into place, so a half-written
     dataset is never visible. An existing phantom (a folder with ``_meta.csv``) or an empty folder
@@ -896,6 +941,10 @@ def generate_phantom(
             stroke patients also contribute Normal slices; ``"subject"``: every slice of a stroke
             patient carries the patient's label.
         slices_per_patient: (min, max) slices per synthetic patient.
+        format: ``"png"`` (class folders of windowed slices), ``"dicom"`` (one CT series of HU per
+            patient) or ``"nifti"`` (one ``.nii.gz`` of HU per patient); see the module docstring.
+            A volume lies in its patient's class folder; the slice labels are in ``_meta.csv`` and
+            ``_slice_labels.csv``.
 
     Returns:
         The dataset folder.
@@ -911,6 +960,7 @@ def generate_phantom(
     difficulty = _check_difficulty(difficulty)
     label_level = _check_label_level(label_level)
     spp = _check_slices(slices_per_patient)
+    fmt = _check_format(format)
     out = Path(out_dir).expanduser().absolute()
     if out.exists():
         if not out.is_dir():
@@ -920,7 +970,7 @@ def generate_phantom(
                 f"out_dir {str(out)!r} is not empty and is not a phantom dataset (no _meta.csv); "
                 "refusing to overwrite it."
             )
-    _generate(out, n, size, seed, key, difficulty, label_level, spp, replace=True)
+    _generate(out, n, size, seed, key, difficulty, label_level, spp, fmt=fmt, replace=True)
     return out
 
 
@@ -932,6 +982,7 @@ def default_dataset(
     difficulty: float = 0.5,
     label_level: str = "slice",
     classes: Sequence[str] | str = ("normal", "stroke"),
+    format: str = "png",  # noqa: A002 - same name as generate_phantom's
 ) -> Path:
     """The embedded default dataset: generated once into ``cache_dir()/phantom/<key>/`` and reused.
 
@@ -942,6 +993,7 @@ def default_dataset(
         difficulty: 0..1, see :func:`generate_phantom`.
         label_level: ``"slice"`` or ``"subject"``.
         classes: Class set, see :func:`generate_phantom`.
+        format: ``"png"``, ``"dicom"`` or ``"nifti"``, see :func:`generate_phantom`.
 
     Returns:
         The dataset folder (safe to read concurrently; never half-written).
@@ -952,41 +1004,63 @@ def default_dataset(
     key = _check_classes(classes)
     difficulty = _check_difficulty(difficulty)
     label_level = _check_label_level(label_level)
-    name = f"v{GENERATOR_VERSION}_{'-'.join(key)}_n{n}_s{size}_seed{seed}_d{difficulty:g}_{label_level}"
-    out = cache_dir() / "phantom" / name
+    fmt = _check_format(format)
+    out = cache_dir() / "phantom" / _dataset_name(n, size, seed, key, difficulty, label_level, fmt)
     if (out / "_meta.csv").is_file():
         return out
     logger.info("Generating the default phantom dataset into %s", out)
-    _generate(out, n, size, seed, key, difficulty, label_level, (6, 12), replace=False)
+    _generate(out, n, size, seed, key, difficulty, label_level, (6, 12), fmt=fmt, replace=False)
     return out
 
 
+def _dataset_name(
+    n: int, size: int, seed: int, key: tuple[str, ...], difficulty: float, label_level: str, fmt: str
+) -> str:
+    """Folder name of a default dataset (png keeps the names it had before volume formats existed)."""
+    name = f"v{GENERATOR_VERSION}_{'-'.join(key)}_n{n}_s{size}_seed{seed}_d{difficulty:g}_{label_level}"
+    return name if fmt == "png" else f"{name}_{fmt}"
+
+
 def load_mask(dataset_root: str | os.PathLike[str], relative_path: str | os.PathLike[str]) -> np.ndarray | None:
-    """Lesion mask of one phantom image.
+    """Lesion mask of one phantom slice, in display orientation, for any of the formats.
 
     Args:
         dataset_root: The phantom folder.
-        relative_path: Image path relative to it (e.g. ``"Stroke/12 (3).png"``; an absolute path
-            inside ``dataset_root`` is accepted too).
+        relative_path: The slice's manifest path relative to it: a PNG (``"Stroke/12 (3).png"``,
+            mask ``_masks/Stroke/12 (3).png``), a DICOM file (``"Stroke/P0012/003.dcm"``, mask
+            ``_masks/Stroke/P0012/003.png``) or a NIfTI slice reference (``"Stroke/P0012.nii.gz#2"``,
+            slice 2 of the volume ``_masks/Stroke/P0012.nii.gz``). An absolute path inside
+            ``dataset_root`` is accepted too.
 
     Returns:
-        bool (H, W) mask, or ``None`` when the dataset has no mask for this image.
+        bool (H, W) mask, or ``None`` when the dataset has no mask for this slice.
     """
     root = Path(dataset_root)
-    rel = Path(relative_path)
-    if rel.is_absolute():
-        try:
-            rel = rel.relative_to(root)
-        except ValueError:
-            try:
-                rel = rel.resolve().relative_to(root.resolve())
-            except ValueError:
-                return None
+    file, k = split_slice_ref(os.fspath(relative_path))
+    rel = _relative_to_root(root, Path(file))
+    if rel is None:
+        return None
+    if k is None and rel.suffix.lower() == ".dcm":
+        rel = rel.with_suffix(".png")
     path = root / "_masks" / rel
     if not path.is_file():
         return None
+    if k is not None:
+        return read_nifti_mask_slice(path, k)
     with Image.open(path) as image:
         return np.asarray(image.convert("L")) > 127
+
+
+def _relative_to_root(root: Path, rel: Path) -> Path | None:
+    if not rel.is_absolute():
+        return rel
+    try:
+        return rel.relative_to(root)
+    except ValueError:
+        try:
+            return rel.resolve().relative_to(root.resolve())
+        except ValueError:
+            return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -1002,20 +1076,26 @@ def _generate(
     label_level: str,
     slices_per_patient: tuple[int, int],
     *,
+    fmt: str = "png",
     replace: bool,
 ) -> None:
     start = time.perf_counter()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        counts = _write_dataset(tmp, n, size, seed, key, difficulty, label_level, slices_per_patient)
+        counts = _write_dataset(tmp, n, size, seed, key, difficulty, label_level, slices_per_patient, fmt)
         os.chmod(tmp, 0o755)
         _move_into_place(tmp, out, replace=replace)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     logger.info(
-        "Phantom: %d images %s in %.1f s -> %s", n, dict(zip(CLASS_SETS[key], counts)), time.perf_counter() - start, out
+        "Phantom (%s): %d slices %s in %.1f s -> %s",
+        fmt,
+        n,
+        dict(zip(CLASS_SETS[key], counts)),
+        time.perf_counter() - start,
+        out,
     )
 
 
@@ -1045,6 +1125,7 @@ def _write_dataset(
     difficulty: float,
     label_level: str,
     slices_per_patient: tuple[int, int],
+    fmt: str = "png",
 ) -> list[int]:
     folders = CLASS_SETS[key]
     for folder in folders:
@@ -1052,49 +1133,38 @@ def _write_dataset(
         (root / "_masks" / folder).mkdir(parents=True)
     class_of_kind = {"normal": 0, "ischemic": 1, "hemorrhagic": 1 if len(key) == 2 else 2}
     counts = [0] * len(folders)
-    rows = []
+    rows: list[dict[str, object]] = []
+    label_rows: list[dict[str, object]] = []
+    spacing: dict[str, float] = {}
+    entropy = ["data.phantom", _dataset_name(n, size, seed, key, difficulty, label_level, fmt), str(slices_per_patient)]
     patients = _plan(n, seed, key, difficulty, label_level, slices_per_patient)
     for patient in patients:
-        noise_rng = np.random.default_rng(patient.noise_seed)
-        for j, z in enumerate(patient.z):
-            profile = _profile(patient.lesion, j)
-            sl = _render_slice(patient.anatomy, float(z), size, lesion=patient.lesion, profile=profile, rng=noise_rng)
-            area = int(np.count_nonzero(sl.mask))
-            in_plane = area > 0
-            if label_level == "subject" or in_plane:
-                c = class_of_kind[patient.kind]
-            else:
-                c = 0
-            folder = folders[c]
-            name = f"{patient.pid} ({j + 1}).png"
-            image = np.rint(apply_window(sl.hu, "brain") * 255.0).astype(np.uint8)
-            Image.fromarray(image, mode="L").save(root / folder / name)
-            Image.fromarray(sl.mask.astype(np.uint8) * 255, mode="L").save(root / "_masks" / folder / name)
-            lesion = patient.lesion
-            rows.append(
-                {
-                    "file": f"{folder}/{name}",
-                    "class": folder,
-                    "patient": patient.pid,
-                    "slice_index": j + 1,
-                    "lesion_type": lesion.kind if in_plane and lesion else "none",
-                    "lesion_area": area,
-                    "territory": lesion.territory if in_plane and lesion else "none",
-                    "side": ("left" if lesion.side > 0 else "right") if in_plane and lesion else "none",
-                }
-            )
+        slices = _render_patient(patient, size)
+        classes = [
+            class_of_kind[patient.kind] if label_level == "subject" or sl.mask.any() else 0 for sl in slices
+        ]
+        geometry = volume_geometry(size, patient.z, patient.z_step)
+        spacing[str(patient.pid)] = geometry.slice_spacing
+        volume_folder = folders[class_of_kind[patient.kind]]
+        slice_folders = [folders[c] for c in classes]
+        files, volume = _write_patient(root, fmt, patient, slices, slice_folders, volume_folder, geometry, entropy)
+        for j, (sl, c, file) in enumerate(zip(slices, classes, files)):
+            rows.append(_meta_row(patient, j, sl, folders[c], file, volume))
+            if volume:
+                label_rows.append({"volume": volume, "slice": j, "label": folders[c]})
             counts[c] += 1
     for c, folder in enumerate(folders):
         if counts[c] == 0:
             logger.warning("Phantom class %s is empty (n=%d is too small for this class set).", folder, n)
     rows.sort(key=lambda r: (r["patient"], r["slice_index"]))
-    with open(root / "_meta.csv", "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=_META_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
+    _write_csv(root / "_meta.csv", _META_COLUMNS, rows)
+    if fmt != "png":
+        label_rows.sort(key=lambda r: (r["volume"], r["slice"]))
+        _write_csv(root / SLICE_LABELS_FILE, ("volume", "slice", "label"), label_rows)
     params = {
         "generator": "data.phantom",
         "version": GENERATOR_VERSION,
+        "format": fmt,
         "n": n,
         "size": size,
         "seed": seed,
@@ -1105,9 +1175,85 @@ def _write_dataset(
         "patients": len(patients),
         "class_counts": dict(zip(folders, counts)),
         "window": "brain",
+        "field_of_view_mm": FIELD_OF_VIEW_MM,
+        "head_height_mm": HEAD_HEIGHT_MM,
+        "pixel_spacing_mm": round(FIELD_OF_VIEW_MM / size, 6),
+        "slice_spacing_mm": dict(sorted(spacing.items(), key=lambda item: int(item[0]))),
     }
     (root / "_params.json").write_text(json.dumps(params, indent=2) + "\n", encoding="utf-8")
     return counts
+
+
+def _render_patient(patient: _Patient, size: int) -> list[_Slice]:
+    """Every slice of ``patient``, inferior -> superior (one noise stream per patient)."""
+    noise_rng = np.random.default_rng(patient.noise_seed)
+    return [
+        _render_slice(
+            patient.anatomy, float(z), size, lesion=patient.lesion, profile=_profile(patient.lesion, j), rng=noise_rng
+        )
+        for j, z in enumerate(patient.z)
+    ]
+
+
+def _write_patient(
+    root: Path,
+    fmt: str,
+    patient: _Patient,
+    slices: list[_Slice],
+    slice_folders: list[str],
+    volume_folder: str,
+    geometry: VolumeGeometry,
+    entropy: list[str],
+) -> tuple[list[str], str]:
+    """Write one patient in ``fmt``; returns the manifest path of every slice and the volume ("" for png)."""
+    if fmt == "png":
+        files = []
+        for j, (sl, folder) in enumerate(zip(slices, slice_folders)):
+            name = f"{patient.pid} ({j + 1}).png"
+            image = np.rint(apply_window(sl.hu, "brain") * 255.0).astype(np.uint8)
+            Image.fromarray(image, mode="L").save(root / folder / name)
+            Image.fromarray(sl.mask.astype(np.uint8) * 255, mode="L").save(root / "_masks" / folder / name)
+            files.append(f"{folder}/{name}")
+        return files, ""
+    series = f"{volume_folder}/P{patient.pid:04d}"
+    hu, masks = [sl.hu for sl in slices], [sl.mask for sl in slices]
+    if fmt == "dicom":
+        names = write_dicom_series(
+            root / series,
+            root / "_masks" / series,
+            hu,
+            masks,
+            geometry,
+            patient_id=f"PHANTOM-{patient.pid:04d}",
+            patient_name=f"Phantom^P{patient.pid:04d}",
+            entropy=[*entropy, str(patient.pid)],
+        )
+        return [f"{series}/{name}" for name in names], series
+    volume = f"{series}.nii.gz"
+    write_nifti_volume(root / volume, root / "_masks" / volume, hu, masks, geometry)
+    return [slice_ref(volume, k) for k in range(len(slices))], volume
+
+
+def _meta_row(patient: _Patient, j: int, sl: _Slice, label: str, file: str, volume: str) -> dict[str, object]:
+    lesion = patient.lesion if sl.mask.any() else None  # what is in plane
+    return {
+        "file": file,
+        "class": label,
+        "patient": patient.pid,
+        "slice_index": j + 1,
+        "lesion_type": lesion.kind if lesion else "none",
+        "lesion_area": int(np.count_nonzero(sl.mask)),
+        "territory": lesion.territory if lesion else "none",
+        "side": ("left" if lesion.side > 0 else "right") if lesion else "none",
+        "volume": volume,
+    }
+
+
+def _write_csv(path: Path, columns: Sequence[str], rows: list[dict[str, object]]) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1137,7 +1283,7 @@ def _positive_int(low: int, high: int, name: str):  # noqa: ANN202
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m data.phantom",
-        description="Write a synthetic head-CT stroke dataset (class folders of PNGs, _masks/, _meta.csv).",
+        description="Write a synthetic head-CT stroke dataset (PNG slices, DICOM series or NIfTI volumes).",
     )
     parser.add_argument("--out", required=True, type=Path, help="destination folder")
     parser.add_argument("--n", type=_positive_int(1, 1_000_000, "n"), default=200, help="number of images (exact)")
@@ -1164,6 +1310,13 @@ def _build_parser() -> argparse.ArgumentParser:
         default=(6, 12),
         help="MIN,MAX slices per synthetic patient (default 6,12)",
     )
+    parser.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="png",
+        help="png: class folders of windowed slices (default); dicom: one CT series per patient; "
+        "nifti: one .nii.gz per patient",
+    )
     add_logging_arguments(parser)
     return parser
 
@@ -1182,6 +1335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             difficulty=args.difficulty,
             label_level=args.label_level,
             slices_per_patient=args.slices_per_patient,
+            format=args.format,
         )
     except ValueError as exc:
         logger.error("error: %s", exc)

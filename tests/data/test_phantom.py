@@ -19,7 +19,7 @@ from data.phantom import default_dataset, generate_phantom, load_mask
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NAME_RE = re.compile(r"^(\d+) \((\d+)\)\.png$")
-META_COLUMNS = ["file", "class", "patient", "slice_index", "lesion_type", "lesion_area", "territory", "side"]
+META_COLUMNS = ["file", "class", "patient", "slice_index", "lesion_type", "lesion_area", "territory", "side", "volume"]
 THREE = ("normal", "ischemic", "hemorrhagic")
 
 
