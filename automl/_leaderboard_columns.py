@@ -30,6 +30,7 @@ class Refit:
     scores: dict[str, Any]
     intervals: dict[str, MetricEstimate]
     subjects: SubjectAssessment
+    scans: dict[str, Any] | None = None  # :func:`automl.scoring.assess_scans` (data with CT volumes)
 
 
 _TEST_KEYS = ("auc", "auc_ci_low", "auc_ci_high", "accuracy", "balanced_accuracy", "sensitivity", "specificity",
@@ -71,6 +72,20 @@ def subject_values(r: Refit) -> dict[str, Any]:
     sl = r.scores.get("subject_level") or {}  # legacy, descriptive
     values.update(subject_auc_mean=(sl.get("mean") or {}).get("auc", math.nan),
                   subject_auc_max=(sl.get("max") or {}).get("auc", math.nan))
+    return values
+
+
+def scan_values(r: Refit) -> dict[str, Any]:
+    """Scan-level columns (``nan`` without volumes or where not estimable)."""
+    if not r.scans:
+        return {}
+    values: dict[str, Any] = {"n_test_scans": r.scans["n_scans"], "scan_note": ""}
+    for key, est in r.scans["estimates"].items():
+        if key not in _SUBJECT_KEYS:
+            continue
+        values[f"scan_{key}"] = est.estimate if est.estimable else math.nan
+        values[f"scan_{key}_ci_low"], values[f"scan_{key}_ci_high"] = est.ci_low, est.ci_high
+    values["scan_note"] = note(r.scans["estimates"]["auc"])
     return values
 
 

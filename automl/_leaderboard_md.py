@@ -185,6 +185,22 @@ def _patient_lines(refits: pd.DataFrame, classes: list[str]) -> list[str]:
     return lines + [""]
 
 
+def _scan_lines(refits: pd.DataFrame) -> list[str]:
+    """Scan level (CT volumes): the patient rule and threshold applied per scan; patients resampled."""
+    if "n_test_scans" not in refits.columns or refits["n_test_scans"].isna().all():
+        return []
+    n_scans = int(refits["n_test_scans"].dropna().iloc[0])
+    lines = ["## Scan level (each CT volume), scored once on the test part", "",
+             f"{n_scans} test scans. Slices aggregated per scan with each model's patient rule and threshold "
+             "(chosen without the test part); intervals resample patients, so a patient's scans move together.", "",
+             "| model | scan AUC [95% CI] | sensitivity [95% CI] | specificity [95% CI] |", "|---|---|---|---|"]
+    for _, r in refits.iterrows():
+        reason = _text(r.get("scan_note"))
+        lines.append(f"| {r['model']} | {_with_ci(r, 'scan_auc', reason=reason)} | "
+                     f"{_with_ci(r, 'scan_sensitivity', reason=reason)} | {_with_ci(r, 'scan_specificity', reason=reason)} |")
+    return lines + [""]
+
+
 def _slice_lines(refits: pd.DataFrame) -> list[str]:
     method = next((m for m in refits["ci_method"] if isinstance(m, str)), "–")
     lines = ["## Slices, scored once on the test part", "",
@@ -237,7 +253,7 @@ def render_markdown(table: pd.DataFrame, report: dict[str, Any], config_json: di
     lines += _head_lines(report) + _data_lines(report, config_json, nested=bool(nested))
     refits = table[table["refit"]].sort_values("rank", kind="stable")
     if not refits.empty:
-        lines += _patient_lines(refits, classes) + _slice_lines(refits)
+        lines += _patient_lines(refits, classes) + _scan_lines(refits) + _slice_lines(refits)
     lines += _trial_lines(table)
     lines += ["", "Not for clinical use: a research tool comparing classifiers; its numbers describe this data set only.",
               ""]

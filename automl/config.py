@@ -83,7 +83,10 @@ class SearchConfig:
     study: str | None = None                # study name; None -> "<data folder name | phantom>_<preset>"
     preset: str = "demo"                    # smoke | demo | full: defaults for the fields left at None
     group_by: str = "auto"                  # subject grouping: auto|csv|dicom|filename|phash|none|<groups.csv>
-    window: str = "brain"                   # CT window for DICOM: brain|stroke|subdural|bone
+    window: str = "brain"                   # CT window for DICOM/NIfTI: brain|stroke|subdural|bone|level,width
+    slice_labels: str | None = None         # volume,slice,label CSV for volumes (None: <data>/_slice_labels.csv if any)
+    slice_step: int = 1                     # keep every k-th slice of each volume (DICOM series, NIfTI)
+    min_brain_fraction: float = 0.0         # keep volume slices with >= this share of brain-density pixels
     phantom_n: int | None = None            # phantom slices when no --data (preset: 120 | 400 | 2000)
     phantom_difficulty: float | None = None  # phantom contrast-to-noise knob, 0..1 (preset: 0.3 | 0.3 | 0.6)
     phantom_label_level: str | None = None  # phantom labels per "subject" or "slice" (preset: subject | slice | subject)
@@ -136,6 +139,15 @@ class SearchConfig:
         self.models = tuple(self.models)
 
     # ------------------------------------------------------------------------------ validation
+    def _validate_volume_options(self) -> None:
+        """``--slice-labels``, ``--slice-step``, ``--min-brain-fraction`` (see :func:`data.scan_folder`)."""
+        if not (self.slice_labels is None or Path(str(self.slice_labels)).expanduser().is_file()):
+            raise ValueError(f"--slice-labels {self.slice_labels!r} is not a file (a volume,slice,label CSV)")
+        if not (_is_int(self.slice_step) and 1 <= self.slice_step <= 100):
+            raise ValueError(f"--slice-step must be an integer in [1, 100], got {self.slice_step!r}")
+        if not (_is_num(self.min_brain_fraction) and 0.0 <= self.min_brain_fraction < 1.0):
+            raise ValueError(f"--min-brain-fraction must be in [0, 1), got {self.min_brain_fraction!r}")
+
     def validate(self) -> None:
         """Check every field; raise :class:`ValueError` naming the flag and the bad value."""
 
@@ -154,6 +166,7 @@ class SearchConfig:
             need(valid_study_name(self.study), f"--study must be a plain name (letters, digits, - _ .), got {self.study!r}")
         need(isinstance(self.group_by, str) and (self.group_by in GROUP_BY or Path(self.group_by).is_file()),
              f"--group-by must be one of {list(GROUP_BY)} or a groups CSV file, got {self.group_by!r}")
+        self._validate_volume_options()
         need(self.phantom_label_level in ("slice", "subject"),
              f"--phantom-label-level must be 'slice' or 'subject', got {self.phantom_label_level!r}")
         need(_is_int(self.phantom_n) and self.phantom_n >= 20, f"--phantom-n must be an integer >= 20, got {self.phantom_n!r}")

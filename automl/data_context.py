@@ -61,7 +61,9 @@ def prepare_data(config: SearchConfig, *, data_dir: Path | None = None, manifest
 
     data_dir = data_dir or resolve_data_dir(config)
     if manifest is None:
-        manifest = data.scan_folder(data_dir, group_by=config.group_by, window=config.window, min_per_class=config.folds)
+        manifest = data.scan_folder(data_dir, group_by=config.group_by, window=config.window, min_per_class=config.folds,
+                                    slice_labels=config.slice_labels, slice_step=config.slice_step,
+                                    min_brain_fraction=config.min_brain_fraction)
     outer = None if config.outer_fold is None else (config.outer_folds, config.outer_fold)  # a nested inner study
     split = make_split(manifest, test_size=config.test_size, n_folds=config.folds, seed=config.seed, outer=outer)
     X = data.load_arrays(manifest, size=config.image_size, window=config.window)
@@ -70,7 +72,10 @@ def prepare_data(config: SearchConfig, *, data_dir: Path | None = None, manifest
 
 
 def prediction_frame(ctx: Any, index: np.ndarray, P: np.ndarray, *, fold: np.ndarray | None = None) -> pd.DataFrame:
-    """Predictions of the manifest rows ``index``: path, label, y, subject, [fold], ``prob_<class>``.
+    """Predictions of the manifest rows ``index``: path, label, y, subject, [scan], [fold], ``prob_<class>``.
+
+    ``scan`` (the NIfTI file or DICOM series of each slice; ``""`` for single images) is there when
+    the data holds volumes.
 
     The layout of every file under ``predictions/`` (out-of-fold, calibration part, test part).
     """
@@ -81,6 +86,8 @@ def prediction_frame(ctx: Any, index: np.ndarray, P: np.ndarray, *, fold: np.nda
         "y": ctx.y[index],
         "subject": table["subject"].astype(str).to_numpy()[index],
     }
+    if "volume" in table.columns and (table["volume"].astype(str) != "").any():  # slices of CT volumes: the scan
+        columns["scan"] = table["volume"].fillna("").astype(str).to_numpy()[index]
     if fold is not None:
         columns["fold"] = fold
     frame = pd.DataFrame(columns)

@@ -60,12 +60,20 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from automl._cli import add_logging_arguments, add_study_arguments, fail, locate_study, start_logging
-from automl._leaderboard_columns import Refit, comparison_values, subject_values, test_values, uncertainty_report
+from automl._leaderboard_columns import (
+    Refit,
+    comparison_values,
+    scan_values,
+    subject_values,
+    test_values,
+    uncertainty_report,
+)
 from automl._leaderboard_md import render_markdown
 from automl._progress import Progress
 from automl.config import SearchConfig
 from automl.refit import LEAKAGE_GAP, LazyContext, leakage_audit, refit_epochs, refit_one, update_card
 from automl.scoring import (
+    assess_scans,
     assess_subjects,
     calibration_threshold,
     compare_subjects_with_best,
@@ -100,6 +108,10 @@ LEADERBOARD_COLUMNS = [
     "subject_specificity", "subject_specificity_ci_low", "subject_specificity_ci_high",
     "subject_ci_method", "subject_note", "subject_compare_p", "n_test_subjects_pos", "n_test_subjects_neg",
     "n_test_slice_subjects_pos", "n_test_slice_subjects_neg",
+    # scans (CT volumes), aggregated with the patient rule and threshold; intervals resample patients
+    "scan_auc", "scan_auc_ci_low", "scan_auc_ci_high", "scan_sensitivity", "scan_sensitivity_ci_low",
+    "scan_sensitivity_ci_high", "scan_specificity", "scan_specificity_ci_low", "scan_specificity_ci_high",
+    "scan_note", "n_test_scans",
     # slices (intervals resample subjects: ci_method)
     "test_auc", "test_auc_ci_low", "test_auc_ci_high", "test_accuracy", "test_accuracy_ci_low",
     "test_accuracy_ci_high", "test_balanced_accuracy", "test_sensitivity", "test_sensitivity_ci_low",
@@ -321,7 +333,8 @@ def _score_one(model: str, number: int, frame: pd.DataFrame, calibration: pd.Dat
     scores["subject_level"] = subject_level(frame, classes, threshold)
     subjects = assess_subjects(frame, oof, calibration, classes, model=model, slice_threshold=threshold,
                                target_sensitivity=config.target_sensitivity, seed=config.seed)
-    return Refit(number, frame, threshold, method, scores, intervals, subjects)
+    scans = assess_scans(frame, subjects, classes, seed=config.seed)
+    return Refit(number, frame, threshold, method, scores, intervals, subjects, scans)
 
 
 def _compare_with_best(refits: dict[str, Refit], best_model: str | None, classes: list[str], *,
@@ -346,7 +359,7 @@ def _fill_refit_rows(table: pd.DataFrame, best_rows: pd.DataFrame, refits: dict[
         idx = table.index[table["trial"] == r.trial][0]
         values = {"refit": True, "threshold": r.threshold if r.threshold is not None else math.nan,
                   "selected_of": int((complete["model"] == model).sum()), "refit_epochs": refit_epochs(trials[r.trial]),
-                  **test_values(r, classes), **subject_values(r),
+                  **test_values(r, classes), **subject_values(r), **scan_values(r),
                   **comparison_values(model, comparisons, best_model, classes)}
         for key, value in values.items():
             if isinstance(value, str) and table[key].dtype != object:

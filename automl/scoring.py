@@ -53,6 +53,7 @@ __all__ = [
     "N_BOOT",
     "PIXEL_BASELINE",
     "SubjectAssessment",
+    "assess_scans",
     "assess_subjects",
     "calibration_threshold",
     "choose_threshold",
@@ -274,6 +275,40 @@ def assess_subjects(test: pd.DataFrame, oof: pd.DataFrame, calibration: pd.DataF
     except (KeyError, ValueError) as exc:
         return SubjectAssessment(rule, threshold, source, None, f"no {UNIT}-level headline for {model}: {exc}")
     return SubjectAssessment(rule, threshold, source, result)
+
+
+def assess_scans(test: pd.DataFrame, subjects: SubjectAssessment, classes: Sequence[str], *, seed: int = 0,
+                 n_boot: int = N_BOOT) -> dict[str, Any] | None:
+    """Scan-level metrics on the test part: slices aggregated per scan with the **patient** rule and threshold.
+
+    A scan is one CT volume (the ``scan`` column: NIfTI file or DICOM series). The rule and the
+    threshold are the ones :func:`assess_subjects` chose for patients (out-of-fold and calibration
+    part), so nothing is tuned on the test part; the intervals resample **patients** (a patient's
+    scans move together), so a patient with two scans does not count twice.
+
+    Returns:
+        ``{"n_scans", "n_patients", "same_as_patients", "estimates": {metric: MetricEstimate}}``, or
+        ``None`` when the test part holds no volume or no rule was chosen.
+    """
+    if "scan" not in test.columns or subjects.rule is None:
+        return None
+    frame = test[test["scan"].fillna("").astype(str) != ""]
+    if frame.empty:
+        return None
+    cols = probability_columns(classes)
+    binary = len(classes) == 2
+    work = frame[["scan", "y", *cols]].rename(columns={"scan": "subject"})
+    agg = metrics.aggregate_by_subject(work, how=subjects.rule.rule)
+    patient_of = frame.groupby(frame["scan"].astype(str))["subject"].first()
+    wanted = ("auc", "sensitivity", "specificity", "accuracy") if binary and subjects.threshold is not None else (
+        "auc", "accuracy")
+    estimates = cluster_bootstrap(agg["y"].to_numpy(dtype=int), agg[cols].to_numpy(dtype=float),
+                                  patient_of.loc[agg["subject"]].to_numpy(), metrics=wanted,
+                                  threshold=subjects.threshold if binary else None, n_boot=n_boot, seed=seed,
+                                  classes=list(classes))
+    n_patients = int(patient_of.nunique())
+    return {"n_scans": int(len(agg)), "n_patients": n_patients, "same_as_patients": n_patients == len(agg),
+            "estimates": estimates}
 
 
 # ---------------------------------------------------------------------------------------------------- comparisons

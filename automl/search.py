@@ -294,7 +294,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=_positive_int("--epochs"), default=None, help="epochs per fold (max when searched)")
     p.add_argument("--search-epochs", action=argparse.BooleanOptionalAction, default=None, help="search epochs too")
     p.add_argument("--group-by", default="auto", help="subject grouping: auto|csv|dicom|filename|phash|none|<groups.csv>")
-    p.add_argument("--window", default="brain", help="CT window for DICOM")
+    p.add_argument("--window", default="brain", help="CT window for DICOM/NIfTI: brain|stroke|subdural|bone|level,width")
+    p.add_argument("--slice-labels", default=None, help="volume,slice,label CSV of per-slice labels of volumes")
+    p.add_argument("--slice-step", type=_positive_int("--slice-step"), default=1,
+                   help="keep every k-th slice of each DICOM series / NIfTI volume")
+    p.add_argument("--min-brain-fraction", type=_float("--min-brain-fraction"), default=0.0,
+                   help="keep volume slices with at least this share of brain-density pixels (HU 15-60)")
     p.add_argument("--pretrained", default=None, help="ImageNet init: auto|yes|no")
     p.add_argument("--weights-dir", default=None,
                    help="folder with local ImageNet weights (<timm_name>.safetensors|.pth), searched before "

@@ -499,6 +499,19 @@ def _volume_table(volumes: list[dict[str, Any]], table: pd.DataFrame, classes: l
     return frame[VOLUME_COLUMNS].reset_index(drop=True)
 
 
+def _read_rows(jobs: list[tuple[str, str, str]], labels: dict[str, str], classes: list[str], workers: int | None,
+               **volume_options: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]], list[str]]:
+    """Decode every file (in parallel), label its rows, then the volume pass (:func:`data._volumes.volume_pass`)."""
+    results = [row for rows in parallel_map(_inspect_file, jobs, workers=workers) for row in rows]
+    for r in results:
+        r["label"] = labels[split_slice_ref(r["path"])[0]]
+    good, bad, volumes, notes = volume_pass(
+        [r for r in results if r["ok"]], [r for r in results if not r["ok"]], classes=classes, **volume_options)
+    for r in bad:
+        logger.warning("Skipping bad file %s: %s", r["path"], r["reason"])
+    return good, bad, volumes, notes
+
+
 # ------------------------------------------------------------------------------------- scan
 def scan_folder(
     root: str | os.PathLike[str],
@@ -547,14 +560,8 @@ def scan_folder(
     slice_labels = _check_volume_args(root_path, slice_labels, slice_step, min_brain_fraction)
     classes, jobs, labels = _scan_jobs(root_path, window_name)
 
-    results = [row for rows in parallel_map(_inspect_file, jobs, workers=workers) for row in rows]
-    for r in results:
-        r["label"] = labels[split_slice_ref(r["path"])[0]]
-    good, bad, volumes, notes = volume_pass(
-        [r for r in results if r["ok"]], [r for r in results if not r["ok"]], classes=classes,
-        slice_labels=slice_labels, slice_step=slice_step, min_brain_fraction=min_brain_fraction)
-    for r in bad:
-        logger.warning("Skipping bad file %s: %s", r["path"], r["reason"])
+    good, bad, volumes, notes = _read_rows(jobs, labels, classes, workers, slice_labels=slice_labels,
+                                           slice_step=slice_step, min_brain_fraction=min_brain_fraction)
     _check_class_counts(root_path, classes, good, bad, min_per_class)
 
     table = _results_table(good, classes)

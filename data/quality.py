@@ -24,7 +24,8 @@ import pandas as pd
 
 from data._files import json_clean
 from data._groups import phash_clusters
-from data._scan import HIST_BINS, Manifest, intensity_histogram, scan_folder
+from data._scan import HIST_BINS, VOLUME_COLUMNS, Manifest, intensity_histogram, scan_folder
+from data._volume_io import is_nifti_name
 
 __all__ = ["QualityReport", "quality_report"]
 
@@ -43,6 +44,7 @@ _TABLE_COLUMNS: dict[str, list[str]] = {
     "intensity": ["label", "images", "mean", "std", *[f"p{p}" for p in PERCENTILES], "hist"],
     "sharpness": ["label", "images", "mean", "std", "min", "p5", "median", "p95", "max"],
     "subjects": ["label", "subjects", "slices_min", "slices_median", "slices_mean", "slices_max"],
+    "volumes": VOLUME_COLUMNS,
 }
 
 
@@ -69,6 +71,8 @@ class QualityReport:
             1/32, from the histogram) and ``hist`` (pixel counts in 32 bins on [0, 1]).
         sharpness: Per class: variance of the Laplacian over images (mean, std, min, p5, median, p95, max).
         subjects: Per class: number of subjects and slices per subject (min, median, mean, max).
+        volumes: One row per NIfTI volume or DICOM series (``Manifest.volumes``): slices in the
+            volume and kept, slice and pixel spacing (mm), tilt; empty for folders of single images.
         summary: Headline numbers (counts of everything above).
         warnings: Plain-language findings that deserve a look before training.
     """
@@ -88,6 +92,7 @@ class QualityReport:
     intensity: pd.DataFrame
     sharpness: pd.DataFrame
     subjects: pd.DataFrame
+    volumes: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=VOLUME_COLUMNS))
     summary: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
@@ -109,7 +114,7 @@ class QualityReport:
         Raises:
             ValueError: A required key is missing.
         """
-        missing = [f.name for f in fields(cls) if f.name not in data and f.name not in ("summary", "warnings")]
+        missing = [f.name for f in fields(cls) if f.name not in data and f.name not in ("summary", "warnings", "volumes")]
         if missing:
             raise ValueError(f"Not a QualityReport dict: missing keys {missing}.")
         kwargs: dict[str, Any] = {}
@@ -178,6 +183,7 @@ class QualityReport:
             "appear in more than one class",
             _indent(self.subjects.to_string(index=False, float_format=lambda v: f"{v:.1f}")),
         ]
+        lines += self._volume_lines(max_rows)
         lines += ["", f"Image sizes (H x W): {len(self.sizes)} distinct"]
         for row in self.sizes.head(max_rows).itertuples(index=False):
             per = ", ".join(f"{k} {v}" for k, v in row.per_class.items() if v)
@@ -198,7 +204,60 @@ class QualityReport:
         return "\n".join(lines)
 
 
+    def _volume_lines(self, max_rows: int) -> list[str]:
+        s = self.summary
+        if not s.get("n_volumes") and not s.get("n_skipped_volumes"):
+            return []
+        lines = ["", f"Volumes: {s.get('n_volumes', 0)} read ({s.get('n_volumes_dicom', 0)} DICOM series, "
+                 f"{s.get('n_volumes_nifti', 0)} NIfTI), {s.get('n_skipped_volumes', 0)} skipped; slices per volume "
+                 f"median {_fmt(s.get('slices_per_volume_median'))} (min {_fmt(s.get('slices_per_volume_min'))}, "
+                 f"max {_fmt(s.get('slices_per_volume_max'))}), {s.get('volume_slices_kept', 0)} kept"]
+        for problem, n in (s.get("volume_problems") or {}).items():
+            lines.append(f"  skipped for {problem}: {n}")
+        if len(self.volumes):
+            cols = ["volume", "label", "format", "slices_total", "slices_kept", "slice_spacing_mm", "pixel_spacing_mm",
+                    "tilt_deg"]
+            lines.append(_indent(self.volumes[cols].head(max_rows).to_string(index=False, float_format=lambda v: f"{v:.2f}")))
+            if len(self.volumes) > max_rows:
+                lines.append(f"  ... and {len(self.volumes) - max_rows} more volumes")
+        return lines
+
+
 # ------------------------------------------------------------------------------------ helpers
+_VOLUME_PROBLEMS = {
+    "missing slices": "missing slices", "inconsistent slice spacing": "spacing", "same position": "spacing",
+    "pixel spacing changes": "spacing", "not an axial": "orientation", "oblique": "orientation",
+    "orientation changes": "orientation", "4-D NIfTI": "4-D NIfTI", "size limit": "size limit",
+    "image size changes": "image size",
+}
+
+
+def _volume_summary(volumes: pd.DataFrame, bad: pd.DataFrame) -> dict[str, Any]:
+    """Counts of volumes read and skipped, slices per volume and the kinds of problems."""
+    skipped: dict[str, str] = {}
+    for path, reason in zip(bad["path"], bad["reason"]):
+        if reason.startswith("series "):
+            skipped.setdefault(reason.split(":", 1)[0], reason)
+        elif is_nifti_name(path):
+            skipped.setdefault(path, reason)
+    problems: dict[str, int] = {}
+    for reason in skipped.values():
+        kind = next((v for k, v in _VOLUME_PROBLEMS.items() if k in reason), "unreadable")
+        problems[kind] = problems.get(kind, 0) + 1
+    total = volumes["slices_total"].astype(float) if len(volumes) else pd.Series(dtype=float)
+    return {
+        "n_volumes": len(volumes),
+        "n_volumes_dicom": int((volumes["format"] == "dicom").sum()) if len(volumes) else 0,
+        "n_volumes_nifti": int((volumes["format"] == "nifti").sum()) if len(volumes) else 0,
+        "n_skipped_volumes": len(skipped),
+        "volume_problems": dict(sorted(problems.items())),
+        "slices_per_volume_min": int(total.min()) if len(total) else 0,
+        "slices_per_volume_median": float(total.median()) if len(total) else None,
+        "slices_per_volume_max": int(total.max()) if len(total) else 0,
+        "volume_slices_kept": int(volumes["slices_kept"].sum()) if len(volumes) else 0,
+    }
+
+
 def _indent(text: str, prefix: str = "  ") -> str:
     return "\n".join(prefix + line for line in text.splitlines())
 
@@ -278,13 +337,20 @@ def _build_report(manifest: Manifest, threshold: int) -> QualityReport:
     intensity, sharp = _intensity_tables(t, classes, _histograms(manifest))
     subjects = _subject_table(t, classes)
     summary = _summary(t, bad, classes, duplicates, near, conflicts, sizes)
+    volumes = getattr(manifest, "volumes", None)
+    volumes = volumes if isinstance(volumes, pd.DataFrame) else pd.DataFrame(columns=VOLUME_COLUMNS)
+    summary.update(_volume_summary(volumes, bad))
     report = QualityReport(
         root=str(manifest.root), classes=classes, window=manifest.window, manifest_hash=manifest.hash,
         subject_source=manifest.subject_source, phash_threshold=int(threshold), class_counts=class_counts,
         bad_files=bad, duplicates=duplicates, near_duplicates=near, conflicts=conflicts, sizes=sizes,
-        intensity=intensity, sharpness=sharp, subjects=subjects, summary=summary,
+        intensity=intensity, sharpness=sharp, subjects=subjects, volumes=volumes.reset_index(drop=True),
+        summary=summary,
     )
-    report.warnings = _warnings(report, t)
+    report.warnings = _warnings(report, t) + list(getattr(manifest, "notes", []) or [])
+    if summary["n_skipped_volumes"]:
+        kinds = ", ".join(f"{k} {n}" for k, n in summary["volume_problems"].items())
+        report.warnings.append(f"{summary['n_skipped_volumes']} volume(s) skipped ({kinds}); see Bad files.")
     return report
 
 

@@ -142,7 +142,7 @@ def test_dicom_ids_table_level() -> None:
     assert assign_subjects(anon, ".", group_by="dicom") == (["1.2.1", "1.2.1", "1.2.3"], "dicom")
     mixed = table_of(["A/1", "A/2.png"], format=["dicom", "png"], patient_id=["P1", None], study_uid=["1", None])
     assert assign_subjects(mixed, ".", group_by="auto")[1] == "phash"
-    with pytest.raises(ValueError, match="not DICOM"):
+    with pytest.raises(ValueError, match="neither DICOM nor NIfTI"):
         assign_subjects(mixed, ".", group_by="dicom")
 
 
