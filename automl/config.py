@@ -140,13 +140,15 @@ class SearchConfig:
 
     # ------------------------------------------------------------------------------ validation
     def _validate_volume_options(self) -> None:
-        """``--slice-labels``, ``--slice-step``, ``--min-brain-fraction`` (see :func:`data.scan_folder`)."""
+        """``--slice-labels``, ``--slice-step``, ``--min-brain-fraction`` (see :func:`data.scan_folder`), phantom labels."""
         if not (self.slice_labels is None or Path(str(self.slice_labels)).expanduser().is_file()):
             raise ValueError(f"--slice-labels {self.slice_labels!r} is not a file (a volume,slice,label CSV)")
         if not (_is_int(self.slice_step) and 1 <= self.slice_step <= 100):
             raise ValueError(f"--slice-step must be an integer in [1, 100], got {self.slice_step!r}")
         if not (_is_num(self.min_brain_fraction) and 0.0 <= self.min_brain_fraction < 1.0):
             raise ValueError(f"--min-brain-fraction must be in [0, 1), got {self.min_brain_fraction!r}")
+        if self.phantom_label_level not in ("slice", "subject"):
+            raise ValueError(f"--phantom-label-level must be 'slice' or 'subject', got {self.phantom_label_level!r}")
 
     def validate(self) -> None:
         """Check every field; raise :class:`ValueError` naming the flag and the bad value."""
@@ -167,8 +169,6 @@ class SearchConfig:
         need(isinstance(self.group_by, str) and (self.group_by in GROUP_BY or Path(self.group_by).is_file()),
              f"--group-by must be one of {list(GROUP_BY)} or a groups CSV file, got {self.group_by!r}")
         self._validate_volume_options()
-        need(self.phantom_label_level in ("slice", "subject"),
-             f"--phantom-label-level must be 'slice' or 'subject', got {self.phantom_label_level!r}")
         need(_is_int(self.phantom_n) and self.phantom_n >= 20, f"--phantom-n must be an integer >= 20, got {self.phantom_n!r}")
         need(_is_num(self.phantom_difficulty) and 0.0 <= self.phantom_difficulty <= 1.0,
              f"--phantom-difficulty must be in [0, 1], got {self.phantom_difficulty!r}")
