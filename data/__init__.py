@@ -1,4 +1,4 @@
-"""Data layer: read CT folders (raster or DICOM), window, cache, audit quality, make a phantom.
+"""Data layer: read CT folders (raster, DICOM, DICOM series, NIfTI), window, cache, audit quality, make a phantom.
 
 Public names are imported lazily so that ``import data`` stays cheap (no torch, no pandas until used).
 See ``docs/ARCHITECTURE.md`` for the contract.
@@ -20,6 +20,10 @@ _EXPORTS = {
     "Manifest": "data._scan",
     "scan_folder": "data._scan",
     "load_arrays": "data._cache",
+    "Volume": "data._volumes",
+    "read_volume": "data._volumes",
+    "read_nifti": "data._volumes",
+    "brain_fraction": "data._io",
     "QualityReport": "data.quality",
     "quality_report": "data.quality",
 }

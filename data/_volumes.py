@@ -21,6 +21,7 @@ folders), so the gap checks do not apply to it.
 """
 from __future__ import annotations
 
+import io
 import logging
 import math
 import os
@@ -37,12 +38,17 @@ from data._volume_io import nifti_to_display
 
 __all__ = [
     "MAX_TILT_DEG",
+    "MAX_UPLOAD_BYTES",
     "MAX_VOLUME_SLICES",
     "MAX_VOLUME_VOXELS",
     "NiftiVolume",
     "SeriesPlan",
     "organise_series",
+    "Volume",
+    "read_dicom_zip",
     "read_nifti",
+    "read_volume",
+    "volume_pass",
 ]
 
 logger = logging.getLogger(__name__)
@@ -435,3 +441,141 @@ def volume_pass(
                     sum(1 for r in kept if r["volume"]), sum(1 for r in good if r["volume"]), slice_step,
                     min_brain_fraction)
     return kept, bad, volumes, notes
+
+
+# ------------------------------------------------------------------------------- one uploaded scan
+#: Largest upload :func:`read_volume` accepts (bytes of the file, and of a zip's members once unpacked).
+MAX_UPLOAD_BYTES = 512 * 1024 * 1024
+#: Largest compression ratio of one zip member; more is a zip bomb.
+MAX_ZIP_RATIO = 200
+
+
+@dataclass(frozen=True)
+class Volume:
+    """One CT scan in HU, axial slices in display orientation, slice 0 the most inferior.
+
+    Attributes:
+        hu: float32 ``(K, H, W)``.
+        positions: ``(K,)`` mm along the slice normal (NaN when unknown).
+        format: ``"nifti"`` or ``"dicom"``.
+        patient_id: DICOM PatientID, else ``None``.
+        series: SeriesInstanceUID or the file name.
+    """
+
+    hu: np.ndarray
+    positions: np.ndarray
+    format: str
+    patient_id: str | None
+    series: str
+
+
+def _zip_members(data: bytes, name: str | None, max_bytes: int) -> list[tuple[str, bytes]]:
+    """The files of a zip (folders, ``__MACOSX`` and hidden files left out), every size checked before reading."""
+    import zipfile
+
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+    except zipfile.BadZipFile as exc:
+        raise BadImageError(f"not a readable zip file ({exc})", name) from None
+    infos = [i for i in archive.infolist() if not i.is_dir() and "__MACOSX" not in i.filename
+             and not PurePosixPath(i.filename).name.startswith(".") and PurePosixPath(i.filename).name != "DICOMDIR"]
+    if not infos:
+        raise BadImageError("the zip holds no file", name)
+    if len(infos) > MAX_VOLUME_SLICES:
+        raise BadImageError(f"the zip holds {len(infos)} files, over the limit of {MAX_VOLUME_SLICES} slices", name)
+    total = sum(i.file_size for i in infos)
+    if total > max_bytes:
+        raise BadImageError(f"the zip unpacks to {total / 1e6:.0f} MB, over the limit of {max_bytes / 1e6:.0f} MB", name)
+    members = []
+    for info in infos:
+        if info.file_size > MAX_ZIP_RATIO * max(info.compress_size, 1) and info.file_size > 1_000_000:
+            raise BadImageError(f"zip member {info.filename} expands {info.file_size // max(info.compress_size, 1)}"
+                                "-fold: a zip bomb", name)
+        with archive.open(info) as fh:
+            content = fh.read(info.file_size + 1)  # a lying header cannot make us read more
+        if len(content) > info.file_size:
+            raise BadImageError(f"zip member {info.filename} is larger than its header says", name)
+        members.append((info.filename, content))
+    return members
+
+
+def _dicom_zip_slices(members: list[tuple[str, bytes]], name: str | None) -> pd.DataFrame:
+    """Decode every member as a CT slice in HU; one non-DICOM member refuses the whole zip."""
+    import pydicom
+
+    from data._io import _dicom_geometry, dicom_to_hu, is_dicom_bytes
+
+    rows = []
+    for member, content in members:
+        try:
+            ds = pydicom.dcmread(io.BytesIO(content), force=True)
+            if not is_dicom_bytes(content) and "PixelData" not in ds:
+                raise BadImageError("no DICOM marker and no pixel data")
+            hu = dicom_to_hu(ds)
+        except Exception as exc:  # noqa: BLE001 - any member that is not a readable DICOM slice
+            reason = exc.reason if isinstance(exc, BadImageError) else f"{type(exc).__name__}"
+            raise BadImageError(f"the zip holds {member}, which is not a readable DICOM slice ({reason})", name) from None
+        geometry = _dicom_geometry(ds)
+        rows.append({"path": member, "label": "scan", "format": "dicom", "height": hu.shape[0], "width": hu.shape[1],
+                     "hu": hu, "patient_id": str(ds.get("PatientID", "") or "") or None, **geometry})
+    return pd.DataFrame(rows)
+
+
+def read_dicom_zip(data: bytes, *, name: str | None = None, max_bytes: int = MAX_UPLOAD_BYTES) -> Volume:
+    """One DICOM series from a zip: every member a slice, one series, ordered and checked as a scan folder's.
+
+    Raises:
+        BadImageError: Not a zip, a non-DICOM member, more than one series, a zip bomb or a series over
+            the size limits, or a series the scan would skip (missing slices, inconsistent spacing,
+            non-axial, oblique ...); the message is one sentence naming the reason.
+    """
+    frame = _dicom_zip_slices(_zip_members(data, name, max_bytes), name)
+    uids = frame["series_uid"].fillna("(none)").unique()
+    if len(uids) > 1:
+        raise BadImageError(f"the zip mixes {len(uids)} DICOM series; upload one series per zip", name)
+    frame["series_uid"] = frame["series_uid"].fillna("upload")
+    if len(frame) == 1:
+        return Volume(frame["hu"].iloc[0][None].astype(np.float32), np.array([math.nan]), "dicom",
+                      frame["patient_id"].iloc[0], str(uids[0]))
+    plan = organise_series(frame)
+    if plan.bad:
+        raise BadImageError(next(iter(plan.bad.values())).split(": ", 1)[-1], name)
+    order = np.argsort(np.asarray(plan.slice_index))
+    hu = np.stack([frame["hu"].iloc[i] for i in order]).astype(np.float32)
+    return Volume(hu, np.asarray(plan.slice_position, dtype=np.float64)[order], "dicom",
+                  frame["patient_id"].iloc[0], str(uids[0]))
+
+
+def read_volume(source: str | os.PathLike[str] | bytes, *, name: str | None = None,
+                max_bytes: int = MAX_UPLOAD_BYTES) -> Volume:
+    """One uploaded CT scan: a ``.zip`` of a DICOM series or a NIfTI file (``.nii``/``.nii.gz``).
+
+    Args:
+        source: Path or bytes of the upload.
+        name: Name for messages (default: the path).
+        max_bytes: Largest upload (the file, and a zip's unpacked members).
+
+    Returns:
+        The :class:`Volume`.
+
+    Raises:
+        BadImageError: Anything that is not one readable axial CT volume within the limits; the
+            reason is one sentence.
+    """
+    if not isinstance(max_bytes, int) or isinstance(max_bytes, bool) or max_bytes < 1:
+        raise ValueError(f"max_bytes must be a positive int, got {max_bytes!r}.")
+    if isinstance(source, (bytes, bytearray)):
+        data = bytes(source)
+    else:
+        name = name if name is not None else os.fspath(source)
+        size = os.path.getsize(source)
+        if size > max_bytes:
+            raise BadImageError(f"the file is {size / 1e6:.0f} MB, over the limit of {max_bytes / 1e6:.0f} MB", name)
+        with open(source, "rb") as fh:
+            data = fh.read()
+    if len(data) > max_bytes:
+        raise BadImageError(f"the file is {len(data) / 1e6:.0f} MB, over the limit of {max_bytes / 1e6:.0f} MB", name)
+    if data[:4] == b"PK\x03\x04":
+        return read_dicom_zip(data, name=name, max_bytes=max_bytes)
+    nifti = read_nifti(data, name=name)
+    return Volume(nifti.hu, nifti.positions, "nifti", None, PurePosixPath(name or "upload.nii").name)
