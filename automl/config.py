@@ -83,6 +83,7 @@ class SearchConfig:
     study: str | None = None                # study name; None -> "<data folder name | phantom>_<preset>"
     preset: str = "demo"                    # smoke | demo | full: defaults for the fields left at None
     group_by: str = "auto"                  # subject grouping: auto|csv|dicom|filename|phash|none|<groups.csv>
+    phash_threshold: int = 6                # pHash Hamming distance (0..64) linking near-duplicates (grouping, quality)
     window: str = "brain"                   # CT window for DICOM: brain|stroke|subdural|bone
     phantom_n: int | None = None            # phantom slices when no --data (preset: 120 | 400 | 2000)
     phantom_difficulty: float | None = None  # phantom contrast-to-noise knob, 0..1 (preset: 0.3 | 0.3 | 0.6)
@@ -152,13 +153,7 @@ class SearchConfig:
             self.weights_dir = str(Path(self.weights_dir).expanduser().resolve())
         if self.study is not None:
             need(valid_study_name(self.study), f"--study must be a plain name (letters, digits, - _ .), got {self.study!r}")
-        need(isinstance(self.group_by, str) and (self.group_by in GROUP_BY or Path(self.group_by).is_file()),
-             f"--group-by must be one of {list(GROUP_BY)} or a groups CSV file, got {self.group_by!r}")
-        need(self.phantom_label_level in ("slice", "subject"),
-             f"--phantom-label-level must be 'slice' or 'subject', got {self.phantom_label_level!r}")
-        need(_is_int(self.phantom_n) and self.phantom_n >= 20, f"--phantom-n must be an integer >= 20, got {self.phantom_n!r}")
-        need(_is_num(self.phantom_difficulty) and 0.0 <= self.phantom_difficulty <= 1.0,
-             f"--phantom-difficulty must be in [0, 1], got {self.phantom_difficulty!r}")
+        self._validate_grouping_and_phantom()
         need(len(self.models) > 0, "--models must name at least one model")
         need(len(set(self.models)) == len(self.models), f"--models lists a model twice: {list(self.models)}")
         try:
@@ -216,6 +211,23 @@ class SearchConfig:
              f"--heartbeat-interval must be an integer >= 1, got {self.heartbeat_interval!r}")
         need(_is_int(self.heartbeat_grace) and self.heartbeat_grace > self.heartbeat_interval,
              f"--heartbeat-grace must be an integer > --heartbeat-interval, got {self.heartbeat_grace!r}")
+
+    def _validate_grouping_and_phantom(self) -> None:
+        """``--group-by``, ``--phash-threshold`` and the phantom's flags."""
+        checks = [
+            (isinstance(self.group_by, str) and (self.group_by in GROUP_BY or Path(self.group_by).is_file()),
+             f"--group-by must be one of {list(GROUP_BY)} or a groups CSV file, got {self.group_by!r}"),
+            (_is_int(self.phash_threshold) and 0 <= self.phash_threshold <= 64,
+             f"--phash-threshold must be an integer in [0, 64], got {self.phash_threshold!r}"),
+            (self.phantom_label_level in ("slice", "subject"),
+             f"--phantom-label-level must be 'slice' or 'subject', got {self.phantom_label_level!r}"),
+            (_is_int(self.phantom_n) and self.phantom_n >= 20, f"--phantom-n must be an integer >= 20, got {self.phantom_n!r}"),
+            (_is_num(self.phantom_difficulty) and 0.0 <= self.phantom_difficulty <= 1.0,
+             f"--phantom-difficulty must be in [0, 1], got {self.phantom_difficulty!r}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
 
     def _validate_nested(self) -> None:
         """``--outer-folds`` (and the nested run's own ``outer_fold``); ``--test-size`` stays the parent's own."""
@@ -291,8 +303,8 @@ def cpu_preset_models(*, weights_dir: str | None = None, offline: bool = False) 
 
 
 #: Fields that define what a trial's number means: a resumed study must agree on them.
-STUDY_DEFINING = ("folds", "test_size", "image_size", "seed", "group_by", "window", "epochs", "search_epochs",
-                  "outer_fold")
+STUDY_DEFINING = ("folds", "test_size", "image_size", "seed", "group_by", "phash_threshold", "window", "epochs",
+                  "search_epochs", "outer_fold")
 
 
 def _is_int(value: Any) -> bool:

@@ -61,7 +61,8 @@ def prepare_data(config: SearchConfig, *, data_dir: Path | None = None, manifest
 
     data_dir = data_dir or resolve_data_dir(config)
     if manifest is None:
-        manifest = data.scan_folder(data_dir, group_by=config.group_by, window=config.window, min_per_class=config.folds)
+        manifest = data.scan_folder(data_dir, group_by=config.group_by, window=config.window, min_per_class=config.folds,
+                                    phash_threshold=config.phash_threshold)
     outer = None if config.outer_fold is None else (config.outer_folds, config.outer_fold)  # a nested inner study
     split = make_split(manifest, test_size=config.test_size, n_folds=config.folds, seed=config.seed, outer=outer)
     X = data.load_arrays(manifest, size=config.image_size, window=config.window)
