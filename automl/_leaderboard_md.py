@@ -92,9 +92,12 @@ def _head_lines(report: dict[str, Any]) -> list[str]:
                      f"**{fmt(audit.get('grouped_auc'))}** vs slice-level CV AUC **{fmt(audit.get('slice_auc'))}** "
                      f"(gap {fmt(audit.get('gap'))}, flag above {LEAKAGE_GAP}): {flag}.")
         if audit.get("flagged"):
-            lines.append("> A slice-level split would overstate this model: slices of one patient resemble each "
-                         "other, so it would be scored on patients it has already seen. The grouped numbers "
-                         "below are the honest ones.")
+            who = ("the pixel logistic-regression probe (not one of the study's models)"
+                   if audit.get("method") == "probe" else "the winning configuration")
+            lines.append(f"> The gap is {who} on a leaky slice-level split (slices of one patient in both training "
+                         "and validation) versus the subject-grouped split: slices of a patient resemble each other, "
+                         "so a slice-level split would flatter any model trained on these images. The grouped "
+                         "numbers below are the honest ones.")
         lines.append("")
     return lines
 

@@ -78,7 +78,9 @@ class Progress:
             from tqdm import tqdm
 
             self._trial_bar = tqdm(total=n_trials, desc="trials", position=0, leave=True, dynamic_ncols=True)
-            self._fold_bar = tqdm(total=n_folds, desc="folds", position=1, leave=False, dynamic_ncols=True)
+            # the fold in progress, counted from 1 ("fold 1/3"), not tqdm's count of finished folds ("0/3")
+            self._fold_bar = tqdm(total=n_folds, desc=f"fold 1/{n_folds}", position=1, leave=False, dynamic_ncols=True,
+                                  bar_format="{desc} |{bar}|{postfix}")
             self._epoch_bar = tqdm(total=n_epochs, desc="epochs", position=2, leave=False, dynamic_ncols=True)
 
     # -- events ---------------------------------------------------------------------------------
@@ -98,6 +100,7 @@ class Progress:
     def trial_start(self, trial: int, model: str) -> None:
         if self.bars:
             self._fold_bar.reset(total=self.n_folds)
+            self._fold_bar.set_description_str(f"fold 1/{self.n_folds}", refresh=False)
             self._epoch_bar.reset(total=self.n_epochs)
             self._trial_bar.set_postfix_str(f"#{trial} {model} | best {self._fmt(self.best)}")
         else:
@@ -110,6 +113,7 @@ class Progress:
         n_epochs = n_epochs or self.n_epochs
         if self.bars:
             if epoch == 0:
+                self._fold_bar.set_description_str(f"fold {fold + 1}/{self.n_folds}")
                 self._epoch_bar.reset(total=n_epochs)
             self._epoch_bar.update(1)
             self._epoch_bar.set_postfix_str(f"val_auc {val_auc:.3f} running {running_auc:.3f}")

@@ -83,6 +83,7 @@ class SearchConfig:
     study: str | None = None                # study name; None -> "<data folder name | phantom>_<preset>"
     preset: str = "demo"                    # smoke | demo | full: defaults for the fields left at None
     group_by: str = "auto"                  # subject grouping: auto|csv|dicom|filename|phash|none|<groups.csv>
+    phash_threshold: int = 6                # pHash Hamming distance (0..64) linking near-duplicates (grouping, quality)
     window: str = "brain"                   # CT window for DICOM/NIfTI: brain|stroke|subdural|bone|level,width
     slice_labels: str | None = None         # volume,slice,label CSV for volumes (None: <data>/_slice_labels.csv if any)
     slice_step: int = 1                     # keep every k-th slice of each volume (DICOM series, NIfTI)
@@ -140,15 +141,13 @@ class SearchConfig:
 
     # ------------------------------------------------------------------------------ validation
     def _validate_volume_options(self) -> None:
-        """``--slice-labels``, ``--slice-step``, ``--min-brain-fraction`` (see :func:`data.scan_folder`), phantom labels."""
+        """``--slice-labels``, ``--slice-step``, ``--min-brain-fraction`` (see :func:`data.scan_folder`)."""
         if not (self.slice_labels is None or Path(str(self.slice_labels)).expanduser().is_file()):
             raise ValueError(f"--slice-labels {self.slice_labels!r} is not a file (a volume,slice,label CSV)")
         if not (_is_int(self.slice_step) and 1 <= self.slice_step <= 100):
             raise ValueError(f"--slice-step must be an integer in [1, 100], got {self.slice_step!r}")
         if not (_is_num(self.min_brain_fraction) and 0.0 <= self.min_brain_fraction < 1.0):
             raise ValueError(f"--min-brain-fraction must be in [0, 1), got {self.min_brain_fraction!r}")
-        if self.phantom_label_level not in ("slice", "subject"):
-            raise ValueError(f"--phantom-label-level must be 'slice' or 'subject', got {self.phantom_label_level!r}")
 
     def validate(self) -> None:
         """Check every field; raise :class:`ValueError` naming the flag and the bad value."""
@@ -166,12 +165,8 @@ class SearchConfig:
             self.weights_dir = str(Path(self.weights_dir).expanduser().resolve())
         if self.study is not None:
             need(valid_study_name(self.study), f"--study must be a plain name (letters, digits, - _ .), got {self.study!r}")
-        need(isinstance(self.group_by, str) and (self.group_by in GROUP_BY or Path(self.group_by).is_file()),
-             f"--group-by must be one of {list(GROUP_BY)} or a groups CSV file, got {self.group_by!r}")
+        self._validate_grouping_and_phantom()
         self._validate_volume_options()
-        need(_is_int(self.phantom_n) and self.phantom_n >= 20, f"--phantom-n must be an integer >= 20, got {self.phantom_n!r}")
-        need(_is_num(self.phantom_difficulty) and 0.0 <= self.phantom_difficulty <= 1.0,
-             f"--phantom-difficulty must be in [0, 1], got {self.phantom_difficulty!r}")
         need(len(self.models) > 0, "--models must name at least one model")
         need(len(set(self.models)) == len(self.models), f"--models lists a model twice: {list(self.models)}")
         try:
@@ -229,6 +224,23 @@ class SearchConfig:
              f"--heartbeat-interval must be an integer >= 1, got {self.heartbeat_interval!r}")
         need(_is_int(self.heartbeat_grace) and self.heartbeat_grace > self.heartbeat_interval,
              f"--heartbeat-grace must be an integer > --heartbeat-interval, got {self.heartbeat_grace!r}")
+
+    def _validate_grouping_and_phantom(self) -> None:
+        """``--group-by``, ``--phash-threshold`` and the phantom's flags."""
+        checks = [
+            (isinstance(self.group_by, str) and (self.group_by in GROUP_BY or Path(self.group_by).is_file()),
+             f"--group-by must be one of {list(GROUP_BY)} or a groups CSV file, got {self.group_by!r}"),
+            (_is_int(self.phash_threshold) and 0 <= self.phash_threshold <= 64,
+             f"--phash-threshold must be an integer in [0, 64], got {self.phash_threshold!r}"),
+            (self.phantom_label_level in ("slice", "subject"),
+             f"--phantom-label-level must be 'slice' or 'subject', got {self.phantom_label_level!r}"),
+            (_is_int(self.phantom_n) and self.phantom_n >= 20, f"--phantom-n must be an integer >= 20, got {self.phantom_n!r}"),
+            (_is_num(self.phantom_difficulty) and 0.0 <= self.phantom_difficulty <= 1.0,
+             f"--phantom-difficulty must be in [0, 1], got {self.phantom_difficulty!r}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
 
     def _validate_nested(self) -> None:
         """``--outer-folds`` (and the nested run's own ``outer_fold``); ``--test-size`` stays the parent's own."""
@@ -304,8 +316,8 @@ def cpu_preset_models(*, weights_dir: str | None = None, offline: bool = False) 
 
 
 #: Fields that define what a trial's number means: a resumed study must agree on them.
-STUDY_DEFINING = ("folds", "test_size", "image_size", "seed", "group_by", "window", "epochs", "search_epochs",
-                  "outer_fold")
+STUDY_DEFINING = ("folds", "test_size", "image_size", "seed", "group_by", "phash_threshold", "window", "epochs",
+                  "search_epochs", "outer_fold")
 
 
 def _is_int(value: Any) -> bool:

@@ -63,7 +63,8 @@ def prepare_data(config: SearchConfig, *, data_dir: Path | None = None, manifest
     if manifest is None:
         manifest = data.scan_folder(data_dir, group_by=config.group_by, window=config.window, min_per_class=config.folds,
                                     slice_labels=config.slice_labels, slice_step=config.slice_step,
-                                    min_brain_fraction=config.min_brain_fraction)
+                                    min_brain_fraction=config.min_brain_fraction,
+                                    phash_threshold=config.phash_threshold)
     outer = None if config.outer_fold is None else (config.outer_folds, config.outer_fold)  # a nested inner study
     split = make_split(manifest, test_size=config.test_size, n_folds=config.folds, seed=config.seed, outer=outer)
     X = data.load_arrays(manifest, size=config.image_size, window=config.window)

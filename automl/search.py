@@ -294,6 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=_positive_int("--epochs"), default=None, help="epochs per fold (max when searched)")
     p.add_argument("--search-epochs", action=argparse.BooleanOptionalAction, default=None, help="search epochs too")
     p.add_argument("--group-by", default="auto", help="subject grouping: auto|csv|dicom|filename|phash|none|<groups.csv>")
+    p.add_argument("--phash-threshold", type=int, default=6,
+                   help="perceptual-hash Hamming distance (0-64) that makes two images near-duplicates: links them "
+                        "into one subject when grouping by phash, and feeds the quality report (default 6)")
     p.add_argument("--window", default="brain", help="CT window for DICOM/NIfTI: brain|stroke|subdural|bone|level,width")
     p.add_argument("--slice-labels", default=None, help="volume,slice,label CSV of per-slice labels of volumes")
     p.add_argument("--slice-step", type=_positive_int("--slice-step"), default=1,

@@ -44,7 +44,9 @@ __all__ = [
     "distribution_chart",
     "figure_to_html",
     "leaderboard_chart",
+    "leakage_chart",
     "pr_chart",
+    "probability_bar",
     "reliability_chart",
     "roc_chart",
     "sample_grid",
@@ -232,10 +234,17 @@ def roc_chart(curves: Curves, *, title: str = "ROC curve", subjects: Mapping[str
         raise ValueError(f"No ROC curve can be drawn: every series of {list(curves)} holds a single class.")
     _diagonal(fig)
     fig.update_layout(template=_TEMPLATE, title=title, xaxis_title="False positive rate (1 - specificity)",
-                      yaxis_title="True positive rate (sensitivity)", legend=dict(x=0.45, y=0.05))
+                      yaxis_title="True positive rate (sensitivity)")
+    _legend_below(fig)
     fig.update_xaxes(range=[0, 1], constrain="domain")
     fig.update_yaxes(range=[0, 1.02], scaleanchor="x", scaleratio=1)
     return fig
+
+
+def _legend_below(fig: go.Figure) -> None:
+    """Horizontal legend under the plot, so long entries never cover the curves of a small figure."""
+    fig.update_layout(legend=dict(orientation="h", x=0, xanchor="left", y=-0.18, yanchor="top"),
+                      margin=dict(b=40))
 
 
 def _diagonal(fig: go.Figure) -> None:
@@ -257,7 +266,7 @@ def cv_roc_chart(y: Any, score: Any, folds: Any, *, name: str = "model", title: 
         title: Figure title (default ``"Out-of-fold ROC — <name>"``).
 
     Returns:
-        Traces ``"fold k (AUC …)"`` per fold, ``"± 1 std"`` and ``"<name> mean (AUC m ± s)"``.
+        Traces ``"fold k/K (AUC …)"`` per fold (numbered from 1), ``"± 1 std"`` and ``"<name> mean (AUC m ± s)"``.
     """
     y, score = _check_binary(name, y, score)
     folds = np.asarray(folds).ravel()
@@ -266,7 +275,8 @@ def cv_roc_chart(y: Any, score: Any, folds: Any, *, name: str = "model", title: 
     grid = np.linspace(0, 1, 101)
     tprs, aucs = [], []
     fig = go.Figure()
-    for k in np.unique(folds):
+    fold_ids = np.unique(folds)
+    for i, k in enumerate(fold_ids):
         m = folds == k
         if len(np.unique(y[m])) < 2:
             logger.warning("fold %s of %s has one class only: skipped in the ROC", k, name)
@@ -277,7 +287,7 @@ def cv_roc_chart(y: Any, score: Any, folds: Any, *, name: str = "model", title: 
         interp = np.interp(grid, fpr, tpr)
         interp[0] = 0.0
         tprs.append(interp)
-        fig.add_trace(go.Scatter(x=fpr, y=tpr, mode="lines", name=f"fold {k} (AUC {value:.3f})",
+        fig.add_trace(go.Scatter(x=fpr, y=tpr, mode="lines", name=f"fold {i + 1}/{len(fold_ids)} (AUC {value:.3f})",
                                  line=dict(width=1), opacity=0.45))
     if not tprs:
         raise ValueError(f"{name!r}: no fold holds both classes; cannot draw a ROC curve.")
@@ -292,7 +302,8 @@ def cv_roc_chart(y: Any, score: Any, folds: Any, *, name: str = "model", title: 
                              name=f"{name} mean (AUC {auc(grid, mean_tpr):.3f} ± {np.std(aucs):.3f})"))
     _diagonal(fig)
     fig.update_layout(template=_TEMPLATE, title=title or f"Out-of-fold ROC — {name}",
-                      xaxis_title="False positive rate", yaxis_title="True positive rate", legend=dict(x=0.55, y=0.05))
+                      xaxis_title="False positive rate", yaxis_title="True positive rate")
+    _legend_below(fig)
     fig.update_xaxes(range=[0, 1], constrain="domain")
     fig.update_yaxes(range=[0, 1.02], scaleanchor="x", scaleratio=1)
     return fig
@@ -346,14 +357,25 @@ def pr_chart(curves: Curves, *, title: str = "Precision–recall curve", subject
         fig.add_hline(y=prevalence, line_dash="dash", line_color="grey",
                       annotation_text=f"prevalence {prevalence:.2f}")
     fig.update_layout(template=_TEMPLATE, title=title, xaxis_title="Recall (sensitivity)",
-                      yaxis_title="Precision (PPV)", legend=dict(x=0.02, y=0.05))
+                      yaxis_title="Precision (PPV)")
+    _legend_below(fig)
     fig.update_xaxes(range=[0, 1])
     fig.update_yaxes(range=[0, 1.02])
     return fig
 
 
+def _bin_counts(score: np.ndarray, n_bins: int) -> np.ndarray:
+    """Images in each non-empty equal-width bin, in the order of ``calibration_curve(strategy="uniform")``."""
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    counts = np.bincount(np.searchsorted(edges[1:-1], score), minlength=n_bins)
+    return counts[counts > 0]
+
+
 def reliability_chart(curves: Curves, *, n_bins: int = 10, title: str = "Reliability diagram") -> go.Figure:
-    """Reliability diagram (observed frequency vs mean predicted probability) with ECE and Brier.
+    """Reliability diagram (observed frequency vs mean predicted probability) with ECE, Brier and bin counts.
+
+    A bin of three images says little: every point carries its image count (hover: ``n = …``) and a
+    bar chart of the counts per bin sits under the diagram (shared probability axis).
 
     Args:
         curves: ``{name: (y, score)}`` with binary ``y``.
@@ -361,26 +383,36 @@ def reliability_chart(curves: Curves, *, n_bins: int = 10, title: str = "Reliabi
         title: Figure title.
 
     Returns:
-        One trace per curve named ``"<name> (ECE 0.041, Brier 0.118)"`` plus the diagonal.
+        Per curve, a line named ``"<name> (ECE 0.041, Brier 0.118)"`` (``customdata`` = images per
+        non-empty bin) and a bar trace ``"<name>: images per bin"`` below; the diagonal comes last.
     """
     if not curves:
         raise ValueError("reliability_chart needs at least one curve.")
     if n_bins < 2:
         raise ValueError(f"n_bins must be >= 2, got {n_bins}.")
-    fig = go.Figure()
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.75, 0.25], vertical_spacing=0.05)
     for i, (name, (y, score)) in enumerate(curves.items()):
         y, score = _check_binary(name, y, score)
         prob_true, prob_pred = calibration_curve(y, score, n_bins=n_bins, strategy="uniform")
+        counts = _bin_counts(score, n_bins)
         ece = float(_metrics.expected_calibration_error(y, score, n_bins=n_bins))
         brier = float(_metrics.brier_score(y, score))
-        fig.add_trace(go.Scatter(x=prob_pred, y=prob_true, mode="lines+markers", line=dict(color=_color(i)),
-                                 name=f"{name} (ECE {ece:.3f}, Brier {brier:.3f})"))
+        fig.add_trace(go.Scatter(
+            x=prob_pred, y=prob_true, mode="lines+markers", line=dict(color=_color(i)), customdata=counts,
+            name=f"{name} (ECE {ece:.3f}, Brier {brier:.3f})", legendgroup=name,
+            hovertemplate="predicted %{x:.2f}<br>observed %{y:.2f}<br>n = %{customdata} images<extra></extra>",
+        ), row=1, col=1)
+        fig.add_trace(go.Bar(x=prob_pred, y=counts, name=f"{name}: images per bin", legendgroup=name, showlegend=False,
+                             marker_color=_color(i), opacity=0.6, width=0.8 / n_bins,
+                             hovertemplate="predicted %{x:.2f}<br>n = %{y} images<extra></extra>"), row=2, col=1)
     fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfect calibration",
-                             line=dict(color="grey", dash="dash", width=1)))
-    fig.update_layout(template=_TEMPLATE, title=title, xaxis_title="Mean predicted probability",
-                      yaxis_title="Observed frequency of the positive class", legend=dict(x=0.02, y=0.98))
+                             line=dict(color="grey", dash="dash", width=1)), row=1, col=1)
+    fig.update_layout(template=_TEMPLATE, title=title, barmode="group", height=520)
+    _legend_below(fig)
     fig.update_xaxes(range=[0, 1])
-    fig.update_yaxes(range=[0, 1.02])
+    fig.update_xaxes(title_text="Mean predicted probability", row=2, col=1)
+    fig.update_yaxes(range=[0, 1.02], title_text="Observed frequency (positive class)", row=1, col=1)
+    fig.update_yaxes(title_text="images", row=2, col=1)
     return fig
 
 
@@ -446,15 +478,27 @@ def distribution_chart(table: pd.DataFrame, column: str, *, by: str = "label", n
     return fig
 
 
+#: Font size (px) of a sample's caption, its line height, and the longest caption line before "…".
+_CAPTION_PX, _CAPTION_LINE_PX, _CAPTION_CHARS = 11, 15, 26
+
+
+def _short(line: str) -> str:
+    return line if len(line) <= _CAPTION_CHARS else line[:_CAPTION_CHARS - 1] + "…"
+
+
 def sample_grid(images: Sequence[np.ndarray], titles: Sequence[str], *, ncols: int = 6,
-                title: str = "Samples") -> go.Figure:
-    """Grid of grayscale images (all the same size), one facet per image with its title.
+                title: str = "Samples", image_px: int = 150) -> go.Figure:
+    """Grid of grayscale images (all the same size), one facet per image with its caption above it.
+
+    The gap between rows is sized in pixels for the longest caption (``<br>`` separates lines; lines
+    longer than 26 characters end in "…"), so captions never run into the image above them.
 
     Args:
         images: 2-D arrays (uint8 or float in [0, 1]) of identical shape.
-        titles: One title per image.
+        titles: One caption per image.
         ncols: Images per row.
         title: Figure title.
+        image_px: Height of one row of images, in pixels.
     """
     if not images:
         raise ValueError("sample_grid needs at least one image.")
@@ -462,16 +506,20 @@ def sample_grid(images: Sequence[np.ndarray], titles: Sequence[str], *, ncols: i
         raise ValueError(f"{len(images)} images but {len(titles)} titles.")
     if ncols < 1:
         raise ValueError(f"ncols must be >= 1, got {ncols}.")
+    captions = ["<br>".join(_short(line) for line in str(t).split("<br>")) for t in titles]
+    caption_px = _CAPTION_LINE_PX * max(c.count("<br>") + 1 for c in captions) + 6
+    rows = int(np.ceil(len(images) / ncols))
+    top, bottom = 50 + caption_px, 10
+    plot_px = rows * image_px + (rows - 1) * caption_px
     stack = np.stack([_to_uint8(im) for im in images])
-    fig = px.imshow(stack, facet_col=0, facet_col_wrap=min(ncols, len(images)), binary_string=True,
-                    title=title, facet_col_spacing=0.01, facet_row_spacing=0.06)
+    fig = px.imshow(stack, facet_col=0, facet_col_wrap=min(ncols, len(images)), binary_string=True, title=title,
+                    facet_col_spacing=0.01, facet_row_spacing=caption_px / plot_px if rows > 1 else 0.0)
     for annotation in fig.layout.annotations:
-        index = int(annotation.text.split("=")[-1])
-        annotation.text = titles[index]
+        annotation.text = captions[int(annotation.text.split("=")[-1])]
+        annotation.font = dict(size=_CAPTION_PX)
     fig.update_xaxes(showticklabels=False)
     fig.update_yaxes(showticklabels=False)
-    rows = int(np.ceil(len(images) / ncols))
-    fig.update_layout(height=max(250, 170 * rows + 60), margin=dict(l=10, r=10, t=60, b=10))
+    fig.update_layout(height=plot_px + top + bottom, margin=dict(l=10, r=10, t=top, b=bottom))
     return fig
 
 
@@ -485,9 +533,37 @@ def _to_uint8(image: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------- attributions
+def _mpl_colorscale(name: str, n: int = 11) -> list[list[Any]]:
+    """A plotly colour scale sampled from a matplotlib colour map (the one :func:`models.attribution.overlay` used)."""
+    import matplotlib
+
+    cmap = matplotlib.colormaps[name]
+    return [[t, "rgb({},{},{})".format(*(int(round(255 * c)) for c in cmap(t)[:3]))] for t in np.linspace(0, 1, n)]
+
+
+def _colour_bar_trace(signed: bool, x: float) -> go.Scatter:
+    """An invisible trace whose colour bar explains :func:`models.attribution.overlay`'s colours.
+
+    Each map is divided by its own 99th percentile of ``|value|`` (so the bar reads in those units):
+    absolute maps go 0 → 1 on ``jet``, signed maps -1 → 1 on ``RdBu_r`` (red = for the class).
+    """
+    low, title = (-1.0, "signed attribution<br>(÷ its 99th pct;<br>red = for, blue = against)") if signed else \
+        (0.0, "attribution<br>(÷ its 99th pct)")
+    return go.Scatter(
+        x=[None], y=[None], mode="markers", hoverinfo="skip", showlegend=False,
+        name="signed colour scale" if signed else "colour scale",
+        marker=dict(colorscale=_mpl_colorscale("RdBu_r" if signed else "jet"), cmin=low, cmax=1.0, color=[low],
+                    showscale=True, colorbar=dict(title=dict(text=title, side="right"), x=x, len=0.8, thickness=12)),
+    )
+
+
 def attribution_figure(image: np.ndarray, overlays: Mapping[str, np.ndarray], *, mask: np.ndarray | None = None,
-                       scores: Mapping[str, str] | None = None, title: str = "Attributions") -> go.Figure:
+                       scores: Mapping[str, str] | None = None, title: str = "Attributions",
+                       signed: Mapping[str, bool] | None = None) -> go.Figure:
     """Original image next to one attribution overlay per method (or model), with the lesion outline.
+
+    With ``signed`` (``{panel name: Attribution.signed}``) the row gets the colour bar of its maps: one
+    for absolute maps (``jet``, 0 → 1) and one for signed maps (``RdBu_r``, -1 → 1) when both occur.
 
     Args:
         image: The 2-D grayscale input (uint8 or float in [0, 1]).
@@ -495,6 +571,7 @@ def attribution_figure(image: np.ndarray, overlays: Mapping[str, np.ndarray], *,
         mask: Optional boolean lesion mask (same H, W): drawn as a green outline on every panel.
         scores: Optional ``{panel name: text}`` appended to the panel title (e.g. localisation score).
         title: Figure title.
+        signed: Optional ``{panel name: signed}`` of the overlays: adds the shared colour bar(s).
     """
     gray = _to_uint8(image)
     panels = {"original": np.repeat(gray[..., None], 3, axis=2)}
@@ -515,10 +592,77 @@ def attribution_figure(image: np.ndarray, overlays: Mapping[str, np.ndarray], *,
                 z=np.asarray(mask, dtype=float), showscale=False, contours=dict(start=0.5, end=0.5, coloring="lines"),
                 colorscale=[[0, "lime"], [1, "lime"]], line=dict(width=2), hoverinfo="skip", name="lesion", showlegend=False,
             ), row=1, col=col)
+    kinds = sorted({bool(v) for k, v in (signed or {}).items() if k in overlays})
+    for j, kind in enumerate(kinds):
+        fig.add_trace(_colour_bar_trace(kind, 1.01 + 0.09 * j), row=1, col=1)
     fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False)
     fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False)
     fig.update_layout(template=_TEMPLATE, title=dict(text=title, y=0.98), height=380,
-                      margin=dict(l=10, r=10, t=110, b=10))
+                      margin=dict(l=10, r=10 + 90 * len(kinds), t=110, b=10))
+    return fig
+
+
+# ---------------------------------------------------------------------------- leakage audit, live prediction
+def leakage_chart(audit: Mapping[str, Any]) -> go.Figure:
+    """The leakage audit as a picture: CV AUC of the same cheap fit on the honest and on the leaky split.
+
+    Args:
+        audit: ``report.json``'s ``leakage_audit`` (:func:`automl.refit.leakage_audit`): ``grouped_auc``,
+            ``slice_auc`` and, when recorded, the per-fold ``grouped_folds`` / ``slice_folds``.
+
+    Returns:
+        Bars ``"mean CV AUC"`` (subject-grouped first, then slice-level) and, when the folds are recorded,
+        points ``"folds"`` (one per fold).
+    """
+    labels = ["subject-grouped split<br>(honest)", "slice-level split<br>(leaky)"]
+    means = [audit.get("grouped_auc"), audit.get("slice_auc")]
+    if any(m is None for m in means):
+        raise ValueError(f"The leakage audit lacks grouped_auc / slice_auc: {sorted(audit)}.")
+    means = [float(m) for m in means]
+    fig = go.Figure(go.Bar(x=labels, y=means, name="mean CV AUC", marker_color=[_color(2), _color(1)],
+                           text=[f"{m:.3f}" for m in means], textposition="outside", width=0.5))
+    folds = [list(audit.get("grouped_folds") or []), list(audit.get("slice_folds") or [])]
+    if any(folds):
+        fig.add_trace(go.Scatter(x=[labels[0]] * len(folds[0]) + [labels[1]] * len(folds[1]), y=folds[0] + folds[1],
+                                 mode="markers", name="folds", marker=dict(color="black", size=7, symbol="circle-open"),
+                                 hovertemplate="fold AUC %{y:.3f}<extra></extra>"))
+    who = "pixel logistic-regression probe" if audit.get("method") == "probe" else f"{audit.get('model', 'winner')}"
+    fig.add_hline(y=0.5, line_dash="dot", line_color="grey")
+    fig.update_layout(template=_TEMPLATE, title=f"Leakage audit: the same {who}, two splits", yaxis_title="CV AUC",
+                      yaxis_range=[0, 1.08], height=320, showlegend=False, margin=dict(l=10, r=10, t=50, b=10))
+    return fig
+
+
+def probability_bar(probabilities: Mapping[str, float], *, title: str = "", threshold: float | None = None,
+                    positive: str | None = None) -> go.Figure:
+    """Horizontal bars of one prediction's class probabilities, the threshold marked on the positive bar only.
+
+    Args:
+        probabilities: ``{class: probability}`` in class order.
+        title: Figure title.
+        threshold: The decision threshold on ``P(positive)`` (binary tasks); ``None`` draws none.
+        positive: The class the threshold applies to (default: the last class).
+
+    Returns:
+        One ``go.Bar``; with a threshold, one dashed line shape spanning the positive class's bar and
+        an annotation ``"threshold 0.42"`` next to it.
+    """
+    names, values = list(probabilities), [float(v) for v in probabilities.values()]
+    if not names:
+        raise ValueError("probability_bar needs at least one class.")
+    fig = go.Figure(go.Bar(x=values, y=names, orientation="h", text=[f"{v:.1%}" for v in values],
+                           textposition="auto"))
+    fig.update_layout(template=_TEMPLATE, xaxis=dict(range=[0, 1], title="probability"), height=220,
+                      margin=dict(l=10, r=10, t=30, b=10), title=title)
+    if threshold is not None:
+        positive = names[-1] if positive is None else positive
+        if positive not in names:
+            raise ValueError(f"Unknown positive class {positive!r}; classes are {names}.")
+        row = names.index(positive)  # a category's position on its axis: its index
+        fig.add_shape(type="line", x0=threshold, x1=threshold, y0=row - 0.45, y1=row + 0.45, xref="x", yref="y",
+                      line=dict(color="black", dash="dash", width=2))
+        fig.add_annotation(x=threshold, y=row + 0.45, xref="x", yref="y", text=f"threshold {threshold:.2f}",
+                           showarrow=False, yanchor="bottom", font=dict(size=11))
     return fig
 
 

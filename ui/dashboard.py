@@ -45,6 +45,8 @@ TABS = ["Leaderboard", "ROC / PR / calibration", "Confusion matrix", "Attributio
 DEMO_STUDY = "demo"
 OTHER_FOLDER = "Other folder…"
 _TRUE = ("1", "true", "yes", "on")
+#: Height (px) of the embedded Gradio app: its examples (the DICOM series last) fit without cropping.
+GRADIO_FRAME_HEIGHT = 1600
 
 
 def leaderboards_root() -> Path:
@@ -236,6 +238,11 @@ def _positive_ui(study: StudyResults, key: str) -> str:
     return st.selectbox("Positive class (one vs rest)", study.classes[1:], index=len(study.classes) - 2, key=key)
 
 
+def _set_state(key: str, value: Any) -> None:
+    """Button callback: put a widget back to ``value`` (runs before the rerun draws the widget)."""
+    st.session_state[key] = value
+
+
 def _pct(value: float) -> str:
     return "–" if value is None or not np.isfinite(value) else f"{value:.1%}"
 
@@ -402,12 +409,16 @@ def _audit_ui(study: StudyResults) -> None:
         limit = float(audit.get("threshold", 0.05))
         text = (f"**Leakage audit** ({audit.get('description', audit.get('method', ''))}): subject-grouped CV AUC "
                 f"**{audit.get('grouped_auc', np.nan):.3f}** vs slice-level CV AUC **{audit.get('slice_auc', np.nan):.3f}**"
-                f" — gap {gap:+.3f} (flag above {limit:.2f}).")
-        if gap > limit or audit.get("flagged"):
-            st.error(text + " A slice-level split would overstate this model: slices of one patient look alike. "
-                            "The grouped numbers below are the honest ones.", icon="🚨")
-        else:
-            st.success(text + " No leakage signal.", icon="✅")
+                f" — gap {gap:+.3f} (flag above {limit:.2f}). {report.leakage_sentence(audit)}")
+        cols = st.columns([3, 2])
+        with cols[0]:
+            if report.leakage_flagged(audit):
+                st.error(text, icon="🚨")
+            else:
+                st.success(text, icon="✅")
+        if audit.get("grouped_auc") is not None and audit.get("slice_auc") is not None:
+            with cols[1]:
+                st.plotly_chart(charts.leakage_chart(audit), key="chart_leakage")
     else:
         st.info("No leakage audit recorded for this study.")
 
@@ -509,9 +520,13 @@ def confusion_ui(study: StudyResults, model: str | None) -> None:
         return
     chosen = study.threshold(model)
     chosen = 0.5 if not np.isfinite(chosen) else float(np.clip(chosen, 0.0, 1.0))
-    threshold = st.slider(f"Decision threshold on P({study.classes[1]})", 0.0, 1.0, value=round(chosen, 3),
-                          step=0.001, format="%.3f", key=f"threshold_{model}",
-                          help=f"Default: the threshold chosen on the calibration part ({chosen:.3f}).")
+    key = f"threshold_{model}"
+    st.session_state.setdefault(key, round(chosen, 3))  # the slider's value lives in session state (reset below)
+    cols = st.columns([5, 1], vertical_alignment="bottom")
+    threshold = cols[0].slider(f"Decision threshold on P({study.classes[1]})", 0.0, 1.0, step=0.001, format="%.3f",
+                               key=key, help=f"Default: the threshold chosen on the calibration part ({chosen:.3f}).")
+    cols[1].button("↺ Chosen threshold", key=f"reset_{key}", on_click=_set_state, args=(key, round(chosen, 3)),
+                   disabled=threshold == round(chosen, 3), help=f"Back to the threshold chosen on the calibration part ({chosen:.3f}).")
     m = binary_metrics_at_threshold(y, P[:, 1], threshold)
     cols = st.columns(4)
     cols[0].metric("Sensitivity", _pct(m["sensitivity"]))
@@ -610,13 +625,16 @@ def attributions_ui(study: StudyResults, model: str | None) -> None:
         from data.phantom import load_mask
 
         lesion = load_mask(study.data_dir, rel)
-    overlays, scores, image, lines = {}, {}, None, []
+    overlays, scores, signed, image, lines = {}, {}, {}, None, []
+    chosen_target = target
     for m, meth in jobs:
         folder = study.model_dir(m)
         att = _explain(str(folder), max(p.stat().st_mtime for p in folder.iterdir()), source, payload, meth, target)
+        target = att.target_name  # one class for the whole row: the first map's (the model's prediction by default)
         name = meth if m == model else f"{m} · {meth}"
         image = att.image if image is None else image
         overlays[name] = overlay(att.image, att.heatmap, signed=att.signed)
+        signed[name] = bool(att.signed)
         precision = " (bf16)" if att.params.get("precision") == "bf16" else ""
         lines.append(f"**{name}**: P({att.target_name}) = {att.probability:.3f}, {att.seconds * 1000:.0f} ms{precision}")
         if lesion is not None and lesion.any():
@@ -627,8 +645,12 @@ def attributions_ui(study: StudyResults, model: str | None) -> None:
                 scores[name] = (f"pointing {pointing_game(att.heatmap, mask_s):.0f} · "
                                 f"mass in lesion {mass_in_mask(att.heatmap, mask_s):.0%}")
     mask_s = _resize_mask(lesion, image.shape[0]) if lesion is not None and lesion.any() else None
-    fig = charts.attribution_figure(image, overlays, mask=mask_s, scores=scores, title=caption)
+    fig = charts.attribution_figure(image, overlays, mask=mask_s, scores=scores, title=caption, signed=signed)
     figure_ui(fig, f"{study.name}_{model}_attribution", key="attribution")
+    st.caption(f"Every map explains the class **{target}**"
+               + (" (chosen above)." if chosen_target is not None else f" ({model}'s prediction for this image).")
+               + " Each map is scaled by its own 99th percentile of |attribution| (colour bar): compare where, "
+                 "not how much.")
     st.markdown(" · ".join(lines))
     if mask_s is not None:
         st.caption("Green outline: the phantom's true lesion mask. Pointing game = 1 when the map's maximum lies inside "
@@ -726,10 +748,7 @@ def search_ui(study: StudyResults) -> None:
         return
     figure_ui(vis.plot_optimization_history(optuna_study), f"{study.name}_history", key="history")
     if len(complete) >= 2 and any(t.params for t in complete):
-        try:
-            figure_ui(vis.plot_param_importances(optuna_study), f"{study.name}_importances", key="importances")
-        except (ValueError, RuntimeError) as exc:
-            st.info(f"Parameter importances are not available yet: {exc}")
+        _importances_ui(study, optuna_study, complete)
     else:
         st.info("Parameter importances need at least two complete trials with parameters.")
     figure_ui(vis.plot_parallel_coordinate(optuna_study), f"{study.name}_parallel", key="parallel")
@@ -737,6 +756,35 @@ def search_ui(study: StudyResults) -> None:
         st.caption("Intermediate values: the running mean of validation AUC over folds and epochs (pruned trials "
                    "stop early).")
         figure_ui(vis.plot_intermediate_values(optuna_study), f"{study.name}_intermediate", key="intermediate")
+
+
+#: Fewer complete trials than this: the parameter importances are called rough on the page.
+FEW_TRIALS_FOR_IMPORTANCE = 20
+
+
+def _importances_ui(study: StudyResults, optuna_study: Any, complete: list[Any]) -> None:
+    """Optuna's parameter importances, with Optuna's own warnings (e.g. "may be inaccurate") shown on the page."""
+    import warnings
+
+    from optuna import visualization as vis
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            fig = vis.plot_param_importances(optuna_study)
+        except (ValueError, RuntimeError) as exc:
+            st.info(f"Parameter importances are not available yet: {exc}")
+            return
+    messages = list(dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, UserWarning)))
+    n_models = len({t.params.get("model") for t in complete})
+    few = len(complete) < FEW_TRIALS_FOR_IMPORTANCE
+    if few or messages:
+        st.warning(f"Rough estimate: parameter importances from {len(complete)} complete trial(s) of {n_models} "
+                   "model(s)" + (f", fewer than {FEW_TRIALS_FOR_IMPORTANCE}: the ranking may change with more trials "
+                                 "(a parameter that only some models have is judged on their trials alone)." if few
+                                 else ".")
+                   + "".join(f"\n\n- Optuna: {m}" for m in messages), icon="⚠️")
+    figure_ui(fig, f"{study.name}_importances", key="importances")
 
 
 def live_ui(study: StudyResults, model: str | None) -> None:
@@ -752,7 +800,7 @@ def live_ui(study: StudyResults, model: str | None) -> None:
         if url is None:
             st.warning(f"The Gradio app could not start ({reason}); native predictor below.")
         elif host in ("localhost", "127.0.0.1", "::1"):
-            st.iframe(url, height=900)
+            st.iframe(url, height=GRADIO_FRAME_HEIGHT)
             embedded = True
             st.link_button("Open the Gradio app in its own tab", url)
         else:
@@ -776,12 +824,9 @@ def live_ui(study: StudyResults, model: str | None) -> None:
         cols = st.columns([1, 2])
         cols[0].image(predictor.preprocess(upload.getvalue()).squeeze().cpu().numpy(), caption="What the model saw",
                       clamp=True, width=200)
-        bar = go.Figure(go.Bar(x=list(probs.values()), y=list(probs.keys()), orientation="h",
-                               text=[f"{v:.1%}" for v in probs.values()], textposition="auto"))
-        bar.update_layout(template="plotly_white", xaxis=dict(range=[0, 1], title="probability"), height=220,
-                          margin=dict(l=10, r=10, t=30, b=10), title=f"{model}: {result['label']}")
-        if len(study.classes) == 2:
-            bar.add_vline(x=threshold, line_dash="dash", annotation_text=f"threshold {threshold:.2f}")
+        binary = len(study.classes) == 2 and np.isfinite(threshold)
+        bar = charts.probability_bar(probs, title=f"{model}: {result['label']}", threshold=threshold if binary else None,
+                                     positive=study.classes[1] if binary else None)
         with cols[1]:
             st.plotly_chart(bar, key="live_probabilities")
         st.caption(report.DISCLAIMER)

@@ -25,7 +25,7 @@ from automl._cli import add_logging_arguments, add_study_arguments, fail, locate
 from automl.results import StudyError, StudyResults, load_study
 from ui import charts
 
-__all__ = ["DISCLAIMER", "build_report", "leaderboard_table", "positive_class", "roc_class_names", "test_curves",
+__all__ = ["DISCLAIMER", "build_report", "leaderboard_html", "leaderboard_table", "leakage_flagged", "leakage_sentence", "positive_class", "roc_class_names", "test_curves",
            "test_subjects", "write_report", "main"]
 
 logger = logging.getLogger(__name__)
@@ -44,6 +44,15 @@ TABLE_COLUMNS = [
     "subject_auc_mean", "subject_auc_max", "threshold", "lr", "batch_size", "weight_decay", "finetune",
     "fit_seconds", "refit",
 ]
+#: Shown even when empty (the identity of a row and the selection score).
+_ALWAYS_SHOWN = ("rank", "trial", "model", "state", "cv_auc_mean")
+#: Whole-number columns: shown as integers (a column of ints with a gap is read back as floats).
+_INTEGER_COLUMNS = ("rank", "trial", "batch_size", "n_test_subjects_pos", "n_test_subjects_neg")
+#: Text columns: a missing value reads "–" (not "None" / "nan").
+_TEXT_COLUMNS = ("init", "train_precision", "state", "subject_rule", "subject_note", "compare_method", "ci_method",
+                 "test_note", "finetune")
+#: Floats spanning decades (learning rate, weight decay): three significant digits, never rounded to 0.001.
+_SIGNIFICANT_COLUMNS = ("lr", "weight_decay")
 _LEGACY_COLUMNS = {"subject_auc_mean": "subject_auc", "subject_auc_max": "subject_auc"}  # shown without the new one
 #: Slice-level figures hidden where the test part has fewer than two subjects of a class.
 _SLICE_FIGURES = ("test_auc", "test_auc_ci_low", "test_auc_ci_high", "test_sensitivity", "test_specificity",
@@ -82,6 +91,15 @@ def best_per_architecture(board: pd.DataFrame) -> pd.Index:
     return pd.Index(done.groupby("model")["cv_auc_mean"].idxmax().to_list())
 
 
+def _as_integers(column: pd.Series) -> pd.Series:
+    """``column`` as nullable integers when every value present is a whole number (else unchanged)."""
+    values = pd.to_numeric(column, errors="coerce")
+    present = values.dropna()
+    if present.empty or values.notna().sum() != column.notna().sum() or not np.all(np.mod(present, 1) == 0):
+        return column
+    return values.astype("Int64")
+
+
 def _not_estimable_rows(board: pd.DataFrame) -> pd.Series:
     """Rows whose test part has fewer than two subjects of a class (unknown counts: ``False``)."""
     if "n_test_subjects_pos" not in board.columns or "n_test_subjects_neg" not in board.columns:
@@ -97,14 +115,22 @@ def leaderboard_table(board: pd.DataFrame) -> pd.DataFrame:
 
     Slice-level test figures of a row whose test part has fewer than two subjects of a class are
     blanked (its ``test_note`` says "not estimable (n = …)"): a 0.000 or 1.000 from one patient is no
-    result. The file itself keeps every value.
+    result. The file itself keeps every value. A column with no value in any row (e.g.
+    ``train_precision`` of a study of classical baselines, or one written before it was recorded) is
+    left out; missing text reads "–"; whole-number columns (``batch_size``, counts) are integers,
+    so ``32`` never shows as ``32.000``.
     """
     columns = [c for c in TABLE_COLUMNS if c in board.columns
-               and not (c in _LEGACY_COLUMNS and _LEGACY_COLUMNS[c] in board.columns)]
+               and not (c in _LEGACY_COLUMNS and _LEGACY_COLUMNS[c] in board.columns)
+               and (c in _ALWAYS_SHOWN or board[c].notna().any())]
     table = board[columns].copy()
     hidden = _not_estimable_rows(board)
     for column in (c for c in _SLICE_FIGURES if c in table.columns):
         table[column] = table[column].astype(float).mask(hidden)
+    for column in (c for c in _INTEGER_COLUMNS if c in table.columns):
+        table[column] = _as_integers(table[column])
+    for column in (c for c in _TEXT_COLUMNS if c in table.columns):
+        table[column] = table[column].astype(object).where(table[column].notna(), "–")
     table.insert(min(3, len(columns)), "best", np.where(board.index.isin(best_per_architecture(board)), "★", ""))
     return table
 
@@ -115,17 +141,55 @@ def _fmt(value: Any) -> str:
     return f"{value:.3f}" if isinstance(value, float) else html.escape(str(value))
 
 
+def _significant(value: Any) -> str:
+    """Three significant digits (``9.49e-04``, not ``0.001``); "–" when missing."""
+    return "–" if pd.isna(value) else f"{float(value):.3g}"
+
+
+def leaderboard_html(table: pd.DataFrame) -> str:
+    """:func:`leaderboard_table` as HTML: three decimals, learning rate and weight decay to 3 significant digits."""
+    formatters = {c: _significant for c in _SIGNIFICANT_COLUMNS if c in table.columns}
+    return table.to_html(index=False, formatters=formatters, float_format=lambda v: f"{v:.3f}", na_rep="–")
+
+
+def leakage_flagged(audit: dict[str, Any]) -> bool:
+    """Whether the leakage audit's gap is above its threshold (or the audit flagged itself)."""
+    gap = audit.get("gap")
+    gap = float(gap) if gap is not None else math.nan
+    return bool(audit.get("flagged")) or (math.isfinite(gap) and gap > float(audit.get("threshold", 0.05)))
+
+
+def leakage_sentence(audit: dict[str, Any]) -> str:
+    """What the leakage audit's gap means, naming what was fitted (the pixel probe or the winner).
+
+    The audit fits one cheap model twice on the same CV rows: on the study's subject-grouped folds and
+    on slice-level folds that let slices of one patient sit on both sides (a leaky split). The gap is
+    between those two splits; with ``method="probe"`` the model is a pixel logistic regression, not
+    the study's winner, so the sentence never says "this model".
+    """
+    if audit.get("method") == "probe":
+        who = "The probe (a logistic regression on down-sampled pixels, not one of the study's models)"
+    else:
+        who = f"The winning configuration ({audit.get('model', '?')}, {audit.get('epochs', '?')} epoch(s))"
+    gap = audit.get("gap")
+    gap_text = "–" if gap is None or not math.isfinite(float(gap)) else f"{float(gap):+.3f}"
+    if leakage_flagged(audit):
+        return (f"{who} scores {gap_text} AUC higher on the leaky slice-level split (slices of one patient in both "
+                "training and validation) than on the subject-grouped split: slices of a patient look alike, so a "
+                "slice-level split would flatter any model trained on these images. The subject-grouped numbers "
+                "of this study are the honest ones.")
+    return (f"No leakage signal: {who[0].lower() + who[1:]} scores about the same on the leaky slice-level split "
+            f"and on the subject-grouped split (gap {gap_text}).")
+
+
 def _audit_html(report: dict[str, Any]) -> str:
     audit = report.get("leakage_audit")
     if not audit:
         return "<p class='info'>No leakage audit recorded for this study.</p>"
-    gap = audit.get("gap")
-    flagged = bool(audit.get("flagged")) or (gap is not None and gap > float(audit.get("threshold", 0.05)))
-    css = "bad" if flagged else "good"
-    verdict = "LEAKAGE SUSPECTED: a slice-level split overstates this model" if flagged else "no leakage signal"
+    css = "bad" if leakage_flagged(audit) else "good"
     return (f"<p class='{css}'><b>Leakage audit</b> ({html.escape(str(audit.get('description', '')))}): "
             f"subject-grouped CV AUC <b>{_fmt(audit.get('grouped_auc'))}</b> vs slice-level CV AUC "
-            f"<b>{_fmt(audit.get('slice_auc'))}</b>, gap {_fmt(gap)} — {verdict}.</p>")
+            f"<b>{_fmt(audit.get('slice_auc'))}</b>. {html.escape(leakage_sentence(audit))}</p>")
 
 
 def _verdict_html(study: StudyResults, report: dict[str, Any]) -> str:
@@ -149,7 +213,7 @@ def _verdict_html(study: StudyResults, report: dict[str, Any]) -> str:
 
 
 def _figures(study: StudyResults) -> list[tuple[str, go.Figure]]:
-    figures: list[tuple[str, go.Figure]] = [("Leaderboard", charts.leaderboard_chart(study.leaderboard))]
+    figures: list[tuple[str, go.Figure]] = [("", charts.leaderboard_chart(study.leaderboard))]
     models = study.refitted_models()
     best = study.best_model
     positive = positive_class(study)
@@ -234,11 +298,12 @@ def build_report(study: StudyResults | str | Path) -> str:
         "<p>cv_auc_mean: the selection score (what the search maximised); subject_*: patient level, the "
         "headline; test_*: slices, intervals by ci_method; compare_p: paired test against the best model "
         "(compare_method); '–' where not estimable (see subject_note, test_note).</p>",
-        leaderboard_table(study.leaderboard).to_html(index=False, float_format=lambda v: f"{v:.3f}", na_rep="–"),
+        leaderboard_html(leaderboard_table(study.leaderboard)),
     ]
     first = True
     for title, fig in _figures(study):
-        parts.append(f"<h2>{html.escape(title)}</h2>")
+        if title:  # the leaderboard chart goes under the table's heading, no second "Leaderboard"
+            parts.append(f"<h2>{html.escape(title)}</h2>")
         if fig is None:
             parts.append("<p class='info'>Not available for this study (see the log).</p>")
             continue

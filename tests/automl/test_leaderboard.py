@@ -346,3 +346,14 @@ def test_not_estimable_is_written_as_nan_and_a_reason(tmp_path: Path) -> None:
     markdown = (study_dir / "leaderboard.md").read_text()
     assert reason in markdown and "> ⚠️ Small test part" in markdown
     assert "0.000 [" not in markdown and "1.000 [" not in markdown
+
+
+def test_leaderboard_md_names_the_probe_in_the_leakage_note() -> None:
+    """The audit's probe is a pixel logistic regression: the note must not call it "this model" (issue 17)."""
+    from automl._leaderboard_md import _head_lines
+
+    audit = {"method": "probe", "grouped_auc": 0.8, "slice_auc": 0.95, "gap": 0.15, "flagged": True,
+             "description": "logistic-regression linear probe on down-sampled pixels, C=1"}
+    text = "\n".join(_head_lines({"leakage_audit": audit}))
+    assert "pixel logistic-regression probe" in text and "subject-grouped split" in text
+    assert "this model" not in text

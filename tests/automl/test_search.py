@@ -100,6 +100,9 @@ def test_config_round_trips_through_dict(tmp_path: Path) -> None:
         ({"workers": 0}, "--workers"),
         ({"seed": -1}, "--seed"),
         ({"group_by": "astrology"}, "--group-by"),
+        ({"phash_threshold": 65}, "--phash-threshold"),
+        ({"phash_threshold": -1}, "--phash-threshold"),
+        ({"phash_threshold": 4.5}, "--phash-threshold"),
         ({"data": "/no/such/folder"}, "--data"),
         ({"weights_dir": "/no/such/weights"}, "--weights-dir"),
         ({"study": "../escape"}, "--study"),
@@ -122,6 +125,7 @@ def test_invalid_config_raises_naming_the_flag(kwargs: dict, flag: str) -> None:
         (["--test-size", "0.9"], "--test-size"),
         (["--pruner", "random"], "--pruner"),
         (["--timeout", "nan"], "--timeout"),
+        (["--phash-threshold", "99"], "--phash-threshold"),
     ],
 )
 def test_cli_bad_flags_exit_2_before_any_work(argv: list[str], flag: str, tmp_path: Path,
@@ -762,6 +766,46 @@ def test_pretrained_yes_without_weights_fails_before_any_work(weights_dir: bool,
     err = capsys.readouterr().err
     assert missing_weights_message("resnet18", "resnet18", offline=True) in err  # tests run with HF_HUB_OFFLINE=1
     assert not out.exists()  # nothing scanned, trained or written
+
+
+def test_phash_threshold_flag_reaches_the_scan_and_config_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--phash-threshold`` (suggested by the quality report) is a real flag: scan, config.json, resume check."""
+    import data
+    from automl.config import STUDY_DEFINING
+    from automl.data_context import prepare_data
+
+    config = search.config_from_args(search.build_parser().parse_args(["--phash-threshold", "3", "--preset", "smoke"]))
+    assert config.phash_threshold == 3 and config.to_dict()["phash_threshold"] == 3
+    assert SearchConfig.from_dict(config.to_dict()).phash_threshold == 3
+    assert search.build_parser().parse_args([]).phash_threshold == 6 == SearchConfig(preset="smoke").phash_threshold
+    assert "phash_threshold" in STUDY_DEFINING
+    seen = {}
+
+    def fake_scan(folder, **kwargs):
+        seen.update(kwargs)
+        raise RuntimeError("stop after the scan")
+
+    monkeypatch.setattr(data, "scan_folder", fake_scan)
+    with pytest.raises(RuntimeError, match="stop after the scan"):
+        prepare_data(config, data_dir=tmp_path)
+    assert seen["phash_threshold"] == 3
+
+
+def test_fold_bar_counts_folds_from_one() -> None:
+    from automl._progress import Progress
+
+    progress = Progress(n_trials=1, n_folds=3, n_epochs=2, bars=True)
+    try:
+        progress.trial_start(0, "logreg")
+        assert str(progress._fold_bar).startswith("fold 1/3")
+        progress.epoch(0, 0, 0, 0.5, 0.5)
+        assert str(progress._fold_bar).startswith("fold 1/3")
+        progress.fold_end(0, 0, 0.5)
+        progress.epoch(0, 1, 0, 0.5, 0.5)
+        assert str(progress._fold_bar).startswith("fold 2/3")
+        assert "0/3" not in str(progress._fold_bar)
+    finally:
+        progress.close()
 
 
 def test_weights_dir_flag_reaches_the_config(tmp_path: Path) -> None:

@@ -209,3 +209,86 @@ def test_one_patient_of_a_class_is_not_estimable() -> None:
         assert names == ["m: not estimable (n = 1 Stroke / 5 Normal patients)"], builder
     # counted as images (no subject ids), three stroke slices make a curve
     assert "(AUC 1.000)" in charts.roc_chart({"m": (y, p)}).data[0].name
+
+
+# ------------------------------------------------------------------------------------------------ issue 17
+@pytest.mark.parametrize("builder", ["roc", "pr", "cv_roc", "reliability"])
+def test_curve_legends_sit_below_the_plot(scores, builder: str) -> None:
+    """Small figures: the legend is horizontal under the axes, never over the curves."""
+    y, p, folds = scores
+    fig = {"roc": lambda: charts.roc_chart({"a model with a long name": (y, p)}),
+           "pr": lambda: charts.pr_chart({"m": (y, p)}),
+           "cv_roc": lambda: charts.cv_roc_chart(y, p, folds),
+           "reliability": lambda: charts.reliability_chart({"m": (y, p)})}[builder]()
+    assert fig.layout.legend.orientation == "h"
+    assert fig.layout.legend.y < 0 and fig.layout.legend.yanchor == "top"
+
+
+def test_cv_roc_folds_are_numbered_from_one(scores) -> None:
+    y, p, folds = scores
+    names = [t.name for t in charts.cv_roc_chart(y, p, folds).data if t.name.startswith("fold ")]
+    assert [n.split(" (")[0] for n in names] == ["fold 1/4", "fold 2/4", "fold 3/4", "fold 4/4"]
+
+
+def test_reliability_chart_shows_images_per_bin(scores) -> None:
+    y, p, _ = scores
+    fig = charts.reliability_chart({"m": (y, p)}, n_bins=5)
+    line, bars = fig.data[0], fig.data[1]
+    expected = np.bincount(np.minimum((p * 5).astype(int), 4), minlength=5)
+    expected = expected[expected > 0]
+    np.testing.assert_array_equal(np.asarray(line.customdata), expected)  # hover: n per point
+    assert "n = %{customdata}" in line.hovertemplate
+    assert isinstance(bars, go.Bar) and bars.name == "m: images per bin"
+    np.testing.assert_array_equal(np.asarray(bars.y), expected)
+    assert sum(bars.y) == len(y)
+    np.testing.assert_allclose(bars.x, line.x)  # one bar under each point
+    assert bars.yaxis != line.yaxis  # the counts have their own axis under the diagram
+
+
+def test_sample_grid_captions_fit_between_rows() -> None:
+    """Two-line captions: the pixel gap between rows holds them (they used to run into the images above)."""
+    images = [np.zeros((16, 16), np.uint8) for _ in range(12)]
+    captions = [f"Stroke<br>subject_{i:04d}_slice_with_a_long_file_name.png" for i in range(12)]
+    fig = charts.sample_grid(images, captions, ncols=6)
+    plot_px = fig.layout.height - fig.layout.margin.t - fig.layout.margin.b
+    domains = sorted({tuple(fig.layout[k].domain) for k in fig.layout if k.startswith("yaxis")})
+    assert len(domains) == 2
+    gap_px = (domains[1][0] - domains[0][1]) * plot_px
+    assert gap_px >= 2 * fig.layout.annotations[0].font.size  # two caption lines
+    assert fig.layout.margin.t - 40 >= 2 * fig.layout.annotations[0].font.size  # the top row's captions
+    assert all(len(line) <= 26 for a in fig.layout.annotations for line in a.text.split("<br>"))
+
+
+@pytest.mark.parametrize(("signed", "bars"), [(None, 0), ({"grad_cam": False}, 1),
+                                              ({"grad_cam": False, "saliency": True}, 2)])
+def test_attribution_figure_colour_bars(signed, bars: int) -> None:
+    image = np.zeros((16, 16), np.float32)
+    overlays = {"grad_cam": np.zeros((16, 16, 3), np.uint8), "saliency": np.zeros((16, 16, 3), np.uint8)}
+    fig = charts.attribution_figure(image, overlays, signed=signed)
+    scales = [t for t in fig.data if isinstance(t, go.Scatter) and t.marker.showscale]
+    assert len(scales) == bars
+    for trace in scales:
+        assert (trace.marker.cmin, trace.marker.cmax) == ((-1.0, 1.0) if "signed" in trace.name else (0.0, 1.0))
+
+
+def test_leakage_chart_shows_both_splits_and_their_folds() -> None:
+    audit = {"method": "probe", "grouped_auc": 0.71, "slice_auc": 0.93, "grouped_folds": [0.7, 0.72],
+             "slice_folds": [0.92, 0.94], "gap": 0.22}
+    fig = charts.leakage_chart(audit)
+    bars, folds = fig.data
+    assert list(bars.y) == [0.71, 0.93] and "honest" in bars.x[0] and "leaky" in bars.x[1]
+    assert list(folds.y) == [0.7, 0.72, 0.92, 0.94]
+    assert "probe" in fig.layout.title.text
+    with pytest.raises(ValueError, match="grouped_auc"):
+        charts.leakage_chart({"method": "probe"})
+
+
+def test_probability_bar_marks_the_threshold_on_the_positive_bar_only() -> None:
+    fig = charts.probability_bar({"Normal": 0.3, "Stroke": 0.7}, threshold=0.42, positive="Stroke")
+    (line,) = fig.layout.shapes
+    assert line.x0 == line.x1 == 0.42 and line.yref == "y"
+    assert 0.5 < line.y0 < line.y1 < 1.5  # inside the Stroke bar (category 1), away from Normal (category 0)
+    assert fig.layout.annotations[0].text == "threshold 0.42"
+    assert not charts.probability_bar({"a": 0.2, "b": 0.3, "c": 0.5}).layout.shapes  # multiclass: no threshold
+    with pytest.raises(ValueError, match="positive"):
+        charts.probability_bar({"Normal": 0.3, "Stroke": 0.7}, threshold=0.5, positive="Ischemic")

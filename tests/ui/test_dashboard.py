@@ -374,3 +374,185 @@ def _v1_copy(tmp_path: Path) -> Path:
     target = tmp_path / "v1" / "v1_smoke"
     shutil.copytree(REPO_ROOT / "tests" / "fixtures" / "study_v1", target)
     return target
+
+
+# ------------------------------------------------------------------------------------------------ issue 17
+def test_leakage_banner_names_the_probe_and_shows_both_splits(app_env, handmade_study: Path) -> None:
+    path = handmade_study / "report.json"
+    data = json.loads(path.read_text())
+    data["leakage_audit"].update(slice_auc=0.95, gap=0.15, flagged=True, grouped_folds=[0.78, 0.82],
+                                 slice_folds=[0.94, 0.96])
+    path.write_text(json.dumps(data))
+    at = _run_tab(app_env(handmade_study.parent), "Leaderboard")
+    banner = next(e.value for e in at.error if "Leakage audit" in e.value)
+    assert "logistic regression" in banner and "slice-level split" in banner and "subject-grouped split" in banner
+    assert "this model" not in banner  # the probe is not the study's model
+    chart = next(c for c in at.get("plotly_chart") if "Leakage audit" in c.proto.spec)
+    spec = json.loads(chart.proto.spec)
+    assert [round(v, 2) for v in spec["data"][0]["y"]] == [0.8, 0.95]  # honest, leaky
+
+
+def test_report_leakage_text_and_number_formats(handmade_study: Path) -> None:
+    text = report.build_report(handmade_study)
+    assert text.count("<h2>Leaderboard</h2>") == 1, "the leaderboard heading appears once"
+    board = pd.read_csv(handmade_study / "leaderboard.csv")
+    for lr in board["lr"]:
+        assert f"<td>{lr:.3g}</td>" in text  # 3 significant digits, not rounded to 0.000 / 0.001
+    assert "<td>16</td>" in text and "<td>16.000</td>" not in text  # batch_size as an integer
+    assert "would overstate this model" not in text and "logistic regression" in text
+
+
+def test_leaderboard_table_integers_dashes_and_empty_columns(handmade_study: Path) -> None:
+    board = load_study(handmade_study).leaderboard.copy()
+    board["batch_size"] = board["batch_size"].astype(float)
+    board.loc[board.index[0], "batch_size"] = np.nan  # a classical baseline: no batch size, the column reads 32.0
+    board["train_precision"] = np.nan  # nothing recorded (classical baselines, older studies)
+    table = report.leaderboard_table(board)
+    assert "train_precision" not in table.columns
+    assert str(table["batch_size"].dtype) == "Int64" and table["batch_size"].iloc[1] == 16
+    board["train_precision"] = ["bf16"] + [None] * (len(board) - 1)
+    table = report.leaderboard_table(board)
+    assert list(table["train_precision"]) == ["bf16"] + ["–"] * (len(board) - 1)
+
+
+def test_leaderboard_tab_shows_integers(app_env, handmade_study: Path) -> None:
+    board = pd.read_csv(handmade_study / "leaderboard.csv")
+    board.loc[board.index[0], "batch_size"] = np.nan
+    board["train_precision"] = np.nan
+    board.to_csv(handmade_study / "leaderboard.csv", index=False)
+    shown = _run_tab(app_env(handmade_study.parent), "Leaderboard").dataframe[0].value
+    assert "train_precision" not in shown.columns
+    assert pd.api.types.is_integer_dtype(shown["batch_size"])
+
+
+def test_threshold_reset_button_restores_the_chosen_threshold(app_env, handmade_study: Path) -> None:
+    study = load_study(handmade_study)
+    model = study.best_model
+    at = _run_tab(app_env(handmade_study.parent), "Confusion matrix")
+    key = f"threshold_{model}"
+    chosen = round(study.threshold(model), 3)
+    assert at.button(key=f"reset_{key}").disabled  # already at the chosen threshold
+    at.slider(key=key).set_value(0.9).run()
+    assert at.slider(key=key).value == pytest.approx(0.9)
+    assert not at.button(key=f"reset_{key}").disabled
+    at.button(key=f"reset_{key}").click().run()
+    assert not at.exception
+    assert at.slider(key=key).value == pytest.approx(chosen)
+    tn, fp, fn, tp = _confusion_at(study, model, chosen)
+    assert _counts(at) == {"tp": tp, "fn": fn, "fp": fp, "tn": tn}
+
+
+def _confusion_at(study, model: str, threshold: float) -> tuple[int, int, int, int]:
+    frame = study.test_predictions(model)
+    y, p = frame["y"].to_numpy(), frame[f"prob_{study.classes[1]}"].to_numpy()
+    return tuple(int(v) for v in confusion_matrix(y, (p >= threshold).astype(int), labels=[0, 1]).ravel())
+
+
+def test_search_tab_warns_that_importances_from_few_trials_are_rough(app_env, handmade_study: Path) -> None:
+    at = _run_tab(app_env(handmade_study.parent), "Search")
+    assert _errors(at) == []
+    warning = next(w.value for w in at.warning if "parameter importances" in w.value)
+    assert "from 4 complete trial(s)" in warning and "fewer than 20" in warning
+
+
+def test_search_tab_shows_optunas_own_importance_warnings(app_env, handmade_study: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import warnings
+
+    from optuna import visualization
+
+    original = visualization.plot_param_importances
+
+    def warning_plot(study, *args, **kwargs):
+        warnings.warn("The importance of the parameter may be inaccurate.", UserWarning)
+        return original(study, *args, **kwargs)
+
+    monkeypatch.setattr(visualization, "plot_param_importances", warning_plot)
+    monkeypatch.setattr("ui.dashboard.FEW_TRIALS_FOR_IMPORTANCE", 1)  # enough trials: only Optuna's warning
+    at = _run_tab(app_env(handmade_study.parent), "Search")
+    assert any("Optuna: The importance of the parameter may be inaccurate." in w.value for w in at.warning)
+
+
+def test_attribution_row_explains_one_class(app_env, handmade_study: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Several maps side by side explain the same class: the first map's, passed to the others explicitly."""
+    import models.attribution
+
+    original, targets = models.attribution.explain, []
+
+    def spy(predictor, image, *, method, target=None, **kwargs):
+        targets.append(target)
+        return original(predictor, image, method=method, target=target, **kwargs)
+
+    monkeypatch.setattr(models.attribution, "explain", spy)
+    at = app_env(handmade_study.parent)
+    at.session_state["tab"] = "Attributions"
+    at.run()
+    at.radio(key="att_source").set_value("Test part").run()
+    at.multiselect(key="att_methods").set_value(["grad_cam", "saliency"]).run()
+    assert not at.exception and _errors(at) == []
+    assert targets[0] is None and len(targets) >= 2
+    assert len(set(targets[1:])) == 1 and targets[1] in load_study(handmade_study).classes
+    assert any(f"Every map explains the class **{targets[1]}**" in c.value for c in at.caption)
+    chart = next(c for c in at.get("plotly_chart") if "colour scale" in c.proto.spec)
+    assert chart is not None  # the row carries its colour bar
+
+
+def test_embedded_gradio_frame_is_tall_enough(app_env, handmade_study: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Gradio app's examples end with the DICOM series: the frame must not crop them (900 px did)."""
+    import streamlit
+
+    import ui.dashboard
+
+    calls, original = [], streamlit.iframe
+
+    def spy(src, **kwargs):
+        calls.append(kwargs)
+        return original(src, **kwargs)
+
+    monkeypatch.setattr(streamlit, "iframe", spy)
+    monkeypatch.setattr(ui.dashboard, "_gradio_server", lambda study_dir: ("http://127.0.0.1:9/", None))
+    at = app_env(handmade_study.parent)
+    monkeypatch.delenv("STROKECT_NO_GRADIO")
+    _run_tab(at, "Live prediction")
+    assert len(at.get("iframe")) == 1
+    assert calls and calls[-1]["height"] >= 1400
+
+
+def test_demo_button_goes_away_once_the_build_runs(app_env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import automl.background
+    from automl.background import BuildStatus
+
+    root = tmp_path / "leaderboards"
+    root.mkdir()
+    states = {"now": "absent"}
+
+    def status(study_dir):
+        return BuildStatus(study_dir=root / "demo", state=states["now"], pid=1, n_finished=0, n_planned=10,
+                           message="building: 0 of 10 trials finished", log_tail="")
+
+    def start(config):
+        states["now"] = "running"
+        return status(None)
+
+    monkeypatch.setattr(automl.background, "build_status", status)
+    monkeypatch.setattr(automl.background, "start_search", start)
+    at = app_env(root)  # STROKECT_NO_AUTOSTART=1: the button waits for a click
+    at.run()
+    at.button(key="start_demo").click().run()
+    assert not at.exception
+    assert not any(b.label == "Build the demo study now" for b in at.button)
+    assert at.get("progress")
+
+
+def test_streamlit_config_keeps_the_watcher_off_the_data_folders() -> None:
+    """Streamlit's watchdog watches app.py's folder recursively, so a blacklist cannot keep .cache/ and
+    leaderboards/ out of its inotify queue; the checked-in config polls the app's modules instead."""
+    import tomllib
+
+    from streamlit import config as st_config
+
+    settings = tomllib.loads((REPO_ROOT / ".streamlit" / "config.toml").read_text())["server"]
+    for name in settings:
+        assert f"server.{name}" in st_config._config_options_template, name  # real Streamlit options
+    assert settings["fileWatcherType"] in ("poll", "none")
+    assert {".cache", "leaderboards"} <= set(settings["folderWatchBlacklist"])
