@@ -303,7 +303,7 @@ class _DeepFit:
         if not info.timm_name or info.head is not None or not models.is_pretrained_init(self.model.init):
             return None, None
         try:
-            cache = feature_cache(self.config.model, image_size=int(self.Xtr.shape[1]), pretrained=self.config.pretrained,
+            cache = feature_cache(self.config.model, image_size=int(self.Xtr.shape[-1]), pretrained=self.config.pretrained,
                                   weights_dir=self.config.weights_dir, offline=self.config.offline,
                                   device=str(self.device))
         except Exception as exc:  # noqa: BLE001 - the per-fold extraction below still works
@@ -398,12 +398,13 @@ def fit_deep(
     t_start: float,
 ) -> FitResult:
     device = models.pick_device(config.device)
-    image_size = int(data[0].shape[1])
+    image_size = int(data[0].shape[-1])
     torch.manual_seed(config.seed)
     model = models.create_model(
         config.model,
         num_classes=num_classes,
         image_size=image_size,
+        in_chans=models.image_channels(data[0]),
         pretrained=config.pretrained,
         weights_dir=config.weights_dir,
         offline=config.offline,

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import models
 from automl.metrics import roc_auc
 from automl.train_config import TrainConfig
 
@@ -121,8 +122,8 @@ def extract_head_inputs(
 
 
 def _to_float(x_uint8: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
-    """uint8 (B, S, S) -> float (B, 1, S, S) in [0, 1] on ``device``."""
-    x = x_uint8.to(device, non_blocking=True).float().div_(255.0).unsqueeze(1)
+    """uint8 (B, S, S) or (B, C, S, S) -> float (B, C, S, S) in [0, 1] on ``device``."""
+    x = models.uint8_to_input(x_uint8.to(device, non_blocking=True))
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     return x

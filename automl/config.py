@@ -84,7 +84,8 @@ class SearchConfig:
     preset: str = "demo"                    # smoke | demo | full: defaults for the fields left at None
     group_by: str = "auto"                  # subject grouping: auto|csv|dicom|filename|phash|none|<groups.csv>
     phash_threshold: int = 6                # pHash Hamming distance (0..64) linking near-duplicates (grouping, quality)
-    window: str = "brain"                   # CT window for DICOM/NIfTI: brain|stroke|subdural|bone|level,width
+    window: str = "brain"                   # CT window for DICOM/NIfTI: brain|stroke|subdural|bone|level,width, or a
+                                            # window set as the 3 input channels: ich | brain,subdural,bone
     slice_labels: str | None = None         # volume,slice,label CSV for volumes (None: <data>/_slice_labels.csv if any)
     slice_step: int = 1                     # keep every k-th slice of each volume (DICOM series, NIfTI)
     min_brain_fraction: float = 0.0         # keep volume slices with >= this share of brain-density pixels
@@ -144,6 +145,12 @@ class SearchConfig:
         """``--slice-labels``, ``--slice-step``, ``--min-brain-fraction`` (see :func:`data.scan_folder`)."""
         if not (self.slice_labels is None or Path(str(self.slice_labels)).expanduser().is_file()):
             raise ValueError(f"--slice-labels {self.slice_labels!r} is not a file (a volume,slice,label CSV)")
+        try:
+            from data import parse_windows
+
+            parse_windows(self.window)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"--window {self.window!r}: {exc}") from None
         if not (_is_int(self.slice_step) and 1 <= self.slice_step <= 100):
             raise ValueError(f"--slice-step must be an integer in [1, 100], got {self.slice_step!r}")
         if not (_is_num(self.min_brain_fraction) and 0.0 <= self.min_brain_fraction < 1.0):

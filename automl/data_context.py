@@ -61,7 +61,9 @@ def prepare_data(config: SearchConfig, *, data_dir: Path | None = None, manifest
 
     data_dir = data_dir or resolve_data_dir(config)
     if manifest is None:
-        manifest = data.scan_folder(data_dir, group_by=config.group_by, window=config.window, min_per_class=config.folds,
+        # the scan's statistics use the first window of a window set (the brain window of "ich")
+        manifest = data.scan_folder(data_dir, group_by=config.group_by, window=data.parse_windows(config.window)[0],
+                                    min_per_class=config.folds,
                                     slice_labels=config.slice_labels, slice_step=config.slice_step,
                                     min_brain_fraction=config.min_brain_fraction,
                                     phash_threshold=config.phash_threshold)

@@ -165,7 +165,7 @@ def fit_frozen(data: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray], conf
     """One fold of a ``<backbone>+<head>`` candidate: cached features, a fitted head, one report."""
     Xtr, ytr, Xva, yva = data
     info = models.get_model_info(config.model)
-    cache = feature_cache(info.backbone, image_size=int(Xtr.shape[1]), pretrained=config.pretrained,
+    cache = feature_cache(info.backbone, image_size=int(Xtr.shape[-1]), pretrained=config.pretrained,
                           weights_dir=config.weights_dir, offline=config.offline, device=config.device)
     t0 = time.perf_counter()
     F_train, F_val = cache.features(Xtr), cache.features(Xva)

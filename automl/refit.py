@@ -104,7 +104,7 @@ def predict_proba(model: Any, X: np.ndarray, *, num_classes: int, batch_size: in
     out = []
     with torch.inference_mode():
         for i in range(0, len(X), batch_size):
-            x = torch.from_numpy(np.ascontiguousarray(X[i:i + batch_size])).to(device).float().div_(255.0).unsqueeze(1)
+            x = model_zoo.uint8_to_input(torch.from_numpy(np.ascontiguousarray(X[i:i + batch_size])).to(device))
             out.append(model_zoo.logits_to_probabilities(model(x), num_classes).float().cpu().numpy())
     return np.concatenate(out).astype(float) if out else np.zeros((0, num_classes))
 
@@ -143,7 +143,7 @@ def refit_one(trial: optuna.trial.FrozenTrial, ctx: Any, config: Any, folder: St
     # the test part is never seen before it is scored
     result = train.fit_fold(ctx.X[fit_index], ctx.y[fit_index], ctx.X[calibration], ctx.y[calibration], config=tc,
                             num_classes=ctx.num_classes, report=None)
-    lane = _lane_features(tc, int(ctx.X.shape[1]))  # the frozen lane: its cached features, no forward passes
+    lane = _lane_features(tc, int(ctx.X.shape[-1]))  # the frozen lane: its cached features, no forward passes
     P_calibration = predict_proba(result.model, ctx.X[calibration], num_classes=ctx.num_classes, features=lane)
     calibration_frame = prediction_frame(ctx, calibration, P_calibration)
     threshold, threshold_method = calibration_threshold(calibration_frame, ctx.classes, config.target_sensitivity)

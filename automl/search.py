@@ -297,7 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--phash-threshold", type=int, default=6,
                    help="perceptual-hash Hamming distance (0-64) that makes two images near-duplicates: links them "
                         "into one subject when grouping by phash, and feeds the quality report (default 6)")
-    p.add_argument("--window", default="brain", help="CT window for DICOM/NIfTI: brain|stroke|subdural|bone|level,width")
+    p.add_argument("--window", default="brain", help="CT window for DICOM/NIfTI: brain|stroke|subdural|bone|level,width, or a window set "
+                        "(3 windows as the 3 input channels): ich | brain,subdural,bone")
     p.add_argument("--slice-labels", default=None, help="volume,slice,label CSV of per-slice labels of volumes")
     p.add_argument("--slice-step", type=_positive_int("--slice-step"), default=1,
                    help="keep every k-th slice of each DICOM series / NIfTI volume")

@@ -79,8 +79,9 @@ def _check_fold(
     arrays = []
     for name, X, y in (("X_train", X_train, y_train), ("X_val", X_val, y_val)):
         X = np.asarray(X)
-        if X.dtype != np.uint8 or X.ndim != 3 or X.shape[1] != X.shape[2]:
-            raise ValueError(f"{name} must be a uint8 array (N, S, S) from data.load_arrays, got {X.dtype} {X.shape}.")
+        if X.dtype != np.uint8 or X.ndim not in (3, 4) or X.shape[-1] != X.shape[-2] or X.ndim == 4 and X.shape[1] != 3:
+            raise ValueError(f"{name} must be a uint8 array (N, S, S) or (N, 3, S, S) (a window set) from "
+                             f"data.load_arrays, got {X.dtype} {X.shape}.")
         y = np.asarray(y)
         if y.ndim != 1 or len(y) != len(X):
             raise ValueError(f"{name} has {len(X)} images but its labels have shape {y.shape}.")
@@ -120,7 +121,7 @@ def _fit_classical(
     if "gamma" in info.param_space:  # only kernel models take a kernel width
         kwargs["gamma"] = config.gamma
     model = models.create_model(
-        config.model, num_classes=num_classes, image_size=int(Xtr.shape[1]), **kwargs
+        config.model, num_classes=num_classes, image_size=int(Xtr.shape[-1]), **kwargs
     )
     t0 = time.perf_counter()
     model.fit(Xtr, ytr)

@@ -21,12 +21,13 @@ from data._files import atomic_save_npy
 from data._io import (
     _decode_bytes,
     _read_file,
-    _resolve_window,
     apply_window,
     cache_dir,
     resize_pad,
+    parse_windows,
     to_uint8,
     window_key,
+    windows_key,
 )
 from data._scan import Manifest, parallel_map
 from data._volume_io import is_nifti_name, slice_ref, split_slice_ref
@@ -114,11 +115,14 @@ def load_arrays(
     Args:
         manifest: From :func:`data.scan_folder`.
         size: Side length of the square images (aspect ratio kept, padded with 0).
-        window: CT window for DICOM files; ``None`` uses ``manifest.window``.
+        window: CT window for DICOM/NIfTI, or a window set (:func:`data.parse_windows`, e.g.
+            ``"brain,subdural,bone"``): then the result is ``uint8 (N, 3, size, size)``, one channel
+            per window. ``None`` uses ``manifest.window``.
         workers: Decoding processes when the cache is filled (``None``: 2 for large manifests).
 
     Returns:
-        uint8 array (len(manifest), size, size), rows in manifest order.
+        uint8 array (len(manifest), size, size) (``(N, 3, size, size)`` for a window set), rows in
+        manifest order.
 
     Raises:
         ValueError: Bad ``size``/``window``, or a file changed since the scan.
@@ -126,7 +130,13 @@ def load_arrays(
     """
     size = _check_size(size)
     window = manifest.window if window is None else window
-    _resolve_window(window)
+    windows = parse_windows(window)
+    if len(windows) > 1:  # a window set: one cached array per window, stacked as channels
+        if not manifest.table["format"].isin(["dicom", "nifti"]).any():
+            logger.warning("Window set %s on raster images: they carry no HU, so the %d channels are identical.",
+                           windows_key(window), len(windows))
+        return np.stack([load_arrays(manifest, size=size, window=w, workers=workers) for w in windows], axis=1)
+    window = windows[0]
     path = array_cache_path(manifest, size=size, window=window)
     n = len(manifest.table)
     if path.is_file():

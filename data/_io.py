@@ -28,6 +28,7 @@ import math
 import logging
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -40,8 +41,12 @@ __all__ = [
     "WINDOWS",
     "BadImageError",
     "BRAIN_HU",
+    "WINDOW_SETS",
     "apply_window",
     "brain_fraction",
+    "load_channels",
+    "parse_windows",
+    "windows_key",
     "cache_dir",
     "dicom_to_hu",
     "is_dicom_bytes",
@@ -60,6 +65,14 @@ WINDOWS: dict[str, tuple[float, float]] = {
     "subdural": (75.0, 215.0),
     "bone": (600.0, 2800.0),
 }
+
+#: Named window sets: three windows of one HU slice stacked as the 3 input channels (the input of the
+#: strongest public intracranial-haemorrhage models: brain, subdural, bone).
+WINDOW_SETS: dict[str, tuple[str, ...]] = {
+    "ich": ("brain", "subdural", "bone"),
+}
+#: Channels a window set must have (the RGB input of pretrained backbones).
+WINDOW_SET_SIZE = 3
 
 #: Hounsfield range counted as brain parenchyma by :func:`brain_fraction` (white matter ~20-30 HU, grey
 #: matter ~35-45 HU; CSF, fat, bone and air fall outside).
@@ -136,6 +149,44 @@ def _resolve_window(window: str | tuple[float, float]) -> tuple[float, float]:
     if not width > 0 or not np.isfinite(level) or not np.isfinite(width):
         raise ValueError(f"CT window width must be finite and > 0 (level finite), got level={level}, width={width}.")
     return level, width
+
+
+def parse_windows(window: str | tuple[float, float] | Sequence[Any]) -> tuple[str | tuple[float, float], ...]:
+    """A window or a window set -> the tuple of single windows (one per input channel).
+
+    Accepted sets: a name of :data:`WINDOW_SETS` (``"ich"``), three preset names separated by commas
+    (``"brain,subdural,bone"``), three window specs separated by ``+`` (``"brain+75,215+600,2800"``), or
+    a list of three windows. Anything else is one window (a preset, ``"level,width"``, ``(level, width)``).
+
+    Raises:
+        ValueError: An unknown window, or a set that does not have :data:`WINDOW_SET_SIZE` windows.
+    """
+    if isinstance(window, str):
+        if window in WINDOW_SETS:
+            return WINDOW_SETS[window]
+        if "+" in window:
+            parts: list[Any] = [p.strip() for p in window.split("+")]
+        elif "," in window and all(p.strip() in WINDOWS for p in window.split(",")):
+            parts = [p.strip() for p in window.split(",")]
+        else:
+            _resolve_window(window)
+            return (window,)
+    elif isinstance(window, (list, tuple)) and window and all(isinstance(w, (str, list, tuple)) for w in window):
+        parts = [tuple(w) if isinstance(w, list) else w for w in window]
+    else:
+        _resolve_window(window)  # (level, width)
+        return (tuple(float(v) for v in window),)  # type: ignore[union-attr]
+    if len(parts) != WINDOW_SET_SIZE:
+        raise ValueError(f"A window set has {WINDOW_SET_SIZE} windows (one per input channel), got {len(parts)} "
+                         f"in {window!r}; e.g. 'brain,subdural,bone' or one of {sorted(WINDOW_SETS)}.")
+    for part in parts:
+        _resolve_window(part)
+    return tuple(parts)
+
+
+def windows_key(window: str | tuple[float, float] | Sequence[Any]) -> str:
+    """Canonical string of a window or window set: ``"brain"``, ``"40,80"``, ``"brain+subdural+bone"``."""
+    return "+".join(window_key(w) for w in parse_windows(window))
 
 
 def brain_fraction(hu: np.ndarray) -> float:
@@ -615,6 +666,20 @@ def load_image(source: Any, *, window: str | tuple[float, float] = "brain") -> n
         TypeError: Unsupported source type.
     """
     return _decode_source(source, window=window).image
+
+
+def load_channels(source: Any, *, window: str | tuple[float, float] | Sequence[Any] = "brain") -> np.ndarray:
+    """Read one image as float32 ``(C, H, W)`` in [0, 1]: one channel per window of ``window``.
+
+    A DICOM CT slice gives each window of its HU values; a raster image carries no HU, so every
+    channel is the same (already windowed) grey image. One window gives ``(1, H, W)``.
+    """
+    windows = parse_windows(window)
+    if len(windows) == 1:
+        return load_image(source, window=windows[0])[None]
+    if isinstance(source, (str, os.PathLike)):
+        source = _read_file(os.fspath(source))  # read once, window thrice
+    return np.stack([load_image(source, window=w) for w in windows]).astype(np.float32)
 
 
 # ------------------------------------------------------------------------------------- resize

@@ -26,6 +26,8 @@ _EXPORTS = {
     "assemble_lane": "models.frozen",
     "logits_to_probabilities": "models._common",
     "pick_device": "models._common",
+    "image_channels": "models._common",
+    "uint8_to_input": "models._common",
     "cpu_has_amx": "models._common",
     "cpu_has_native_bf16": "models._common",
     "cpu_capabilities": "models._common",

@@ -199,10 +199,15 @@ class StrokeNet(nn.Module):
         }
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        """Grey ``(B, 1, S, S)`` in ``[0, 1]`` -> the backbone's normalised ``(B, in_chans, S, S)`` input."""
-        if x.ndim != 4 or x.shape[1] != 1:
-            raise ValueError(f"{self.model_name} expects a (B, 1, S, S) tensor, got shape {tuple(x.shape)}.")
-        if self.in_chans != 1:
+        """``(B, 1, S, S)`` grey or ``(B, in_chans, S, S)`` windows in ``[0, 1]`` -> the normalised backbone input.
+
+        Grey input is replicated to the backbone's channels; a window set (one channel per CT window,
+        :func:`data.parse_windows`) goes in as it is.
+        """
+        if x.ndim != 4 or x.shape[1] not in (1, self.in_chans):
+            raise ValueError(f"{self.model_name} expects a (B, 1, S, S) or (B, {self.in_chans}, S, S) tensor, "
+                             f"got shape {tuple(x.shape)}.")
+        if self.in_chans != x.shape[1]:
             x = x.expand(-1, self.in_chans, -1, -1)
         return (x - self.input_mean) / self.input_std
 
@@ -421,3 +426,19 @@ def pick_device(preference: str | torch.device = "auto") -> torch.device:
             raise ValueError("device='mps' was requested but Apple MPS is not available here; use 'auto' or 'cpu'.")
         return torch.device("mps")
     raise ValueError(f"device must be one of {_DEVICE_PREFERENCES} (or 'cuda:N'), got {preference!r}.")
+
+
+def image_channels(images: Any) -> int:
+    """Channels of a batch of cached images: 1 for ``(N, S, S)``, ``C`` for ``(N, C, S, S)`` (a window set)."""
+    shape = tuple(getattr(images, "shape", ()))
+    if len(shape) == 3:
+        return 1
+    if len(shape) == 4:
+        return int(shape[1])
+    raise ValueError(f"images must be (N, S, S) or (N, C, S, S), got shape {shape}.")
+
+
+def uint8_to_input(x: torch.Tensor) -> torch.Tensor:
+    """Cached uint8 images ``(B, S, S)`` or ``(B, C, S, S)`` -> float ``(B, C, S, S)`` in [0, 1] (C = 1 for grey)."""
+    x = x.float().div_(255.0)
+    return x.unsqueeze(1) if x.ndim == 3 else x

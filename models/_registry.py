@@ -270,6 +270,7 @@ def create_model(
     pretrained: str | bool = "no",
     weights_dir: str | Path | None = None,
     offline: bool = False,
+    in_chans: int = 1,
     **kwargs: Any,
 ) -> Any:
     """Build a registered model.
@@ -286,6 +287,9 @@ def create_model(
             ``$STROKECT_WEIGHTS`` is searched as well, then pip-packaged weights and the hub caches, then a
             download through timm (see :mod:`models._pretrained`); ``model.init`` records the source.
         offline: Never download weights (``--offline``); ``$HF_HUB_OFFLINE=1`` does the same.
+        in_chans: Image channels the model will be fed: 1 (grey, one CT window) or 3 (a window set,
+            :func:`data.parse_windows`). ImageNet backbones take 3 channels either way (grey is
+            replicated); models trained from scratch are built for ``in_chans``.
         **kwargs: Builder options (timm: ``drop_rate``, ``drop_path_rate``; CNNs: ``drop_rate``;
             classical: ``C``, ``gamma``). Options whose value is ``None`` are ignored.
 
@@ -306,7 +310,10 @@ def create_model(
             f"{name!r} has no ImageNet weights (it is trained from scratch); use pretrained='no' or 'auto'."
         )
     _validate_common(info, num_classes, image_size)
+    _check_in_chans(in_chans)
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    if in_chans != 1:
+        kwargs["in_chans"] = in_chans
     if info.supports_pretrained:
         kwargs["offline"] = bool(offline)
     return _model_entrypoints[name](
@@ -314,7 +321,12 @@ def create_model(
     )
 
 
-def build_for_checkpoint(name: str, *, num_classes: int, image_size: int, init: str) -> Any:
+def _check_in_chans(in_chans: int) -> None:
+    if isinstance(in_chans, bool) or in_chans not in (1, 3):
+        raise ValueError(f"in_chans must be 1 (one CT window) or 3 (a window set), got {in_chans!r}.")
+
+
+def build_for_checkpoint(name: str, *, num_classes: int, image_size: int, init: str, in_chans: int = 1) -> Any:
     """Build the architecture a checkpoint was saved from, without loading any pretrained weights.
 
     A model fine-tuned from ImageNet weights has 3 input channels and ImageNet normalisation; this
@@ -333,6 +345,8 @@ def build_for_checkpoint(name: str, *, num_classes: int, image_size: int, init: 
         raise ValueError(f"init must be one of {INITS}, got {init!r}.")
     if is_pretrained_init(init) and not info.supports_pretrained:
         raise ValueError(f"{name!r} cannot have init={init!r}: it has no pretrained weights.")
+    _check_in_chans(in_chans)
+    extra = {"in_chans": in_chans} if in_chans != 1 else {}
     return _model_entrypoints[name](
-        num_classes=num_classes, image_size=image_size, pretrained="no", weights_dir=None, _layout=init
+        num_classes=num_classes, image_size=image_size, pretrained="no", weights_dir=None, _layout=init, **extra
     )

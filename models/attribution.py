@@ -309,12 +309,14 @@ def _to_input(image: Any, expected: int | None) -> torch.Tensor:
     if t.ndim == 2:
         t = t[None, None]
     elif t.ndim == 3:
-        if shape[0] != 1:
-            raise ValueError(f"image of shape {shape}: a 3-D input must be (1, S, S) (one grey channel).")
+        if shape[0] not in (1, 3):
+            raise ValueError(f"image of shape {shape}: a 3-D input must be (1, S, S) (one grey channel) or "
+                             "(3, S, S) (a window set).")
         t = t[None]
     elif t.ndim == 4:
-        if shape[0] != 1 or shape[1] != 1:
-            raise ValueError(f"image of shape {shape}: a 4-D input must be (1, 1, S, S) (one image, one channel).")
+        if shape[0] != 1 or shape[1] not in (1, 3):
+            raise ValueError(f"image of shape {shape}: a 4-D input must be (1, 1, S, S) or (1, 3, S, S) (one image; "
+                             "one channel, or one per window of a window set).")
     else:
         raise ValueError(f"image of shape {shape}: expected (S, S), (1, S, S) or (1, 1, S, S).")
     h, w = t.shape[-2:]
@@ -736,7 +738,10 @@ def _run_method(
 
 def _finite_heatmap(attr: torch.Tensor, method: str, name: str | None) -> np.ndarray:
     """The attribution as a 2-D float32 numpy map, non-finite values replaced by 0 (with a warning)."""
-    heat = attr.detach().reshape(attr.shape[-2:]).to("cpu", torch.float32).numpy()
+    attr = attr.detach()
+    if attr.ndim == 4 and attr.shape[1] > 1:  # a window set: the evidence of every window's channel, summed
+        attr = attr.sum(1, keepdim=True)
+    heat = attr.reshape(attr.shape[-2:]).to("cpu", torch.float32).numpy()
     if not np.isfinite(heat).all():
         logger.warning("%s on %s produced non-finite values; replaced by 0.", method, name)
         heat = np.nan_to_num(heat, nan=0.0, posinf=0.0, neginf=0.0)
@@ -806,7 +811,7 @@ def explain(
     logger.debug("%s on %s (target %s) took %.3f s", method, res.name, names[index], seconds)
     return Attribution(
         heatmap=np.ascontiguousarray(heat, dtype=np.float32),
-        image=x.detach().reshape(x.shape[-2:]).to("cpu", torch.float32).numpy().copy(),
+        image=x.detach()[0, 0].to("cpu", torch.float32).numpy().copy(),  # a window set: its first window
         target=index,
         target_name=names[index],
         method=method,

@@ -125,14 +125,16 @@ class ClassicalModel:
     # --- data ---------------------------------------------------------------------------------------------
     def _features(self, X: np.ndarray) -> np.ndarray:
         X = np.asarray(X)
-        if X.ndim != 3 or X.shape[1:] != (self.image_size, self.image_size):
+        side = (self.image_size, self.image_size)
+        if not (X.ndim == 3 and X.shape[1:] == side or X.ndim == 4 and X.shape[2:] == side):
             raise ValueError(
-                f"{self.model_name} expects images of shape (N, {self.image_size}, {self.image_size}), "
-                f"got {X.shape}."
+                f"{self.model_name} expects images of shape (N, {self.image_size}, {self.image_size}) or "
+                f"(N, C, {self.image_size}, {self.image_size}) (one channel per CT window), got {X.shape}."
             )
         if X.dtype != np.uint8:
             raise ValueError(f"{self.model_name} expects uint8 images (the cache format), got dtype {X.dtype}.")
-        small = area_resize(X, self.feature_size) / 255.0
+        # every window's channel area-resized, then all channels side by side
+        small = area_resize(X.reshape(-1, *side), self.feature_size) / 255.0
         return small.reshape(len(X), -1)
 
     def _check_labels(self, y: np.ndarray, n: int) -> np.ndarray:
@@ -302,8 +304,8 @@ class ClassicalModel:
             missing = [k for k in required if k not in arrays]
             if missing:
                 raise ValueError(f"missing arrays {missing}")
-            n_features = model.feature_size**2
-            if arrays["scaler.mean"].shape != (n_features,):
+            n_features = model.feature_size**2  # per channel; a window set has several
+            if arrays["scaler.mean"].ndim != 1 or arrays["scaler.mean"].shape[0] % n_features:
                 raise ValueError(f"scaler.mean has shape {arrays['scaler.mean'].shape}, expected ({n_features},)")
         except (KeyError, IndexError, TypeError, ValueError) as err:
             raise ValueError(f"Invalid classical model state: {err}") from None
@@ -314,6 +316,7 @@ class ClassicalModel:
 
 
 def _classical_builder(name: str, num_classes: int, image_size: int, kwargs: dict[str, Any]) -> ClassicalModel:
+    kwargs.pop("in_chans", None)  # pixels of every channel are features: nothing to build differently
     allowed = {"C", "feature_size", "seed"} | ({"gamma"} if name == "svm_rbf" else set())
     unknown = sorted(set(kwargs) - allowed)
     if unknown:

@@ -169,20 +169,21 @@ def _build_cnn(
     num_classes: int,
     image_size: int,
     drop_rate: float = 0.5,
+    in_chans: int = 1,
     _layout: str = "random",
     **kwargs: Any,
 ) -> StrokeNet:
     if kwargs:
         raise ValueError(f"Unknown option(s) for {name!r}: {sorted(kwargs)}. Supported: drop_rate.")
-    backbone = SimpleCNN(num_outputs(num_classes), in_chans=1, channels=channels, drop_rate=drop_rate)
+    backbone = SimpleCNN(num_outputs(num_classes), in_chans=in_chans, channels=channels, drop_rate=drop_rate)
     return StrokeNet(
         backbone,
         model_name=name,
         num_classes=num_classes,
         image_size=image_size,
         init="random",
-        mean=[RANDOM_INIT_MEAN],
-        std=[RANDOM_INIT_STD],
+        mean=[RANDOM_INIT_MEAN] * in_chans,
+        std=[RANDOM_INIT_STD] * in_chans,
         stage_fn=_cnn_stages,
         head_fn=_cnn_head,
     )

@@ -60,13 +60,13 @@ def _traced_proto(onnx: Any, wrapper: nn.Module, predictor: Predictor, opset: in
         traced = Path(tmp) / "model.onnx"
         # The TorchScript-based exporter: no onnxscript dependency, dynamic batch via dynamic_axes.
         torch.onnx.export(
-            wrapper, (torch.rand(2, 1, S, S),), str(traced), dynamo=False, input_names=["input"],
+            wrapper, (torch.rand(2, predictor.in_chans, S, S),), str(traced), dynamo=False, input_names=["input"],
             output_names=["logits", "probabilities"], opset_version=opset,
             dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}, "probabilities": {0: "batch"}},
         )
         proto = onnx.load(str(traced))
     proto.doc_string = (
-        f"StrokeCT AutoML {predictor.card['model']} ({predictor.init}); input float32 (batch, 1, {S}, {S}) "
+        f"StrokeCT AutoML {predictor.card['model']} ({predictor.init}); input float32 (batch, {predictor.in_chans}, {S}, {S}) "
         f"in [0, 1]; classes {predictor.classes}."
     )
     del proto.metadata_props[:]

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from models._common import pick_device
+from models._common import pick_device, uint8_to_input
 
 __all__ = ["FrozenBackbone", "extract_features", "load_backbone"]
 
@@ -63,18 +63,18 @@ class FrozenBackbone:
                 f"num_features={self.num_features}, device={str(self.device)!r})")
 
     def _check_images(self, images: Any) -> np.ndarray:
-        if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 3:
+        if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim not in (3, 4):
             got = f"{images.dtype} {images.shape}" if isinstance(images, np.ndarray) else type(images).__name__
-            raise ValueError(f"images must be a uint8 array (N, S, S), got {got}.")
-        if images.shape[1:] != (self.image_size, self.image_size):
+            raise ValueError(f"images must be a uint8 array (N, S, S) or (N, C, S, S), got {got}.")
+        if images.shape[-2:] != (self.image_size, self.image_size):
             raise ValueError(
                 f"images must be {self.image_size}x{self.image_size} for this {self.model_name} backbone, "
-                f"got {images.shape[1]}x{images.shape[2]}."
+                f"got {images.shape[-2]}x{images.shape[-1]}."
             )
         return images
 
     def _features(self, batch: np.ndarray) -> torch.Tensor:
-        x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device).float().div_(255.0).unsqueeze(1)
+        x = uint8_to_input(torch.from_numpy(np.ascontiguousarray(batch)).to(self.device))
         x = self.model.normalize(x)
         x = x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
         backbone = self.model.backbone
@@ -103,7 +103,7 @@ class FrozenBackbone:
                 batch = images[start : start + batch_size]
                 feats = self._features(batch)
                 if flip_tta:
-                    feats = (feats + self._features(batch[:, :, ::-1])) / 2
+                    feats = (feats + self._features(batch[..., ::-1])) / 2  # mirror the columns
                 out[start : start + len(batch)] = feats.cpu().numpy()
         return out
 
@@ -137,8 +137,10 @@ def load_backbone(
     if info.timm_name is None:
         raise ValueError(f"{model_name!r} has no timm backbone to extract features from; use a model with "
                          f"ImageNet weights (resnet18, efficientnet_b0, efficientnet_lite0, vit_tiny, vit_small).")
+    # 3 input channels whatever the init: an ImageNet backbone has them, and a random one then takes grey
+    # images (replicated) and window sets alike
     model = create_model(model_name, num_classes=2, image_size=image_size, pretrained=pretrained,
-                         weights_dir=weights_dir, offline=offline)
+                         weights_dir=weights_dir, offline=offline, in_chans=3)
     return FrozenBackbone(model, device=pick_device(device), channels_last=info.prefers_channels_last)
 
 
@@ -174,9 +176,9 @@ def extract_features(
         ValueError: For a model without a timm backbone, or invalid images or arguments.
         PretrainedWeightsUnavailable: ``pretrained="yes"`` and no weights could be found.
     """
-    if not isinstance(images, np.ndarray) or images.ndim != 3:
+    if not isinstance(images, np.ndarray) or images.ndim not in (3, 4):
         got = f"shape {images.shape}" if isinstance(images, np.ndarray) else type(images).__name__
-        raise ValueError(f"images must be a uint8 array (N, S, S), got {got}.")
-    backbone = load_backbone(model_name, image_size=int(images.shape[1]), pretrained=pretrained,
+        raise ValueError(f"images must be a uint8 array (N, S, S) or (N, C, S, S), got {got}.")
+    backbone = load_backbone(model_name, image_size=int(images.shape[-1]), pretrained=pretrained,
                              weights_dir=weights_dir, offline=offline, device=device)
     return backbone.extract(images, batch_size=batch_size, flip_tta=flip_tta)

@@ -188,10 +188,11 @@ def assemble_lane(name: str, base: StrokeNet, head: FeatureHead, *, copy_backbon
 
 
 def _build_lane(backbone: str, head: str, *, num_classes: int, image_size: int, pretrained: str,
-                weights_dir: Any = None, offline: bool = False, _layout: str | None = None) -> StrokeNet:
+                weights_dir: Any = None, offline: bool = False, in_chans: int = 1,
+                _layout: str | None = None) -> StrokeNet:
     from models._registry import _model_entrypoints  # the base builder, with the same options
 
-    base_kwargs: dict[str, Any] = {"offline": offline}
+    base_kwargs: dict[str, Any] = {"offline": offline, "in_chans": in_chans}
     if _layout is not None:
         base_kwargs["_layout"] = _layout
     base = _model_entrypoints[backbone](num_classes=num_classes, image_size=image_size, pretrained=pretrained,

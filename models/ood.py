@@ -99,8 +99,9 @@ class OODScore(NamedTuple):
 # ---------------------------------------------------------------------------------------- features
 def _check_images(images: Any) -> np.ndarray:
     arr = np.asarray(images)
-    if arr.ndim != 3 or arr.dtype != np.uint8 or arr.shape[1] != arr.shape[2]:
-        raise ValueError(f"images must be uint8 (N, S, S) (the cache format), got {arr.dtype} {tuple(arr.shape)}.")
+    if arr.ndim not in (3, 4) or arr.dtype != np.uint8 or arr.shape[-1] != arr.shape[-2]:
+        raise ValueError(f"images must be uint8 (N, S, S) or (N, C, S, S) (the cache format), "
+                         f"got {arr.dtype} {tuple(arr.shape)}.")
     return arr
 
 
@@ -116,6 +117,8 @@ def image_statistics(images: np.ndarray) -> np.ndarray:
     ``S`` (how large the head is in the frame; 0 when all pixels are dark).
     """
     images = _check_images(images)
+    if images.ndim == 4:  # a window set: the statistics of the first window (the brain window of "ich")
+        images = images[:, 0]
     chunk = 256  # float copies of 256 images at a time: bounded memory for large studies at 224 px
     parts = [_statistics(images[start:start + chunk]) for start in range(0, len(images), chunk)]
     return np.concatenate(parts) if parts else np.zeros((0, len(STATISTICS)))
@@ -171,6 +174,8 @@ def model_features(model: Any, images: np.ndarray, *, batch_size: int = 32) -> n
         return np.zeros((len(arr), 0))
     import torch
 
+    from models._common import uint8_to_input
+
     classifier = _classifier_of(model)
     if not isinstance(classifier, torch.nn.Module):
         raise ValueError(f"{type(model).__name__} has no classifier module (head()) whose input could be read.")
@@ -193,7 +198,7 @@ def model_features(model: Any, images: np.ndarray, *, batch_size: int = 32) -> n
         with torch.inference_mode():
             for start in range(0, len(arr), batch_size):
                 chunk = torch.from_numpy(np.ascontiguousarray(arr[start:start + batch_size]))
-                model(chunk.to(device).float().div_(255.0)[:, None])
+                model(uint8_to_input(chunk.to(device)))
     finally:
         handle.remove()
         model.train(was_training)

@@ -48,7 +48,7 @@ from data._files import (
     read_json_object,
     usual_permissions,
 )
-from models._common import fuse_batchnorm_, logits_to_probabilities, pick_device
+from models._common import fuse_batchnorm_, logits_to_probabilities, pick_device, uint8_to_input
 
 __all__ = [
     "CARD_FILE",
@@ -279,7 +279,8 @@ def _rebuild_model(card: dict[str, Any], state: dict[str, Any], weights_path: Pa
             raise ValueError(f"{weights_path} does not match {CARD_FILE} (model, classes or image size differ).")
         return model
     model = build_for_checkpoint(
-        card["model"], num_classes=card["num_classes"], image_size=card["image_size"], init=card["init"]
+        card["model"], num_classes=card["num_classes"], image_size=card["image_size"], init=card["init"],
+        in_chans=_card_channels(card),
     )
     try:
         model.load_state_dict(state, strict=True)
@@ -287,6 +288,15 @@ def _rebuild_model(card: dict[str, Any], state: dict[str, Any], weights_path: Pa
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(f"{weights_path} does not fit a {card['model']} ({card['init']}) model: {first_line}") from None
     return model.eval()
+
+
+def _card_channels(card: dict[str, Any]) -> int:
+    """Input channels of a saved model: one per window of the card's window (set)."""
+    import data
+
+    window = card.get("window") or "brain"
+    return len(data.parse_windows(tuple(window) if isinstance(window, list) and len(window) == 2
+                                  and not isinstance(window[0], str) else window))
 
 
 def load_predictor(folder: str | Path, *, device: str | torch.device = "auto") -> Predictor:
@@ -362,6 +372,8 @@ class Predictor:
         self.image_size: int = int(card["image_size"])
         window = card.get("window") or "brain"
         self.window: str | tuple[float, float] = tuple(window) if isinstance(window, list) else window
+        #: Input channels: 1, or one per window of a window set (``data.parse_windows``).
+        self.in_chans: int = _card_channels(card)
         threshold = card.get("threshold")
         self.threshold: float = 0.5 if threshold is None else float(threshold)
         self.kind: str = card["kind"]
@@ -389,7 +401,7 @@ class Predictor:
 
     # --- input --------------------------------------------------------------------------------------------
     def preprocess_uint8(self, x: Any, *, window: str | tuple[float, float] | None = None) -> np.ndarray:
-        """Decode, window and resize one input to the cache format: uint8 ``(S, S)``.
+        """Decode, window and resize one input to the cache format: uint8 ``(S, S)`` (``(C, S, S)`` for a window set).
 
         Raises:
             InvalidInputError: If the input cannot be read as an image.
@@ -408,9 +420,14 @@ class Predictor:
         if isinstance(x, (str, os.PathLike)) and not Path(x).is_file():
             raise InvalidInputError(f"No such file: {Path(x).name}.")
         try:
-            image = data.load_image(x, window=window if window is not None else self.window)
-            resized = data.resize_pad(image, self.image_size)
-            return data.to_uint8(resized)
+            window = window if window is not None else self.window
+            if self.in_chans == 1:
+                return data.to_uint8(data.resize_pad(data.load_image(x, window=window), self.image_size))
+            channels = data.load_channels(x, window=window)
+            if len(channels) != self.in_chans:
+                raise InvalidInputError(f"window {window!r} gives {len(channels)} channels; this model takes "
+                                        f"{self.in_chans} ({self.window!r}).")
+            return np.stack([data.to_uint8(data.resize_pad(c, self.image_size)) for c in channels])
         except data.BadImageError as err:
             reason = getattr(err, "reason", None) or str(err)
             raise InvalidInputError(f"Could not read {_describe(x)} as an image: {reason}.") from None
@@ -422,7 +439,7 @@ class Predictor:
             ) from None
 
     def preprocess(self, x: Any, *, window: str | tuple[float, float] | None = None) -> torch.Tensor:
-        """One input -> the exact model input: float32 ``(1, 1, S, S)`` in ``[0, 1]`` (on the CPU).
+        """One input -> the exact model input: float32 ``(1, C, S, S)`` in ``[0, 1]`` (on the CPU; C = 1 but for a window set).
 
         Args:
             x: Path, bytes, ``PIL.Image``, numpy array or ``pydicom.Dataset``.
@@ -432,7 +449,7 @@ class Predictor:
             InvalidInputError: If the input cannot be read as an image.
         """
         pixels = self.preprocess_uint8(x, window=window)
-        return torch.from_numpy(pixels).to(torch.float32).div_(255.0)[None, None]
+        return uint8_to_input(torch.from_numpy(pixels)[None])
 
     # --- inference ----------------------------------------------------------------------------------------
     def predict_proba(self, images: np.ndarray | torch.Tensor, *, batch_size: int | None = None) -> np.ndarray:
@@ -449,13 +466,13 @@ class Predictor:
         arr, as_uint8 = self._batch(images)
         if self.kind == "classical":
             if not as_uint8:
-                arr = np.clip(np.round(arr[:, 0].astype(np.float32) * 255.0), 0, 255).astype(np.uint8)
+                arr = self._to_uint8(arr)
             return np.asarray(self.model.predict_proba(arr), dtype=np.float64)
         out = []
         with torch.inference_mode():
             for start in range(0, len(arr), batch_size):
                 chunk = torch.from_numpy(np.ascontiguousarray(arr[start : start + batch_size]))
-                x = chunk.to(torch.float32).div_(255.0)[:, None] if as_uint8 else chunk.to(torch.float32)
+                x = uint8_to_input(chunk) if as_uint8 else chunk.to(torch.float32)
                 logits = self.model(x.to(self.device))
                 out.append(logits_to_probabilities(logits.float(), self.num_classes).cpu().numpy())
         if not out:
@@ -471,13 +488,20 @@ class Predictor:
 
     def _batch(self, images: np.ndarray | torch.Tensor) -> tuple[np.ndarray, bool]:
         """``(array, is_uint8)`` of preprocessed images; raises ValueError on another shape."""
-        S = self.image_size
+        S, C = self.image_size, self.in_chans
         arr = images.detach().cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
-        if arr.ndim == 3 and tuple(arr.shape[1:]) == (S, S) and arr.dtype == np.uint8:
+        cache_shape = (S, S) if C == 1 else (C, S, S)
+        if tuple(arr.shape[1:]) == cache_shape and arr.dtype == np.uint8:
             return arr, True
-        if arr.ndim == 4 and tuple(arr.shape[1:]) == (1, S, S):
+        if arr.ndim == 4 and tuple(arr.shape[1:]) == (C, S, S):
             return arr, False
-        raise ValueError(f"images must be uint8 (N, {S}, {S}) or float (N, 1, {S}, {S}), got {tuple(arr.shape)}.")
+        raise ValueError(f"images must be uint8 (N, {', '.join(map(str, cache_shape))}) or float (N, {C}, {S}, {S}), "
+                         f"got {tuple(arr.shape)}.")
+
+    def _to_uint8(self, arr: np.ndarray) -> np.ndarray:
+        """Float model input ``(N, C, S, S)`` in [0, 1] -> the cache format."""
+        pixels = np.clip(np.rint(arr.astype(np.float32) * 255.0), 0, 255).astype(np.uint8)
+        return pixels[:, 0] if self.in_chans == 1 else pixels
 
     def ood_distances(self, images: np.ndarray | torch.Tensor, *, batch_size: int | None = None) -> np.ndarray:
         """Distances ``(N,)`` of preprocessed images from the training images (see :mod:`models.ood`).
@@ -496,7 +520,7 @@ class Predictor:
                              "before the check existed); refit it to get one.")
         arr, as_uint8 = self._batch(images)
         if not as_uint8:
-            arr = np.clip(np.rint(arr[:, 0].astype(np.float32) * 255.0), 0, 255).astype(np.uint8)
+            arr = self._to_uint8(arr)
         if len(arr) == 0:
             return np.zeros(0)
         features = model_features(self.model, arr, batch_size=self._batch_size(batch_size))

@@ -105,6 +105,7 @@ def _build_timm(
     stage_fn: Any,
     head_fn: Any,
     vit: bool = False,
+    in_chans: int = 1,
     _layout: str | None = None,
     **kwargs: Any,
 ) -> StrokeNet:
@@ -136,8 +137,8 @@ def _build_timm(
         cfg = backbone.pretrained_cfg
         mean, std = list(cfg["mean"]), list(cfg["std"])
     else:
-        backbone = timm.create_model(timm_name, pretrained=False, in_chans=1, **timm_kwargs)
-        mean, std = [RANDOM_INIT_MEAN], [RANDOM_INIT_STD]
+        backbone = timm.create_model(timm_name, pretrained=False, in_chans=in_chans, **timm_kwargs)
+        mean, std = [RANDOM_INIT_MEAN] * in_chans, [RANDOM_INIT_STD] * in_chans
     return StrokeNet(
         backbone,
         model_name=name,
