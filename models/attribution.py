@@ -282,8 +282,11 @@ def _expected_size(model: nn.Module) -> int | None:
     return None
 
 
-def _to_input(image: Any, expected: int | None) -> torch.Tensor:
-    """Validate a model-input image and return a float32 (1, 1, S, S) CPU tensor in [0, 1]."""
+def _to_input(image: Any, expected: int | None, channels: frozenset[int] = frozenset({1})) -> torch.Tensor:
+    """Validate a model-input image and return a float32 (1, C, S, S) CPU tensor in [0, 1].
+
+    ``channels``: the channel counts the model takes (1, and 3 for a model of a window set).
+    """
     if isinstance(image, np.ndarray):
         arr = image
         if arr.dtype == np.uint8:
@@ -309,14 +312,14 @@ def _to_input(image: Any, expected: int | None) -> torch.Tensor:
     if t.ndim == 2:
         t = t[None, None]
     elif t.ndim == 3:
-        if shape[0] not in (1, 3):
-            raise ValueError(f"image of shape {shape}: a 3-D input must be (1, S, S) (one grey channel) or "
-                             "(3, S, S) (a window set).")
+        if shape[0] not in channels:
+            raise ValueError(f"image of shape {shape}: a 3-D input must be (1, S, S) (one grey channel)"
+                             + (" or (3, S, S) (a window set)." if 3 in channels else "."))
         t = t[None]
     elif t.ndim == 4:
-        if shape[0] != 1 or shape[1] not in (1, 3):
-            raise ValueError(f"image of shape {shape}: a 4-D input must be (1, 1, S, S) or (1, 3, S, S) (one image; "
-                             "one channel, or one per window of a window set).")
+        if shape[0] != 1 or shape[1] not in channels:
+            raise ValueError(f"image of shape {shape}: a 4-D input must be (1, 1, S, S) (one image, one channel)"
+                             + (" or (1, 3, S, S) (a window set)." if 3 in channels else "."))
     else:
         raise ValueError(f"image of shape {shape}: expected (S, S), (1, S, S) or (1, 1, S, S).")
     h, w = t.shape[-2:]
@@ -351,17 +354,18 @@ def _resolve(model_or_predictor: Any, image: Any, *, model_name: str | None, cla
         classes = list(classes) if classes is not None else list(pred.classes)
         threshold = getattr(pred, "threshold", None)
         size = getattr(pred, "image_size", None)
+        channels = frozenset({1, int(getattr(pred, "in_chans", 1))})
         if isinstance(image, torch.Tensor):
-            x = _to_input(image, size)
+            x = _to_input(image, size, channels)
         else:
             x = pred.preprocess(image, window=window)
-            x = _to_input(x, size)
+            x = _to_input(x, size, channels)
     elif isinstance(model_or_predictor, nn.Module):
         model = model_or_predictor
         name = model_name or getattr(model, "model_name", None) or getattr(model, "name", None)
         name = name if isinstance(name, str) else None
         classes = list(classes) if classes is not None else None
-        x = _to_input(image, _expected_size(model))
+        x = _to_input(image, _expected_size(model), frozenset({1, int(getattr(model, "in_chans", 1) or 1)}))
     else:
         raise ValueError(
             f"explain needs a deep model (torch.nn.Module) or a Predictor, got {type(model_or_predictor).__name__}."
