@@ -63,9 +63,10 @@ class FrozenBackbone:
                 f"num_features={self.num_features}, device={str(self.device)!r})")
 
     def _check_images(self, images: Any) -> np.ndarray:
-        if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim not in (3, 4):
+        if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim not in (3, 4) \
+                or images.ndim == 4 and images.shape[1] not in (1, 3):
             got = f"{images.dtype} {images.shape}" if isinstance(images, np.ndarray) else type(images).__name__
-            raise ValueError(f"images must be a uint8 array (N, S, S) or (N, C, S, S), got {got}.")
+            raise ValueError(f"images must be a uint8 array (N, S, S) or (N, 3, S, S) (a window set), got {got}.")
         if images.shape[-2:] != (self.image_size, self.image_size):
             raise ValueError(
                 f"images must be {self.image_size}x{self.image_size} for this {self.model_name} backbone, "

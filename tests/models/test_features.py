@@ -75,7 +75,7 @@ def test_package_weights_give_imagenet_features() -> None:
     ("images", "match"),
     [
         (np.zeros((2, 32, 32), dtype=np.float32), "uint8"),
-        (np.zeros((2, 1, 32, 32), dtype=np.uint8), r"\(N, S, S\)"),
+        (np.zeros((2, 2, 32, 32), dtype=np.uint8), r"\(N, S, S\)"),
         (np.zeros((2, 48, 48), dtype=np.uint8), "32x32"),
         ([[0]], "uint8"),
     ],
