@@ -535,6 +535,16 @@ def _to_uint8(image: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(np.asarray(image, dtype=np.float32) * 255.0), 0, 255).astype(np.uint8)
 
 
+def _check_settings(view: _StudyView, window: str, model: str) -> None:
+    """Refuse a window preset or a model the study does not offer."""
+    from data import WINDOWS
+
+    if window not in WINDOWS:
+        raise InputRejected(f"Unknown window preset {window!r}; choose one of {sorted(WINDOWS)}.")
+    if model not in view.models:
+        raise InputRejected(f"Unknown model {model!r}; this study offers {view.models}.")
+
+
 def _check_size(path: Path, display_name: str) -> int:
     """Refuse a vanished, empty or over-limit upload; return the limit (:func:`max_file_bytes`)."""
     try:
@@ -555,12 +565,9 @@ def _check_size(path: Path, display_name: str) -> int:
 def _analyze_file(view: _StudyView, path: Path, *, display_name: str, window: str, model: str,
                   method: str, explain: bool) -> _Analysis:
     """Decode, check, predict and (optionally) explain one file. Raises :class:`InputRejected`."""
-    from data import WINDOWS, BadImageError, load_image
+    from data import BadImageError, load_image
 
-    if window not in WINDOWS:
-        raise InputRejected(f"Unknown window preset {window!r}; choose one of {sorted(WINDOWS)}.")
-    if model not in view.models:
-        raise InputRejected(f"Unknown model {model!r}; this study offers {view.models}.")
+    _check_settings(view, window, model)
     methods = view.methods(model)
     notes: list[str] = []
     if explain and methods == [NO_ATTRIBUTION]:  # classical baseline: nothing to attribute, say so
@@ -758,13 +765,9 @@ def _analyze_scan(view: _StudyView, path: Path, *, display_name: str, window: st
     Raises:
         InputRejected: Unknown settings, or anything ``data.read_volume`` refuses.
     """
-    from data import WINDOWS
     from ui.scan import answer_scan, scan_rule
 
-    if window not in WINDOWS:
-        raise InputRejected(f"Unknown window preset {window!r}; choose one of {sorted(WINDOWS)}.")
-    if model not in view.models:
-        raise InputRejected(f"Unknown model {model!r}; this study offers {view.models}.")
+    _check_settings(view, window, model)
     volume = _read_scan(path, display_name)
     predictor = _PREDICTORS.get(view.study.model_dir(model))
     answer = answer_scan(predictor, volume.hu, classes=view.classes, rule=scan_rule(view.study, model), window=window)
@@ -1060,16 +1063,17 @@ def _wire_scan_events(view: _StudyView, uploads: _Uploads, tab: Mapping[str, Any
 
     from ui import charts
 
-    def analyze_scan(scan: Any, window: str, model: str) -> tuple[str, Any, Any, Any]:
-        result = _guarded(uploads, scan, lambda path, display: _analyze_scan(
-            view, path, display_name=display, window=window, model=model, pictures=True))
-        if result is None:
-            return f"_{DISCLAIMER}_", None, [], None
-        answer, md, pictures = result
+    def page(path: Path, display: str, window: str, model: str) -> tuple[str, Any, Any, Any]:
+        answer, md, pictures = _analyze_scan(view, path, display_name=display, window=window, model=model,
+                                             pictures=True)
         strip = charts.slice_strip(answer.slice_scores, positive=answer.score_of, threshold=answer.threshold,
                                    suspicious=answer.suspicious, slice_indices=answer.slice_indices,
                                    title=f"{answer.score_name} per slice (most suspicious marked)")
         return md, strip, pictures, answer.to_dict()
+
+    def analyze_scan(scan: Any, window: str, model: str) -> tuple[str, Any, Any, Any]:
+        result = _guarded(uploads, scan, lambda path, display: page(path, display, window, model))
+        return (f"_{DISCLAIMER}_", None, [], None) if result is None else result
 
     def predict_scan(scan: Any, window: str = view.default_window, model: str = view.default_model) -> Any:
         result = _guarded(uploads, scan, lambda path, display: _analyze_scan(

@@ -235,6 +235,11 @@ def test_scans_over_the_upload_limit_are_refused(view, tmp_path: Path, monkeypat
     with pytest.raises(gradio_app.InputRejected, match="unpacks to 2 MB, over the limit of 1 MB") as info:
         _scan(view, packed)
     assert str(tmp_path) not in str(info.value)
+    # a small .nii.gz whose voxels unpack over the limit (gzip is a zip bomb's other door)
+    packed = write_nifti(tmp_path / "flat.nii.gz", np.zeros((64, 128, 128), np.float32))
+    assert packed.stat().st_size < 2**20
+    with pytest.raises(gradio_app.InputRejected, match="decompresses to more than 1 MB"):
+        _scan(view, packed)
 
 
 def test_refusals_through_the_handler_are_gr_errors_and_uploads_are_released(study_dir: Path, tmp_path: Path) -> None:
