@@ -553,7 +553,7 @@ def read_volume(source: str | os.PathLike[str] | bytes, *, name: str | None = No
     Args:
         source: Path or bytes of the upload.
         name: Name for messages (default: the path).
-        max_bytes: Largest upload (the file, and a zip's unpacked members).
+        max_bytes: Largest upload (the file, a zip's unpacked members, a gzip's unpacked bytes).
 
     Returns:
         The :class:`Volume`.
@@ -577,5 +577,7 @@ def read_volume(source: str | os.PathLike[str] | bytes, *, name: str | None = No
         raise BadImageError(f"the file is {len(data) / 1e6:.0f} MB, over the limit of {max_bytes / 1e6:.0f} MB", name)
     if data[:4] == b"PK\x03\x04":
         return read_dicom_zip(data, name=name, max_bytes=max_bytes)
+    if data[:2] == b"\x1f\x8b":  # a .nii.gz unpacks within max_bytes too, as a zip's members do
+        data = _gunzip_capped(data, max_bytes, name)
     nifti = read_nifti(data, name=name)
     return Volume(nifti.hu, nifti.positions, "nifti", None, PurePosixPath(name or "upload.nii").name)

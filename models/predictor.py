@@ -451,6 +451,42 @@ class Predictor:
         pixels = self.preprocess_uint8(x, window=window)
         return uint8_to_input(torch.from_numpy(pixels)[None])
 
+    def preprocess_volume(self, hu: np.ndarray, *, window: str | tuple[float, float] | None = None) -> np.ndarray:
+        """A CT volume in Hounsfield units -> the model inputs of its slices, uint8 ``(K, S, S)``.
+
+        Each slice takes the training path of a DICOM slice: ``data.apply_window`` (the card's window,
+        or ``window``) -> ``data.resize_pad`` (``S``) -> ``data.to_uint8``.
+
+        Args:
+            hu: float ``(K, H, W)`` HU, ``K >= 1`` (e.g. ``data.read_volume(...).hu``).
+            window: CT window (name or ``(level, width)``); default: the card's window.
+
+        Raises:
+            ValueError: If ``hu`` is not a 3-D float array with at least one slice, or holds NaN/inf.
+        """
+        import data
+
+        arr = np.asarray(hu)
+        if arr.ndim != 3 or min(arr.shape) < 1:
+            raise ValueError(f"hu must be a (K, H, W) volume with K >= 1 slices, got shape {arr.shape}.")
+        if not np.issubdtype(arr.dtype, np.floating):
+            raise ValueError(f"hu must hold floating-point Hounsfield units, got dtype {arr.dtype}.")
+        if not np.isfinite(arr).all():
+            raise ValueError("hu holds NaN or infinite values.")
+        window = window if window is not None else self.window
+        return np.stack([data.to_uint8(data.resize_pad(data.apply_window(s, window), self.image_size)) for s in arr])
+
+    def predict_volume(self, hu: np.ndarray, *, window: str | tuple[float, float] | None = None,
+                       batch_size: int | None = None) -> np.ndarray:
+        """Slice probabilities ``(K, C)`` of a CT volume in Hounsfield units (:meth:`preprocess_volume`,
+        then :meth:`predict_proba` in batches of ``batch_size``).
+
+        Raises:
+            ValueError: As :meth:`preprocess_volume`, or on a bad ``batch_size``.
+        """
+        batch_size = self._batch_size(batch_size)
+        return self.predict_proba(self.preprocess_volume(hu, window=window), batch_size=batch_size)
+
     # --- inference ----------------------------------------------------------------------------------------
     def predict_proba(self, images: np.ndarray | torch.Tensor, *, batch_size: int | None = None) -> np.ndarray:
         """Probabilities ``(N, C)`` for already preprocessed images.

@@ -50,6 +50,7 @@ __all__ = [
     "reliability_chart",
     "roc_chart",
     "sample_grid",
+    "slice_strip",
 ]
 
 logger = logging.getLogger(__name__)
@@ -663,6 +664,58 @@ def probability_bar(probabilities: Mapping[str, float], *, title: str = "", thre
                       line=dict(color="black", dash="dash", width=2))
         fig.add_annotation(x=threshold, y=row + 0.45, xref="x", yref="y", text=f"threshold {threshold:.2f}",
                            showarrow=False, yanchor="bottom", font=dict(size=11))
+    return fig
+
+
+def slice_strip(probabilities: Sequence[float], *, positive: str, threshold: float | None = None,
+                suspicious: Sequence[int] = (), slice_indices: Sequence[int] | None = None,
+                title: str = "") -> go.Figure:
+    """One scan's per-slice probabilities along the head: x = slice index from the feet, y = P(positive).
+
+    Args:
+        probabilities: ``P(positive)`` of each analysed slice, inferior first.
+        positive: The class whose probability is drawn (axis title).
+        threshold: The scan's decision threshold, drawn as a dashed horizontal line; ``None`` draws none.
+        suspicious: Slice indices (values of ``slice_indices``) to mark, most suspicious first; they
+            get a red marker and their rank ("#1", "#2", ...) above it.
+        slice_indices: The slice index of each probability (default ``0..K-1``; a scan answered on
+            every k-th slice gives ``0, k, 2k, ...``).
+        title: Figure title.
+
+    Returns:
+        A line-and-marker trace of the slices, a marker trace "most suspicious" (when any) and the
+        threshold line with its annotation.
+
+    Raises:
+        ValueError: On no slice, lengths that differ, probabilities outside [0, 1] or a suspicious
+            index that is not a slice.
+    """
+    p = np.asarray(probabilities, dtype=float)
+    x = np.arange(len(p)) if slice_indices is None else np.asarray(slice_indices, dtype=int)
+    if p.ndim != 1 or len(p) == 0 or x.shape != p.shape:
+        raise ValueError(f"slice_strip needs as many slice indices as probabilities (>= 1), got {x.shape} and {p.shape}.")
+    if not np.all((p >= 0) & (p <= 1)):
+        raise ValueError("slice_strip: probabilities must lie in [0, 1].")
+    where = {int(i): k for k, i in enumerate(x)}
+    missing = [int(i) for i in suspicious if int(i) not in where]
+    if missing:
+        raise ValueError(f"slice_strip: suspicious slices {missing} are not among the slices drawn.")
+    fig = go.Figure(go.Scatter(x=x, y=p, mode="lines+markers", name=f"P({positive}) per slice",
+                               line=dict(color=_PALETTE[0]), marker=dict(size=5),
+                               hovertemplate="slice %{x}: %{y:.3f}<extra></extra>"))
+    if len(suspicious):
+        marked = [where[int(i)] for i in suspicious]
+        fig.add_trace(go.Scatter(x=x[marked], y=p[marked], mode="markers+text", name="most suspicious",
+                                 text=[f"#{r + 1}" for r in range(len(marked))], textposition="top center",
+                                 marker=dict(size=12, color="#d62728", symbol="circle-open", line=dict(width=2)),
+                                 hovertemplate="slice %{x}: %{y:.3f}<extra>most suspicious</extra>"))
+    if threshold is not None:
+        fig.add_hline(y=float(threshold), line_dash="dash", line_color="black",
+                      annotation_text=f"threshold {float(threshold):.2f}", annotation_position="top left")
+    fig.update_layout(template=_TEMPLATE, title=title, height=300, margin=dict(l=10, r=10, t=50, b=10),
+                      xaxis=dict(title="slice (0 = most inferior, towards the feet)"),
+                      yaxis=dict(title=f"P({positive})", range=[0, 1.08]), showlegend=True,
+                      legend=dict(orientation="h", yanchor="bottom", y=1.0, x=1.0, xanchor="right"))
     return fig
 
 

@@ -1,5 +1,7 @@
 """Live predictions with Gradio: upload a CT slice, get class probabilities, the decision at the
-study's threshold, an attribution overlay and the image the model actually saw.
+study's threshold, an attribution overlay and the image the model actually saw; or upload a whole
+scan (a zipped DICOM series or a NIfTI file) and get the scan's verdict, a per-slice probability
+strip and the attributions of its most suspicious slices.
 
 Run it::
 
@@ -12,6 +14,8 @@ Call it from Python (the one-argument call works: window and model have defaults
     from gradio_client import Client, handle_file
     Client("http://127.0.0.1:7860/").predict(handle_file("scan.dcm"), api_name="/predict")
     # -> {"label": "Stroke", "confidences": [{"label": "Stroke", "confidence": 0.93}, ...]}
+    Client("http://127.0.0.1:7860/").predict(handle_file("series.zip"), api_name="/predict_scan")
+    # -> {"label": "Stroke", "probability": 0.71, "threshold": 0.4, "rule": "max", "n_slices": 24, ...}
 
 One module builds the Blocks (:func:`build_app`); ``app.py`` serves it alone through :func:`launch`
 and the Streamlit dashboard embeds the very same Blocks object. Without any study,
@@ -28,6 +32,29 @@ Endpoints:
   Markdown, attribution picture, picture of the preprocessed input. Its label adds one entry after
   the classes, ``"decision threshold on P(<positive class>)"`` with the threshold as its value, so
   that the bars show the threshold next to the probability it is compared with.
+* ``/predict_scan`` (public): ``(scan_file, window="<study window>", model="<best model>")`` -> the
+  scan's JSON answer ``{"label", "probability", "threshold", "rule", "rule_from_study", "n_slices",
+  "slice_step", "slice_indices", "slice_probabilities", "suspicious_slices", "ood_flagged_slices",
+  "probabilities"}`` (a ``gr.JSON`` value). ``scan_file`` is a ``.zip`` of one DICOM series or a NIfTI
+  file (``.nii``/``.nii.gz``), read by ``data.read_volume`` with the upload limit as ``max_bytes``;
+  every slice goes through the model (``Predictor.preprocess_volume``: HU -> window -> resize -> uint8)
+  and the slices are aggregated with the rule and threshold the study chose for **patients**
+  (``leaderboard.csv`` ``subject_rule`` / ``subject_threshold``, through
+  ``automl.metrics.aggregate_by_subject``, the scan being the one subject; :mod:`ui.scan`). Binary:
+  ``label`` is ``classes[1]`` when ``probability`` = aggregated ``P(classes[1]) >= threshold``;
+  multiclass: the most probable aggregated class, ``probability`` its probability, ``threshold``
+  ``None``. ``slice_probabilities`` hold ``P(classes[1])`` (multiclass: ``1 - P(classes[0])``) of the
+  slices ``slice_indices`` (0 the most inferior), ``suspicious_slices`` the top 3 of them,
+  ``ood_flagged_slices`` how many slices the out-of-distribution check flags (``None`` without a
+  reference). A study without a patient rule for the model (written before it, or multiclass without
+  one) uses ``"mean"`` and the slice threshold (``rule_from_study`` false; the tab says so). A scan of
+  more than :data:`ui.scan.MAX_SCAN_SLICES` (400) slices is answered on every k-th slice
+  (``slice_step`` = k = ``ceil(K / 400)``), so one request costs at most 400 forward passes.
+* ``/analyze_scan`` (public, what the "Whole scan" tab runs): ``(scan_file, window, model)`` -> verdict
+  Markdown, the per-slice probability strip (``ui.charts.slice_strip``: threshold line, top 3
+  marked), a gallery of the attributions of the 3 most suspicious slices for the decided class (the
+  model's first attribution method; the model inputs for a classical baseline), each captioned with
+  its slice index and probability, and the JSON answer of ``/predict_scan``.
 
 What the page shows (a binary study): a headline with the decision, the probability and the
 threshold together ("Stroke — P(Stroke) 0.24 ≥ threshold 0.22"), so the decision can never seem to
@@ -64,14 +91,21 @@ larger than ``STROKECT_MAX_FILE_MB``   rejected   upload route answers HTTP 413 
                                                   the handler checks the size again
 =====================================  =========  ==================================================
 
+What the "Whole scan" tab and ``/predict_scan`` refuse (each with one sentence naming the file and
+the reason, from ``data.read_volume``): a zip member that is not a DICOM slice, a zip bomb (a member
+expanding more than 200-fold), a zip that unpacks beyond the upload limit, several series in one zip,
+missing slices, inconsistent spacing, slices at one position, non-axial or oblique (tilt > 30 degrees)
+volumes, 4-D NIfTI, anything else that is not a NIfTI file, a file over the upload limit and slices
+smaller than 16 px on a side.
+
 Rejections raise ``gr.Error(message)``: a red toast in the UI and ``AppError(message)`` through
 ``gradio_client``; the message never contains a server path. Unexpected exceptions are logged with
 their traceback and answered with a generic sentence; the server keeps serving.
 
 Privacy and resources:
 
-* An uploaded file is deleted ``UPLOAD_GRACE_SECONDS`` (30 s) after the last request using it
-  finishes, whatever the outcome (reference-counted, because Gradio stores identical uploads at one
+* An uploaded file (slice or scan: one ``_Uploads`` serves both file inputs) is deleted
+  ``UPLOAD_GRACE_SECONDS`` (30 s) after the last request using it finishes, whatever the outcome (reference-counted, because Gradio stores identical uploads at one
   path and a second client's request may still wait in the queue); re-running with other settings
   later needs the file again (examples stay). Files the
   browser needs to display (overlay, preprocessed image) and uploads that were never used by a
@@ -98,7 +132,7 @@ import os
 import threading
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -107,6 +141,7 @@ import numpy as np
 
 from automl.study import leaderboards_root
 from data._log import add_logging_arguments, setup_logging, start_logging
+from ui.scan import MAX_SCAN_SLICES, TOP_SLICES
 
 __all__ = [
     "CONCURRENCY_LIMIT",
@@ -121,6 +156,7 @@ __all__ = [
     "main",
     "max_file_bytes",
     "resolve_server",
+    "scan_headline",
 ]
 
 logger = logging.getLogger(__name__)
@@ -144,6 +180,8 @@ EXAMPLES_PER_CLASS = 2
 DEFAULT_PORT = 7860
 NO_ATTRIBUTION = "none"
 
+#: What the "Whole scan" tab accepts (the content decides: a zip is a DICOM series, anything else NIfTI).
+_SCAN_TYPES = [".zip", ".nii", ".nii.gz", ".gz"]
 _FILE_TYPES = [".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".dcm", ".dicom"]
 _METHOD_LABELS = {
     "grad_cam": "Grad-CAM (fastest)",
@@ -497,23 +535,18 @@ def _to_uint8(image: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(np.asarray(image, dtype=np.float32) * 255.0), 0, 255).astype(np.uint8)
 
 
-def _analyze_file(view: _StudyView, path: Path, *, display_name: str, window: str, model: str,
-                  method: str, explain: bool) -> _Analysis:
-    """Decode, check, predict and (optionally) explain one file. Raises :class:`InputRejected`."""
-    from data import WINDOWS, BadImageError, load_image
+def _check_settings(view: _StudyView, window: str, model: str) -> None:
+    """Refuse a window preset or a model the study does not offer."""
+    from data import WINDOWS
 
     if window not in WINDOWS:
         raise InputRejected(f"Unknown window preset {window!r}; choose one of {sorted(WINDOWS)}.")
     if model not in view.models:
         raise InputRejected(f"Unknown model {model!r}; this study offers {view.models}.")
-    methods = view.methods(model)
-    notes: list[str] = []
-    if explain and methods == [NO_ATTRIBUTION]:  # classical baseline: nothing to attribute, say so
-        if method != NO_ATTRIBUTION:
-            notes.append(f"No attribution map: `{model}` is a classical baseline (no gradients or layers).")
-        explain = False
-    elif explain and method not in methods:
-        raise InputRejected(f"Attribution method {method!r} does not apply to {model}; choose one of {methods}.")
+
+
+def _check_size(path: Path, display_name: str) -> int:
+    """Refuse a vanished, empty or over-limit upload; return the limit (:func:`max_file_bytes`)."""
     try:
         size = path.stat().st_size
     except OSError:
@@ -526,6 +559,24 @@ def _analyze_file(view: _StudyView, path: Path, *, display_name: str, window: st
         raise InputRejected(f"{display_name} is {size / 2**20:.1f} MB; the limit is {limit / 2**20:.0f} MB.")
     if size == 0:
         raise InputRejected(f"{display_name} is empty (0 bytes).")
+    return limit
+
+
+def _analyze_file(view: _StudyView, path: Path, *, display_name: str, window: str, model: str,
+                  method: str, explain: bool) -> _Analysis:
+    """Decode, check, predict and (optionally) explain one file. Raises :class:`InputRejected`."""
+    from data import BadImageError, load_image
+
+    _check_settings(view, window, model)
+    methods = view.methods(model)
+    notes: list[str] = []
+    if explain and methods == [NO_ATTRIBUTION]:  # classical baseline: nothing to attribute, say so
+        if method != NO_ATTRIBUTION:
+            notes.append(f"No attribution map: `{model}` is a classical baseline (no gradients or layers).")
+        explain = False
+    elif explain and method not in methods:
+        raise InputRejected(f"Attribution method {method!r} does not apply to {model}; choose one of {methods}.")
+    _check_size(path, display_name)
 
     try:
         image = load_image(path, window=window)
@@ -606,6 +657,125 @@ def _attribution_picture(predictor: Any, x: Any, method: str, *, target: int) ->
                      f"({colours}; {att.seconds:.2f} s{bf16}).")
 
 
+# ---------------------------------------------------------------------------------- whole scan
+def _rule_text(rule: str) -> str:
+    """``"max"`` -> ``"max"``, ``"top3_mean"`` -> ``"mean of the top 3"``."""
+    if rule.startswith("top") and rule.endswith("_mean"):
+        return f"mean of the top {rule[3:-5]}"
+    return rule
+
+
+def scan_headline(answer: Any) -> str:
+    """One line with the scan's decision and the numbers it rests on (a :class:`ui.scan.ScanAnswer`).
+
+    Binary: ``"Stroke — scan P(Stroke) 0.71 (max over 24 slices) ≥ threshold 0.40 chosen on held-out
+    patients"``; otherwise ``"Ischemic — scan, the most probable class (P 0.50, mean over 24 slices)"``.
+    """
+    over = f"{_rule_text(answer.rule.rule)} over {len(answer.slice_indices)} slices"
+    if answer.threshold is None:
+        return f"{answer.label} — scan, the most probable class (P {answer.probability:.2f}, {over})"
+    p_text, t_text = _pair(answer.probability, answer.threshold)
+    relation = "≥" if answer.probability >= answer.threshold else "<"
+    source = "chosen on held-out patients" if answer.rule.from_study else "(the slice threshold)"
+    return (f"{answer.label} — scan P({answer.classes[1]}) {p_text} ({over}) {relation} threshold {t_text} "
+            f"{source}")
+
+
+def _scan_markdown(view: _StudyView, model: str, answer: Any, volume: Any, *, window: str,
+                   notes: Sequence[str]) -> str:
+    """The scan panel: headline, how slices became the scan answer, the suspicious slices, OOD, notes."""
+    lines = [f"## {scan_headline(answer)}"]
+    if answer.rule.from_study:
+        how = (f"Each slice went through the model on its own; the scan probability aggregates them with the "
+               f"rule `{answer.rule.rule}`, the rule this study chose for patients on out-of-fold predictions")
+        lines.append(how + (f", and the threshold {answer.threshold:.3f} was chosen on held-out data, never the test "
+                            "part." if answer.threshold is not None else "."))
+    else:
+        lines.append(f"Each slice went through the model on its own; {answer.rule.note}.")
+    height, width = volume.hu.shape[1:]
+    kind = "DICOM series" if volume.format == "dicom" else "NIfTI volume"
+    lines.append(f"Scan: {kind} of {answer.n_slices} slices of {width}×{height}, window `{window}`; model `{model}`.")
+    if answer.step > 1:
+        lines.append(f"- The scan has more than {MAX_SCAN_SLICES} slices: one slice in every {answer.step} was "
+                     f"analysed ({len(answer.slice_indices)} slices, slice 0 first).")
+    top = ", ".join(f"{i} ({answer.slice_scores[answer.position(i)]:.2f})" for i in answer.suspicious)
+    lines.append(f"- Most suspicious slices by {answer.score_name} (slice 0 the most inferior): {top}.")
+    if answer.ood_flagged is None:
+        lines.append("- No out-of-distribution reference for this model (saved before the check existed): no flag.")
+    elif answer.ood_flagged:
+        lines.append(f"- ⚠️ **{answer.ood_flagged} of {len(answer.slice_indices)} slices are unlike the images the "
+                     "model was trained on** (beyond the 99th percentile of held-out training images): treat the "
+                     "answer with caution.")
+    else:
+        lines.append("- Every slice is like the training images (within the 99th percentile of held-out training "
+                     "images).")
+    lines.extend(f"- {note}" for note in notes)
+    lines.append(f"_{DISCLAIMER}_")
+    return "\n\n".join(lines)
+
+
+def _scan_pictures(view: _StudyView, predictor: Any, answer: Any, model: str,
+                   notes: list[str]) -> list[tuple[np.ndarray, str]]:
+    """``(picture, caption)`` of the most suspicious slices: the attribution for the decided class with the
+    model's first method (the model input for a classical baseline)."""
+    import torch
+
+    from models.attribution import render_input
+
+    method = view.methods(model)[0]
+    if method == NO_ATTRIBUTION:
+        notes.append(f"No attribution maps: `{model}` is a classical baseline; the pictures are the model inputs.")
+    out = []
+    for index in answer.suspicious:
+        seen = answer.inputs[answer.position(index)]
+        caption = f"slice {index} · {answer.score_name} {answer.slice_scores[answer.position(index)]:.2f}"
+        if method == NO_ATTRIBUTION:
+            picture = render_input(seen, title=f"Slice {index}: what the model saw")
+        else:
+            x = torch.from_numpy(seen).to(torch.float32).div_(255.0)[None, None]
+            picture, note = _attribution_picture(predictor, x, method, target=view.classes.index(answer.label))
+        out.append((picture, caption))
+    if method != NO_ATTRIBUTION and answer.suspicious:
+        notes.append(f"Pictures of the most suspicious slices: {note.removeprefix('Attribution: ').rstrip('.')}.")
+    return out
+
+
+def _read_scan(path: Path, display_name: str) -> Any:
+    """The uploaded volume (``data.read_volume`` within the upload limit); refusals name the reason."""
+    from data import BadImageError, read_volume
+
+    limit = _check_size(path, display_name)
+    try:
+        volume = read_volume(path, name=display_name, max_bytes=limit)
+    except BadImageError as exc:
+        logger.info("Unreadable scan %s: %s", display_name, exc.reason)
+        reason = _short_reason(exc.reason, path, display_name).rstrip(".")
+        raise InputRejected(f"{display_name} cannot be read as one CT scan: {reason}.") from None
+    height, width = volume.hu.shape[1:]
+    if min(height, width) < MIN_SIDE:
+        raise InputRejected(f"{display_name} has slices of {width}×{height} px; a CT slice needs at least "
+                            f"{MIN_SIDE} px on each side.")
+    return volume
+
+
+def _analyze_scan(view: _StudyView, path: Path, *, display_name: str, window: str, model: str,
+                  pictures: bool) -> tuple[Any, str, list[tuple[np.ndarray, str]]]:
+    """Read, check, predict and aggregate one scan: ``(ScanAnswer, Markdown, pictures)``.
+
+    Raises:
+        InputRejected: Unknown settings, or anything ``data.read_volume`` refuses.
+    """
+    from ui.scan import answer_scan, scan_rule
+
+    _check_settings(view, window, model)
+    volume = _read_scan(path, display_name)
+    predictor = _PREDICTORS.get(view.study.model_dir(model))
+    answer = answer_scan(predictor, volume.hu, classes=view.classes, rule=scan_rule(view.study, model), window=window)
+    notes: list[str] = []
+    shown = _scan_pictures(view, predictor, answer, model, notes) if pictures else []
+    return answer, _scan_markdown(view, model, answer, volume, window=window, notes=notes), shown
+
+
 # ------------------------------------------------------------------------------ gradio plumbing
 def _contains(paths: set[str], raw: str) -> bool:
     """``raw in paths``, tolerant of symlinked temp folders (``/tmp`` -> ``/private/tmp`` on macOS)."""
@@ -641,6 +811,7 @@ class _Uploads:
     def __init__(self, blocks: Any, component: Any, *, grace_seconds: float | None = None) -> None:
         self.blocks = blocks
         self.component = component
+        self.components = [component]  # every file input whose uploads this object resolves (see watch)
         self.grace_seconds = float(UPLOAD_GRACE_SECONDS if grace_seconds is None else grace_seconds)
         self._lock = threading.Lock()
         self._in_use: dict[str, int] = {}
@@ -667,11 +838,16 @@ class _Uploads:
         display = Path(str(name)).name if name else path.name
         return path, display
 
+    def watch(self, component: Any) -> None:
+        """Resolve and delete the uploads of one more file input too (one reference count for all inputs:
+        the same bytes sent to two inputs are one file on the server)."""
+        self.components.append(component)
+
     def _is_upload(self, raw: str) -> bool:
         return _contains(getattr(self.blocks, "upload_file_set", set()), raw)
 
     def _is_example(self, raw: str) -> bool:
-        return _contains(getattr(self.component, "keep_in_cache", set()), raw)
+        return any(_contains(getattr(c, "keep_in_cache", set()), raw) for c in self.components)
 
     def discard(self, path: Path) -> None:
         """Release a request's hold on an upload; delete it (never an example) when nobody holds it."""
@@ -713,7 +889,9 @@ class _Uploads:
             logger.warning("Could not delete upload %s: %s", path.name, exc)
 
         real = os.path.realpath(raw)
-        for registry in (getattr(self.blocks, "upload_file_set", None), getattr(self.component, "temp_files", None)):
+        registries = [getattr(self.blocks, "upload_file_set", None), *(getattr(c, "temp_files", None)
+                                                                       for c in self.components)]
+        for registry in registries:
             if registry is not None:
                 for entry in [p for p in list(registry) if p == raw or os.path.realpath(p) == real]:
                     registry.discard(entry)
@@ -721,6 +899,14 @@ class _Uploads:
 
 def _run(view: _StudyView, uploads: _Uploads, payload: Any, window: str, model: str, method: str, *,
          explain: bool) -> _Analysis | None:
+    return _guarded(uploads, payload, lambda path, display: _analyze_file(
+        view, path, display_name=display, window=window, model=model, method=method, explain=explain))
+
+
+def _guarded(uploads: _Uploads, payload: Any, work: Callable[[Path, str], Any]) -> Any:
+    """``work(path, display_name)`` on the resolved upload (``None`` without one): refusals become
+    ``gr.Error`` with their sentence, anything unexpected is logged and answered generically, and the
+    upload is released whatever happens."""
     import gradio as gr
 
     resolved = None
@@ -728,9 +914,7 @@ def _run(view: _StudyView, uploads: _Uploads, payload: Any, window: str, model: 
         resolved = uploads.resolve(payload)
         if resolved is None:
             return None
-        path, display = resolved
-        return _analyze_file(view, path, display_name=display, window=window, model=model, method=method,
-                             explain=explain)
+        return work(*resolved)
     except InputRejected as exc:
         logger.info("Rejected input: %s", exc)
         raise gr.Error(str(exc), print_exception=False) from None
@@ -845,6 +1029,66 @@ def _wire_events(view: _StudyView, uploads: _Uploads, inputs: list[Any], outputs
                     preprocess=False)
 
 
+def _scan_tab(view: _StudyView) -> dict[str, Any]:
+    """The "Whole scan" tab: file input, settings and button; verdict, slice strip, pictures, JSON answer."""
+    import gradio as gr
+
+    from data import WINDOWS
+
+    with gr.Row():
+        with gr.Column(scale=1):
+            scan_in = gr.File(label="CT scan: a .zip of one DICOM series, or a NIfTI file (.nii, .nii.gz)",
+                              file_types=_SCAN_TYPES, file_count="single", type="filepath", height=120)
+            window_in = gr.Dropdown(choices=list(WINDOWS), value=view.default_window,
+                                    label="Window preset applied to the scan's Hounsfield units")
+            model_in = gr.Dropdown(choices=view.models, value=view.default_model,
+                                   label="Scan model (refitted on the study; default: leaderboard best)")
+            run_btn = gr.Button("Predict the scan", variant="primary")
+        with gr.Column(scale=1):
+            verdict_out = gr.Markdown(f"_{DISCLAIMER}_")
+    strip_out = gr.Plot(label="Probability per slice", show_label=False)
+    gallery_out = gr.Gallery(label="Attribution of the most suspicious slices (for the decided class)",
+                             columns=TOP_SLICES, height="auto", object_fit="contain", format="png",
+                             interactive=False)
+    with gr.Accordion("The answer as JSON (what the /predict_scan API returns)", open=False):
+        json_out = gr.JSON(label="Scan answer", show_label=False)
+    api_btn = gr.Button(visible=False)  # carries the /predict_scan API endpoint
+    return {"file": scan_in, "window": window_in, "model": model_in, "run": run_btn, "api": api_btn,
+            "verdict": verdict_out, "strip": strip_out, "gallery": gallery_out, "json": json_out}
+
+
+def _wire_scan_events(view: _StudyView, uploads: _Uploads, tab: Mapping[str, Any]) -> None:
+    """Register the ``/analyze_scan`` (the tab) and ``/predict_scan`` (JSON only) endpoints."""
+    import gradio as gr
+
+    from ui import charts
+
+    def page(path: Path, display: str, window: str, model: str) -> tuple[str, Any, Any, Any]:
+        answer, md, pictures = _analyze_scan(view, path, display_name=display, window=window, model=model,
+                                             pictures=True)
+        strip = charts.slice_strip(answer.slice_scores, positive=answer.score_of, threshold=answer.threshold,
+                                   suspicious=answer.suspicious, slice_indices=answer.slice_indices,
+                                   title=f"{answer.score_name} per slice (most suspicious marked)")
+        return md, strip, pictures, answer.to_dict()
+
+    def analyze_scan(scan: Any, window: str, model: str) -> tuple[str, Any, Any, Any]:
+        result = _guarded(uploads, scan, lambda path, display: page(path, display, window, model))
+        return (f"_{DISCLAIMER}_", None, [], None) if result is None else result
+
+    def predict_scan(scan: Any, window: str = view.default_window, model: str = view.default_model) -> Any:
+        result = _guarded(uploads, scan, lambda path, display: _analyze_scan(
+            view, path, display_name=display, window=window, model=model, pictures=False))
+        if result is None:
+            raise gr.Error("No file received.", print_exception=False)
+        return result[0].to_dict()
+
+    inputs = [tab["file"], tab["window"], tab["model"]]
+    gr.on([tab["run"].click, tab["file"].change], analyze_scan, inputs=inputs,
+          outputs=[tab["verdict"], tab["strip"], tab["gallery"], tab["json"]], api_name="analyze_scan",
+          preprocess=False)
+    tab["api"].click(predict_scan, inputs=inputs, outputs=[tab["json"]], api_name="predict_scan", preprocess=False)
+
+
 def build_app(study_dir: str | Path | None = None, *, leaderboards_root: str | Path = DEFAULT_LEADERBOARDS) -> Any:
     """Build the Gradio Blocks of the live demo (without launching it).
 
@@ -880,16 +1124,21 @@ def build_app(study_dir: str | Path | None = None, *, leaderboards_root: str | P
             f"Study **{view.study.name}** · classes {', '.join(view.classes)} · models: "
             f"{', '.join(view.models)}.\n\n**{DISCLAIMER}** Uploaded files are deleted after the prediction."
         )
-        with gr.Row():
-            with gr.Column(scale=1):
-                inputs, run_btn = _input_column(view, default_methods)
-            with gr.Column(scale=1):
-                outputs = _output_column(view)
-        outputs += _picture_row()
-        api_btn = gr.Button(visible=False)  # carries the one-input /predict API endpoint
+        with gr.Tab("One slice"):
+            with gr.Row():
+                with gr.Column(scale=1):
+                    inputs, run_btn = _input_column(view, default_methods)
+                with gr.Column(scale=1):
+                    outputs = _output_column(view)
+            outputs += _picture_row()
+            api_btn = gr.Button(visible=False)  # carries the one-input /predict API endpoint
+        with gr.Tab("Whole scan"):
+            scan_tab = _scan_tab(view)
 
         uploads = _Uploads(demo, inputs[0])
+        uploads.watch(scan_tab["file"])
         _wire_events(view, uploads, inputs, outputs, run_btn=run_btn, api_btn=api_btn)
+        _wire_scan_events(view, uploads, scan_tab)
 
     demo.queue(default_concurrency_limit=CONCURRENCY_LIMIT, max_size=QUEUE_MAX_SIZE)
     demo.strokect_study = view.study  # for callers (dashboard) and tests

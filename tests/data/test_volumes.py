@@ -182,3 +182,11 @@ def test_plain_images_keep_empty_volume_columns(tmp_path):
     assert (m.table["volume"] == "").all() and (m.table["slice_index"] == -1).all()
     assert m.table["brain_fraction"].isna().all() and m.volumes.empty
     assert isinstance(m.volumes, pd.DataFrame)
+
+
+def test_read_volume_unpacks_a_nifti_gz_within_max_bytes(tmp_path):
+    path = write_nifti(tmp_path / "flat.nii.gz", np.zeros((64, 64, 64), np.float32))  # 0.5 MB of voxels
+    assert path.stat().st_size < 20_000
+    assert data.read_volume(path, max_bytes=1_000_000).hu.shape == (64, 64, 64)
+    with pytest.raises(BadImageError, match="decompresses to more than 0 MB"):
+        data.read_volume(path, max_bytes=100_000)

@@ -326,6 +326,37 @@ def test_dicom_input_uses_the_card_window(binary_folder: Path, use_dataset: bool
     assert predictor.predict(source, window=(600, 2800)) == predictor.predict(source, window="bone")
 
 
+def test_predict_volume_is_the_slice_path_for_every_slice(binary_folder: Path) -> None:
+    rng = np.random.default_rng(3)
+    hu = rng.normal(35, 40, (5, 40, 28)).astype(np.float32)  # non-square: resize_pad pads
+    predictor = models.load_predictor(binary_folder)
+    expected = np.stack([data.to_uint8(data.resize_pad(data.apply_window(s, "brain"), S)) for s in hu])
+    np.testing.assert_array_equal(predictor.preprocess_volume(hu), expected)
+    probs = predictor.predict_volume(hu, batch_size=2)
+    assert probs.shape == (5, 2)
+    np.testing.assert_allclose(probs, predictor.predict_proba(expected), atol=1e-6)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-6)
+    bone = predictor.preprocess_volume(hu, window="bone")
+    np.testing.assert_array_equal(bone, predictor.preprocess_volume(hu, window=(600, 2800)))
+    assert not np.array_equal(bone, expected)
+    # one slice is a volume too
+    assert predictor.predict_volume(hu[:1]).shape == (1, 2)
+
+
+@pytest.mark.parametrize("hu, match", [
+    (np.zeros((32, 32), np.float32), "K >= 1"),
+    (np.zeros((0, 32, 32), np.float32), "K >= 1"),
+    (np.zeros((2, 32, 32), np.int16), "floating-point"),
+    (np.full((2, 8, 8), np.nan, np.float32), "NaN"),
+])
+def test_predict_volume_validates_the_volume(binary_folder: Path, hu: np.ndarray, match: str) -> None:
+    predictor = models.load_predictor(binary_folder)
+    with pytest.raises(ValueError, match=match):
+        predictor.predict_volume(hu)
+    with pytest.raises(ValueError, match="batch_size"):
+        predictor.predict_volume(np.zeros((2, 8, 8), np.float32), batch_size=0)
+
+
 def test_one_pixel_image_is_accepted(binary_folder: Path) -> None:
     predictor = models.load_predictor(binary_folder)
     result = predictor.predict(np.array([[200]], dtype=np.uint8))

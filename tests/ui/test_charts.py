@@ -292,3 +292,29 @@ def test_probability_bar_marks_the_threshold_on_the_positive_bar_only() -> None:
     assert not charts.probability_bar({"a": 0.2, "b": 0.3, "c": 0.5}).layout.shapes  # multiclass: no threshold
     with pytest.raises(ValueError, match="positive"):
         charts.probability_bar({"Normal": 0.3, "Stroke": 0.7}, threshold=0.5, positive="Ischemic")
+
+
+def test_slice_strip_draws_the_threshold_and_marks_the_suspicious_slices() -> None:
+    p = [0.1, 0.2, 0.9, 0.6, 0.3]
+    fig = charts.slice_strip(p, positive="Stroke", threshold=0.4, suspicious=[4, 6], slice_indices=[0, 2, 4, 6, 8])
+    strip, marked = fig.data
+    assert list(strip.x) == [0, 2, 4, 6, 8] and list(strip.y) == p
+    assert list(marked.x) == [4, 6] and list(marked.y) == [0.9, 0.6] and list(marked.text) == ["#1", "#2"]
+    (line,) = fig.layout.shapes
+    assert line.y0 == line.y1 == 0.4
+    assert fig.layout.annotations[0].text == "threshold 0.40"
+    assert fig.layout.yaxis.title.text == "P(Stroke)" and "inferior" in fig.layout.xaxis.title.text
+    # no threshold (multiclass), nothing marked: one trace, no line
+    plain = charts.slice_strip([0.5], positive="any lesion")
+    assert len(plain.data) == 1 and not plain.layout.shapes
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(probabilities=[]), ">= 1"),
+    (dict(probabilities=[0.1, 0.2], slice_indices=[0]), "as many"),
+    (dict(probabilities=[0.1, 1.2]), r"\[0, 1\]"),
+    (dict(probabilities=[0.1, 0.2], suspicious=[5]), "not among"),
+])
+def test_slice_strip_validates(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        charts.slice_strip(positive="Stroke", **kwargs)
