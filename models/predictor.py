@@ -452,10 +452,11 @@ class Predictor:
         return uint8_to_input(torch.from_numpy(pixels)[None])
 
     def preprocess_volume(self, hu: np.ndarray, *, window: str | tuple[float, float] | None = None) -> np.ndarray:
-        """A CT volume in Hounsfield units -> the model inputs of its slices, uint8 ``(K, S, S)``.
+        """A CT volume in Hounsfield units -> the model inputs of its slices, uint8 ``(K, S, S)``
+        (``(K, C, S, S)`` for a model of a window set).
 
         Each slice takes the training path of a DICOM slice: ``data.apply_window`` (the card's window,
-        or ``window``) -> ``data.resize_pad`` (``S``) -> ``data.to_uint8``.
+        or ``window``; each window of a window set) -> ``data.resize_pad`` (``S``) -> ``data.to_uint8``.
 
         Args:
             hu: float ``(K, H, W)`` HU, ``K >= 1`` (e.g. ``data.read_volume(...).hu``).
@@ -473,8 +474,12 @@ class Predictor:
             raise ValueError(f"hu must hold floating-point Hounsfield units, got dtype {arr.dtype}.")
         if not np.isfinite(arr).all():
             raise ValueError("hu holds NaN or infinite values.")
-        window = window if window is not None else self.window
-        return np.stack([data.to_uint8(data.resize_pad(data.apply_window(s, window), self.image_size)) for s in arr])
+        windows = data.parse_windows(window if window is not None else self.window)
+        if len(windows) != self.in_chans:
+            raise ValueError(f"window {window!r} gives {len(windows)} channel(s); this model takes {self.in_chans}.")
+        pixels = np.stack([[data.to_uint8(data.resize_pad(data.apply_window(s, w), self.image_size)) for w in windows]
+                           for s in arr])
+        return pixels[:, 0] if self.in_chans == 1 else pixels
 
     def predict_volume(self, hu: np.ndarray, *, window: str | tuple[float, float] | None = None,
                        batch_size: int | None = None) -> np.ndarray:

@@ -287,6 +287,15 @@ class _StudyView:
     examples: list[tuple[Path, str]] = field(default_factory=list)
 
     @property
+    def window_choices(self) -> list[str]:
+        """Windows the dropdowns offer: the presets, or the window sets when the study's models take 3 channels."""
+        from data import WINDOW_SETS, WINDOWS, parse_windows
+
+        if len(parse_windows(self.default_window)) == 1:
+            return list(WINDOWS)
+        return [self.default_window, *[w for w in WINDOW_SETS if w != self.default_window]]
+
+    @property
     def classes(self) -> list[str]:
         return list(self.study.classes)
 
@@ -379,10 +388,10 @@ def _study_view(study_dir: Path) -> _StudyView:
         )
     best = study.best_model
     default_model = best if best in models else models[0]
-    from data import WINDOWS
+    from data import WINDOWS, parse_windows
 
     window = str(study.config.get("window") or "brain")
-    if window not in WINDOWS:
+    if window not in WINDOWS and len(parse_windows(window)) == 1:
         window = "brain"
     return _StudyView(study=study, models=models, default_model=default_model, default_window=window,
                       examples=_study_examples(study))
@@ -537,10 +546,8 @@ def _to_uint8(image: np.ndarray) -> np.ndarray:
 
 def _check_settings(view: _StudyView, window: str, model: str) -> None:
     """Refuse a window preset or a model the study does not offer."""
-    from data import WINDOWS
-
-    if window not in WINDOWS:
-        raise InputRejected(f"Unknown window preset {window!r}; choose one of {sorted(WINDOWS)}.")
+    if window not in view.window_choices:
+        raise InputRejected(f"Unknown window preset {window!r}; choose one of {view.window_choices}.")
     if model not in view.models:
         raise InputRejected(f"Unknown model {model!r}; this study offers {view.models}.")
 
@@ -565,7 +572,7 @@ def _check_size(path: Path, display_name: str) -> int:
 def _analyze_file(view: _StudyView, path: Path, *, display_name: str, window: str, model: str,
                   method: str, explain: bool) -> _Analysis:
     """Decode, check, predict and (optionally) explain one file. Raises :class:`InputRejected`."""
-    from data import BadImageError, load_image
+    from data import BadImageError, load_channels
 
     _check_settings(view, window, model)
     methods = view.methods(model)
@@ -579,13 +586,14 @@ def _analyze_file(view: _StudyView, path: Path, *, display_name: str, window: st
     _check_size(path, display_name)
 
     try:
-        image = load_image(path, window=window)
+        channels = load_channels(path, window=window)  # (1, H, W), or one channel per window of a window set
     except BadImageError as exc:
         logger.info("Unreadable upload %s: %s", display_name, exc.reason)
         raise InputRejected(
             f"{display_name} cannot be read as an image or DICOM: {_short_reason(exc.reason, path, display_name)}."
         ) from None
-    height, width = image.shape
+    height, width = channels.shape[1:]
+    image = channels[0] if len(channels) == 1 else path  # a window set: the predictor windows the file itself
     if min(height, width) < MIN_SIDE:
         raise InputRejected(f"{display_name} is {width}×{height} px; a CT slice needs at least "
                             f"{MIN_SIDE} px on each side.")
@@ -720,6 +728,7 @@ def _scan_pictures(view: _StudyView, predictor: Any, answer: Any, model: str,
     model's first method (the model input for a classical baseline)."""
     import torch
 
+    import models
     from models.attribution import render_input
 
     method = view.methods(model)[0]
@@ -727,12 +736,12 @@ def _scan_pictures(view: _StudyView, predictor: Any, answer: Any, model: str,
         notes.append(f"No attribution maps: `{model}` is a classical baseline; the pictures are the model inputs.")
     out = []
     for index in answer.suspicious:
-        seen = answer.inputs[answer.position(index)]
+        seen = answer.inputs[answer.position(index)]  # (S, S), or (C, S, S) for a window set
         caption = f"slice {index} · {answer.score_name} {answer.slice_scores[answer.position(index)]:.2f}"
         if method == NO_ATTRIBUTION:
-            picture = render_input(seen, title=f"Slice {index}: what the model saw")
+            picture = render_input(seen if seen.ndim == 2 else seen[0], title=f"Slice {index}: what the model saw")
         else:
-            x = torch.from_numpy(seen).to(torch.float32).div_(255.0)[None, None]
+            x = models.uint8_to_input(torch.from_numpy(seen)[None])
             picture, note = _attribution_picture(predictor, x, method, target=view.classes.index(answer.label))
         out.append((picture, caption))
     if method != NO_ATTRIBUTION and answer.suspicious:
@@ -933,8 +942,6 @@ def _input_column(view: _StudyView, default_methods: list[str]) -> tuple[list[An
     the Predict button."""
     import gradio as gr
 
-    from data import WINDOWS
-
     file_in = gr.File(label="CT slice: PNG, JPEG, TIFF or DICOM", file_types=_FILE_TYPES,
                       file_count="single", type="filepath", height=120)
     if view.examples:
@@ -946,7 +953,7 @@ def _input_column(view: _StudyView, default_methods: list[str]) -> tuple[list[An
         # Gradio copies examples into its cache without protecting them from delete_cache;
         # keep them (and never treat them as uploads to delete).
         file_in.keep_in_cache.update(set(file_in.temp_files) - before)
-    window_in = gr.Dropdown(choices=list(WINDOWS), value=view.default_window,
+    window_in = gr.Dropdown(choices=view.window_choices, value=view.default_window,
                             label="DICOM window preset (raster images are already windowed)")
     model_in = gr.Dropdown(choices=view.models, value=view.default_model,
                            label="Model (refitted on the study; default: leaderboard best)")
@@ -1033,13 +1040,11 @@ def _scan_tab(view: _StudyView) -> dict[str, Any]:
     """The "Whole scan" tab: file input, settings and button; verdict, slice strip, pictures, JSON answer."""
     import gradio as gr
 
-    from data import WINDOWS
-
     with gr.Row():
         with gr.Column(scale=1):
             scan_in = gr.File(label="CT scan: a .zip of one DICOM series, or a NIfTI file (.nii, .nii.gz)",
                               file_types=_SCAN_TYPES, file_count="single", type="filepath", height=120)
-            window_in = gr.Dropdown(choices=list(WINDOWS), value=view.default_window,
+            window_in = gr.Dropdown(choices=view.window_choices, value=view.default_window,
                                     label="Window preset applied to the scan's Hounsfield units")
             model_in = gr.Dropdown(choices=view.models, value=view.default_model,
                                    label="Scan model (refitted on the study; default: leaderboard best)")

@@ -58,3 +58,27 @@ def test_volume_flags_are_checked_before_any_work(flags, message, capsys) -> Non
     with pytest.raises(SystemExit) as exc:
         main(["--preset", "smoke", *flags])
     assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_live_app_answers_slices_and_scans_of_a_window_set_study(volume_study: Path, tmp_path: Path) -> None:
+    import zipfile
+
+    from ui import gradio_app
+
+    view = gradio_app._study_view(volume_study)
+    assert view.default_window == "ich" and view.window_choices[0] == "ich"
+    data_dir = Path(json.loads((volume_study / "config.json").read_text())["data_dir"])
+    series = sorted(p for p in (data_dir / "Stroke").iterdir() if p.is_dir())[0]
+    analysis = gradio_app._analyze_file(view, sorted(series.glob("*.dcm"))[0], display_name="slice.dcm", window="ich",
+                                        model="tiny_cnn", method="grad_cam", explain=True)
+    assert analysis is not None
+    archive = tmp_path / "scan.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for f in sorted(series.glob("*.dcm")):
+            zf.write(f, f"series/{f.name}")
+    answer, markdown, pictures = gradio_app._analyze_scan(view, archive, display_name="scan.zip", window="ich",
+                                                         model="tiny_cnn", pictures=True)
+    assert answer.to_dict()["n_slices"] == len(list(series.glob("*.dcm"))) and pictures
+    with pytest.raises(gradio_app.InputRejected, match="window preset"):
+        gradio_app._analyze_file(view, sorted(series.glob("*.dcm"))[0], display_name="slice.dcm", window="brain",
+                                 model="tiny_cnn", method="grad_cam", explain=False)
