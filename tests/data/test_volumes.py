@@ -190,3 +190,27 @@ def test_read_volume_unpacks_a_nifti_gz_within_max_bytes(tmp_path):
     assert data.read_volume(path, max_bytes=1_000_000).hu.shape == (64, 64, 64)
     with pytest.raises(BadImageError, match="decompresses to more than 0 MB"):
         data.read_volume(path, max_bytes=100_000)
+
+
+def test_series_over_the_size_limit_is_skipped(volume_folder, monkeypatch):
+    monkeypatch.setattr(_volumes, "MAX_VOLUME_SLICES", 5)
+    m = data.scan_folder(volume_folder)
+    reasons = m.bad_files[m.bad_files["path"].str.startswith("Normal/P1/")]["reason"]
+    assert len(reasons) == 6 and reasons.str.contains("over the size limit").all()
+
+
+def test_quality_report_counts_volumes_and_their_problems(volume_folder):
+    write_series(volume_folder / "Stroke" / "GAP", head_volume(6, seed=9), patient="PAT-9", uid="1.2.3.9",
+                 positions=[0, 5, 10, 20, 25, 30])
+    write_series(volume_folder / "Stroke" / "SAG", head_volume(6, seed=8), patient="PAT-8", uid="1.2.3.8",
+                 orientation=(0, 1, 0, 0, 0, -1))
+    report = data.quality_report(volume_folder)
+    s = report.summary
+    assert s["n_volumes"] == 4 and s["n_volumes_dicom"] == 2 and s["n_volumes_nifti"] == 2
+    assert s["n_skipped_volumes"] == 2 and s["volume_problems"] == {"missing slices": 1, "orientation": 1}
+    assert s["slices_per_volume_min"] == 5 and s["slices_per_volume_max"] == 6
+    text = report.summary_text()
+    assert "Volumes: 4 read (2 DICOM series, 2 NIfTI), 2 skipped" in text and "skipped for orientation: 1" in text
+    assert any("2 volume(s) skipped" in w for w in report.warnings)
+    again = type(report).from_dict(report.to_dict())
+    assert list(again.volumes["volume"]) == list(report.volumes["volume"])
