@@ -23,6 +23,7 @@ Everything that reads pixels goes through :func:`load_image`, which returns a gr
 """
 from __future__ import annotations
 
+import functools
 import io
 import math
 import logging
@@ -612,11 +613,41 @@ def _decode_array(arr: np.ndarray) -> np.ndarray:
     raise BadImageError(f"unsupported array dtype {arr.dtype}")
 
 
+def _slice_reference(path: str) -> tuple[str, int | None]:
+    """``(file, k)`` for a NIfTI slice reference whose file exists (and that is no file itself), else ``(path, None)``."""
+    from data._volume_io import split_slice_ref
+
+    volume_file, index = split_slice_ref(path)
+    if index is None or os.path.exists(path) or not os.path.isfile(volume_file):
+        return path, None
+    return volume_file, index
+
+
+@functools.lru_cache(maxsize=2)
+def _nifti_volume(volume_file: str, mtime_ns: int, size: int) -> np.ndarray:
+    """The HU slices of a NIfTI file (the last two read are kept: a dashboard shows several slices of one scan)."""
+    from data._volumes import read_nifti
+
+    return read_nifti(volume_file).hu
+
+
+def _nifti_slice(volume_file: str, index: int) -> np.ndarray:
+    stat = os.stat(volume_file)
+    hu = _nifti_volume(os.path.abspath(volume_file), stat.st_mtime_ns, stat.st_size)
+    if not 0 <= index < len(hu):
+        raise BadImageError(f"slice {index} is out of range: the volume has {len(hu)} slices", volume_file)
+    return hu[index]
+
+
 def _decode_source(source: Any, *, window: str | tuple[float, float] = "brain") -> _Decoded:
     """Decode any supported source; see :func:`load_image`."""
     _resolve_window(window)  # fail fast on a bad window, whatever the source
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
+        volume_file, index = _slice_reference(path)
+        if index is not None:  # "<file>.nii.gz#k": slice k of a NIfTI volume (a manifest row)
+            hu = _nifti_slice(volume_file, index)
+            return _Decoded(apply_window(hu, window), "nifti", brain_fraction=brain_fraction(hu))
         return _decode_bytes(_read_file(path), window=window, path=path)
     if isinstance(source, (bytes, bytearray, memoryview)):
         return _decode_bytes(bytes(source), window=window, path=None)
@@ -647,7 +678,8 @@ def load_image(source: Any, *, window: str | tuple[float, float] = "brain") -> n
     """Read one image as grayscale float32 in [0, 1].
 
     Args:
-        source: A file path (``str``/``Path``), the file's bytes, a ``PIL.Image.Image``, a numpy
+        source: A file path (``str``/``Path``; also ``"<file>.nii.gz#k"``, slice ``k`` of a NIfTI volume as
+            the manifest names it), the file's bytes, a ``PIL.Image.Image``, a numpy
             array (``uint8`` /255, ``uint16`` /65535, ``bool``, floats kept in [0, 1] or min-max
             stretched, other integers min-max stretched; ``(H, W)``, ``(H, W, 1|3|4)`` or
             ``(1, H, W)``) or a ``pydicom.Dataset``. DICOM is recognised by a ``.dcm``/``.dicom``
@@ -677,7 +709,7 @@ def load_channels(source: Any, *, window: str | tuple[float, float] | Sequence[A
     windows = parse_windows(window)
     if len(windows) == 1:
         return load_image(source, window=windows[0])[None]
-    if isinstance(source, (str, os.PathLike)):
+    if isinstance(source, (str, os.PathLike)) and _slice_reference(os.fspath(source))[1] is None:
         source = _read_file(os.fspath(source))  # read once, window thrice
     return np.stack([load_image(source, window=w) for w in windows]).astype(np.float32)
 

@@ -290,6 +290,14 @@ def _rebuild_model(card: dict[str, Any], state: dict[str, Any], weights_path: Pa
     return model.eval()
 
 
+def _is_slice_reference(x: str | os.PathLike[str]) -> bool:
+    """Whether ``x`` names slice ``k`` of an existing NIfTI file (``"scan.nii.gz#k"``, a manifest row)."""
+    from data._volume_io import split_slice_ref
+
+    volume_file, index = split_slice_ref(os.fspath(x))
+    return index is not None and Path(volume_file).is_file()
+
+
 def _card_channels(card: dict[str, Any]) -> int:
     """Input channels of a saved model: one per window of the card's window (set)."""
     import data
@@ -417,7 +425,7 @@ class Predictor:
                 raise InvalidInputError(f"Could not read the uploaded file: {err}.") from None
         if isinstance(x, torch.Tensor):
             x = x.detach().cpu().numpy()
-        if isinstance(x, (str, os.PathLike)) and not Path(x).is_file():
+        if isinstance(x, (str, os.PathLike)) and not Path(x).is_file() and not _is_slice_reference(x):
             raise InvalidInputError(f"No such file: {Path(x).name}.")
         try:
             window = window if window is not None else self.window

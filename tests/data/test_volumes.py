@@ -214,3 +214,17 @@ def test_quality_report_counts_volumes_and_their_problems(volume_folder):
     assert any("2 volume(s) skipped" in w for w in report.warnings)
     again = type(report).from_dict(report.to_dict())
     assert list(again.volumes["volume"]) == list(report.volumes["volume"])
+
+
+def test_a_manifest_row_of_a_nifti_slice_loads_like_any_image(volume_folder):
+    m = data.scan_folder(volume_folder)
+    arrays = data.load_arrays(m, size=24)
+    for i in np.flatnonzero(m.table["format"] == "nifti")[:3]:
+        image = data.load_image(m.root / m.table["path"].iloc[i])
+        np.testing.assert_array_equal(to_uint8(resize_pad(image, 24)), arrays[i])
+    ref = m.root / "Stroke/sub-04_ct.nii.gz#2"
+    assert data.load_channels(ref, window="ich").shape == (3, 24, 24)
+    with pytest.raises(BadImageError, match="out of range"):
+        data.load_image(m.root / "Stroke/sub-04_ct.nii.gz#9")
+    with pytest.raises(BadImageError, match="does not exist"):
+        data.load_image(m.root / "Stroke/missing.nii.gz#1")
