@@ -822,7 +822,8 @@ def live_ui(study: StudyResults, model: str | None) -> None:
         probs = result["probabilities"]
         threshold = study.threshold(model)
         cols = st.columns([1, 2])
-        cols[0].image(predictor.preprocess(upload.getvalue()).squeeze().cpu().numpy(), caption="What the model saw",
+        seen = predictor.preprocess(upload.getvalue())[0, 0].cpu().numpy()  # a window set: its first window
+        cols[0].image(seen, caption="What the model saw",
                       clamp=True, width=200)
         binary = len(study.classes) == 2 and np.isfinite(threshold)
         bar = charts.probability_bar(probs, title=f"{model}: {result['label']}", threshold=threshold if binary else None,
