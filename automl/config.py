@@ -23,6 +23,7 @@ PRUNERS = ("median", "halving", "hyperband", "none")
 GROUP_BY = ("auto", "csv", "dicom", "filename", "phash", "none")
 PRETRAINED = ("auto", "yes", "no")
 LEAKAGE_AUDIT = ("probe", "model", "none")
+PHANTOM_COHORT = ("slices_per_patient", "lesion_span", "ischemic_share", "lesion_size")  # default_dataset keywords
 
 # Presets fill every field left at ``None``; explicit values (CLI flags) override them.
 # ``demo`` (the dashboard's first start): a fixed plan, not a wall-clock cut, so it means the same on every
@@ -35,16 +36,24 @@ PRESETS: dict[str, dict[str, Any]] = {
         models=("simple_cnn", "tiny_cnn", "logreg"),
         n_trials=4, timeout=120.0, folds=2, test_size=0.25, image_size=32, epochs=1, search_epochs=False,
         pretrained="no", leakage_audit="probe", n_startup_trials=2,
-        phantom_n=120, phantom_difficulty=0.3, phantom_label_level="subject",
+        phantom_n=120, phantom_difficulty=0.3, phantom_label_level="subject", phantom_cohort={},
     ),
     "demo": dict(
         models=("logreg", "efficientnet_lite0+logreg", "efficientnet_lite0+svm_rbf", "tiny_cnn", "simple_cnn",
                 "vit_tiny", "efficientnet_b0", "resnet18"),
-        # slice-level labels at difficulty 0.3: the lesion is learnable in 3 epochs, so the models differ on
-        # the test part; neighbouring slices of a patient are near-duplicates, so the audit still shows the leak
-        n_trials=None, timeout=0.0, folds=3, test_size=0.2, image_size=64, epochs=3, search_epochs=False,
+        # The phantom is a teaching set in which the best model can find the lesion (README "Demo"):
+        # slice labels, short stacks of 2-5 slices through the lesion level (113 patients in 400 slices, so
+        # the test part holds >= 10 patients of each class), a lesion in most slices of a stroke stack,
+        # haemorrhage-enriched (ischemic share 0.15: early infarcts are often invisible on plain CT; a
+        # haemorrhage is what a 64 px model can learn from ~300 slices), medium-to-large lesions and
+        # difficulty 0 (an established infarct ~12 HU below tissue, a 77-87 HU haematoma, 2.5 HU noise).
+        # Neighbouring slices of a patient are still near-duplicates, so the leakage audit shows its gap.
+        # 2 epochs keep the 16-trial plan inside 5 minutes on 2 cores; the winner is the frozen lane.
+        n_trials=None, timeout=0.0, folds=3, test_size=0.2, image_size=64, epochs=2, search_epochs=False,
         pretrained="auto", leakage_audit="probe", n_startup_trials=3,
-        phantom_n=400, phantom_difficulty=0.3, phantom_label_level="slice",
+        phantom_n=400, phantom_difficulty=0.0, phantom_label_level="slice",
+        phantom_cohort={"slices_per_patient": (2, 5), "lesion_span": (0.7, 1.0), "ischemic_share": 0.15,
+                        "lesion_size": (1.0, 1.5)},
     ),
     # A real folder on a CPU (2,500 slices of 512-650 px, ~80 subjects, 2 cores: <= 20 min): a fixed plan,
     # no wall-clock cut and no TPE exploration (n_trials None = exactly the planned trials, see
@@ -59,13 +68,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     "cpu": dict(
         models=None, n_trials=None, timeout=0.0, folds=3, test_size=0.2, image_size=128, epochs=2,
         search_epochs=False, pretrained="auto", leakage_audit="probe", n_startup_trials=0,
-        phantom_n=1000, phantom_difficulty=0.5, phantom_label_level="subject",
+        phantom_n=1000, phantom_difficulty=0.5, phantom_label_level="subject", phantom_cohort={},
     ),
     "full": dict(
         models=("logreg", "svm_rbf", "tiny_cnn", "simple_cnn", "vit_tiny", "efficientnet_b0", "resnet18", "vit_small"),
         n_trials=60, timeout=0.0, folds=5, test_size=0.2, image_size=224, epochs=20, search_epochs=True,
         pretrained="auto", leakage_audit="model", n_startup_trials=8,
-        phantom_n=2000, phantom_difficulty=0.6, phantom_label_level="subject",
+        phantom_n=2000, phantom_difficulty=0.6, phantom_label_level="subject", phantom_cohort={},
     ),
 }
 
@@ -90,8 +99,10 @@ class SearchConfig:
     slice_step: int = 1                     # keep every k-th slice of each volume (DICOM series, NIfTI)
     min_brain_fraction: float = 0.0         # keep volume slices with >= this share of brain-density pixels
     phantom_n: int | None = None            # phantom slices when no --data (preset: 120 | 400 | 2000)
-    phantom_difficulty: float | None = None  # phantom contrast-to-noise knob, 0..1 (preset: 0.3 | 0.3 | 0.6)
+    phantom_difficulty: float | None = None  # phantom contrast-to-noise knob, 0..1 (preset: 0.3 | 0.0 | 0.6)
     phantom_label_level: str | None = None  # phantom labels per "subject" or "slice" (preset: subject | slice | subject)
+    phantom_cohort: dict[str, Any] | None = None  # more data.phantom.default_dataset keywords (slices_per_patient,
+                                            # lesion_span, ischemic_share, lesion_size); not a flag (preset: {} | demo's)
     # --- search space and budget ---
     models: tuple[str, ...] | None = None   # architectures to compare (registry names)
     n_trials: int | None = None             # finished (complete+pruned) trials the study should hold;
@@ -133,7 +144,7 @@ class SearchConfig:
             raise ValueError(f"--preset must be one of {sorted(PRESETS)}, got {self.preset!r}")
         for key, value in PRESETS[self.preset].items():
             if getattr(self, key) is None:
-                setattr(self, key, value)
+                setattr(self, key, dict(value) if isinstance(value, dict) else value)
         if self.models is None:  # the cpu preset: what this machine can run
             self.models = cpu_preset_models(weights_dir=self.weights_dir, offline=bool(self.offline))
         if isinstance(self.models, str):
@@ -172,7 +183,8 @@ class SearchConfig:
             self.weights_dir = str(Path(self.weights_dir).expanduser().resolve())
         if self.study is not None:
             need(valid_study_name(self.study), f"--study must be a plain name (letters, digits, - _ .), got {self.study!r}")
-        self._validate_grouping_and_phantom()
+        self._validate_grouping()
+        self._validate_phantom()
         self._validate_volume_options()
         need(len(self.models) > 0, "--models must name at least one model")
         need(len(set(self.models)) == len(self.models), f"--models lists a model twice: {list(self.models)}")
@@ -232,22 +244,24 @@ class SearchConfig:
         need(_is_int(self.heartbeat_grace) and self.heartbeat_grace > self.heartbeat_interval,
              f"--heartbeat-grace must be an integer > --heartbeat-interval, got {self.heartbeat_grace!r}")
 
-    def _validate_grouping_and_phantom(self) -> None:
-        """``--group-by``, ``--phash-threshold`` and the phantom's flags."""
-        checks = [
-            (isinstance(self.group_by, str) and (self.group_by in GROUP_BY or Path(self.group_by).is_file()),
-             f"--group-by must be one of {list(GROUP_BY)} or a groups CSV file, got {self.group_by!r}"),
-            (_is_int(self.phash_threshold) and 0 <= self.phash_threshold <= 64,
-             f"--phash-threshold must be an integer in [0, 64], got {self.phash_threshold!r}"),
-            (self.phantom_label_level in ("slice", "subject"),
-             f"--phantom-label-level must be 'slice' or 'subject', got {self.phantom_label_level!r}"),
-            (_is_int(self.phantom_n) and self.phantom_n >= 20, f"--phantom-n must be an integer >= 20, got {self.phantom_n!r}"),
-            (_is_num(self.phantom_difficulty) and 0.0 <= self.phantom_difficulty <= 1.0,
-             f"--phantom-difficulty must be in [0, 1], got {self.phantom_difficulty!r}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
+    def _validate_grouping(self) -> None:
+        """``--group-by`` and ``--phash-threshold``."""
+        if not (isinstance(self.group_by, str) and (self.group_by in GROUP_BY or Path(self.group_by).is_file())):
+            raise ValueError(f"--group-by must be one of {list(GROUP_BY)} or a groups CSV file, got {self.group_by!r}")
+        if not (_is_int(self.phash_threshold) and 0 <= self.phash_threshold <= 64):
+            raise ValueError(f"--phash-threshold must be an integer in [0, 64], got {self.phash_threshold!r}")
+
+    def _validate_phantom(self) -> None:
+        """The ``phantom_*`` fields (the cohort's values are checked by :func:`data.phantom.default_dataset`)."""
+        if self.phantom_label_level not in ("slice", "subject"):
+            raise ValueError(f"--phantom-label-level must be 'slice' or 'subject', got {self.phantom_label_level!r}")
+        if not (_is_int(self.phantom_n) and self.phantom_n >= 20):
+            raise ValueError(f"--phantom-n must be an integer >= 20, got {self.phantom_n!r}")
+        if not (_is_num(self.phantom_difficulty) and 0.0 <= self.phantom_difficulty <= 1.0):
+            raise ValueError(f"--phantom-difficulty must be in [0, 1], got {self.phantom_difficulty!r}")
+        if not (isinstance(self.phantom_cohort, dict) and set(self.phantom_cohort) <= set(PHANTOM_COHORT)):
+            raise ValueError(f"phantom_cohort must be a dict with keys among {list(PHANTOM_COHORT)}, "
+                             f"got {self.phantom_cohort!r}")
 
     def _validate_nested(self) -> None:
         """``--outer-folds`` (and the nested run's own ``outer_fold``); ``--test-size`` stays the parent's own."""
@@ -282,7 +296,8 @@ class SearchConfig:
     def from_dict(cls, values: dict[str, Any], *, validate: bool = True) -> SearchConfig:
         """Rebuild a config from :meth:`to_dict` output or a study's ``config.json``.
 
-        Unknown keys are ignored; ``out`` (version 1's name of ``leaderboards``) is accepted.
+        Unknown keys are ignored; ``out`` (version 1's name of ``leaderboards``) is accepted; a config
+        without ``phantom_cohort`` (written before it existed) gets the default cohort ``{}``, not the preset's.
         ``validate=False`` restores a finished study's settings without re-running the CLI checks
         (its data folder or weights folder may be gone; only a refit needs them).
         """
@@ -293,6 +308,7 @@ class SearchConfig:
         kwargs = {k: v for k, v in values.items() if k in names}
         if isinstance(kwargs.get("models"), list):
             kwargs["models"] = tuple(kwargs["models"])
+        kwargs.setdefault("phantom_cohort", {})  # a study from before the field ran the default cohort
         if validate:
             return cls(**kwargs)
         config = cls.__new__(cls)

@@ -52,6 +52,7 @@ def resolve_data_dir(config: SearchConfig) -> Path:
     return Path(default_dataset(
         n=config.phantom_n, size=max(64, config.image_size),
         seed=config.seed, difficulty=config.phantom_difficulty, label_level=config.phantom_label_level,
+        **config.phantom_cohort,
     )).resolve()
 
 

@@ -62,6 +62,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -102,6 +103,7 @@ _META_COLUMNS = (
 )
 _TERRITORIES = ("MCA", "ACA", "PCA")
 _ISCHEMIC_SHARE = 0.6  # share of ischemic strokes in the two-class set (the rest are hemorrhages)
+_LESION_SIZE = (0.6, 1.0)  # range of a lesion's size factor before the difficulty shrinks it
 _Z_RANGE = (0.22, 0.95)  # supratentorial slice levels: 0 = skull base, 1 = vertex
 
 # Tissue codes of the label map returned by the renderer.
@@ -266,9 +268,16 @@ def _make_anatomy(rng: np.random.Generator, difficulty: float) -> _Anatomy:
     )
 
 
-def _make_lesion(rng: np.random.Generator, kind: str, first: int, last: int, difficulty: float) -> _Lesion:
+def _make_lesion(
+    rng: np.random.Generator,
+    kind: str,
+    first: int,
+    last: int,
+    difficulty: float,
+    size_range: tuple[float, float] = _LESION_SIZE,
+) -> _Lesion:
     side = 1 if rng.random() < 0.5 else -1
-    scale = float(rng.uniform(0.6, 1.0) * (1.0 - 0.35 * difficulty))
+    scale = float(rng.uniform(*size_range) * (1.0 - 0.35 * difficulty))
     if kind == "ischemic":
         territory = str(rng.choice(_TERRITORIES, p=[0.6, 0.2, 0.2]))
         width = float(np.clip(rng.uniform(0.5, 1.0) * scale, 0.25, 1.0))
@@ -784,6 +793,10 @@ def _plan(
     difficulty: float,
     label_level: str,
     slices_per_patient: tuple[int, int],
+    *,
+    lesion_span: tuple[float, float] | None = None,
+    ischemic_share: float = _ISCHEMIC_SHARE,
+    lesion_size: tuple[float, float] = _LESION_SIZE,
 ) -> list[_Patient]:
     """Decide every patient (slices, lesion, anatomy) so that class counts stay balanced.
 
@@ -794,7 +807,8 @@ def _plan(
     n_classes = len(classes)
     # Share of a stroke patient's slices showing the lesion; with three classes and slice labels the
     # stroke classes need longer lesions to reach a third of the images each.
-    lesion_span = (0.5, 0.95) if n_classes == 3 and label_level == "slice" else (0.35, 0.8)
+    if lesion_span is None:
+        lesion_span = (0.5, 0.95) if n_classes == 3 and label_level == "slice" else (0.35, 0.8)
     counts = np.zeros(n_classes)
     patients = []
     total = 0
@@ -806,7 +820,7 @@ def _plan(
         k = int(min(plan_rng.integers(slices_per_patient[0], slices_per_patient[1] + 1), n - total))
         first, last = _lesion_block(plan_rng, k, lesion_span)
         m = last - first + 1
-        stroke_kind = "ischemic" if plan_rng.random() < _ISCHEMIC_SHARE else "hemorrhagic"
+        stroke_kind = "ischemic" if plan_rng.random() < ischemic_share else "hemorrhagic"
         candidates = [("normal", np.eye(n_classes)[0] * k)]  # (kind, images added per class)
         stroke_classes = [(stroke_kind, 1)] if n_classes == 2 else [("ischemic", 1), ("hemorrhagic", 2)]
         for kind, c in stroke_classes:
@@ -830,7 +844,7 @@ def _plan(
         anatomy = _make_anatomy(np.random.default_rng(anat_seq), difficulty)
         lesion = None
         if kind != "normal":
-            lesion = _make_lesion(np.random.default_rng(lesion_seq), kind, first, last, difficulty)
+            lesion = _make_lesion(np.random.default_rng(lesion_seq), kind, first, last, difficulty, lesion_size)
         patients.append(_Patient(index, 0, kind, z, anatomy, lesion, noise_seq, float(z_step)))
         index += 1
     # Patient ids in file names are shuffled so that they carry no information about the class.
@@ -907,6 +921,39 @@ def _check_slices(slices_per_patient: Sequence[int]) -> tuple[int, int]:
     return low, high
 
 
+def _check_fraction_pair(name: str, pair: Sequence[float], high: float) -> tuple[float, float]:
+    try:
+        low_value, high_value = (float(x) for x in pair)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a pair (min, max) of numbers, got {pair!r}.") from None
+    if not 0.0 < low_value <= high_value <= high:
+        raise ValueError(f"{name} must satisfy 0 < min <= max <= {high:g}, got {pair!r}.")
+    return low_value, high_value
+
+
+def _cohort_options(
+    lesion_span: Sequence[float] | None, ischemic_share: float, lesion_size: Sequence[float]
+) -> dict[str, Any]:
+    """The cohort knobs of :func:`_plan`, validated; only those that differ from the defaults.
+
+    An empty dict means today's cohort, so default datasets keep their bytes and cache names.
+    """
+    options: dict[str, Any] = {}
+    if lesion_span is not None:
+        options["lesion_span"] = _check_fraction_pair("lesion_span", lesion_span, 1.0)
+    if isinstance(ischemic_share, bool) or not isinstance(ischemic_share, (int, float, np.number)):
+        raise ValueError(f"ischemic_share must be a number in [0, 1], got {ischemic_share!r}.")
+    share = float(ischemic_share)
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"ischemic_share must be a number in [0, 1], got {ischemic_share!r}.")
+    if share != _ISCHEMIC_SHARE:
+        options["ischemic_share"] = share
+    size = _check_fraction_pair("lesion_size", lesion_size, 2.0)
+    if size != _LESION_SIZE:
+        options["lesion_size"] = size
+    return options
+
+
 # --------------------------------------------------------------------------------------------
 # Public API
 # --------------------------------------------------------------------------------------------
@@ -921,6 +968,9 @@ def generate_phantom(
     label_level: str = "slice",
     slices_per_patient: tuple[int, int] = (6, 12),
     format: str = "png",  # noqa: A002 - the CLI's --format
+    lesion_span: tuple[float, float] | None = None,
+    ischemic_share: float = _ISCHEMIC_SHARE,
+    lesion_size: tuple[float, float] = _LESION_SIZE,
 ) -> Path:
     """Write a synthetic head-CT dataset in the layout of a real one (PNG slices, DICOM or NIfTI).
 
@@ -945,6 +995,12 @@ def generate_phantom(
             patient) or ``"nifti"`` (one ``.nii.gz`` of HU per patient); see the module docstring.
             A volume lies in its patient's class folder; the slice labels are in ``_meta.csv`` and
             ``_slice_labels.csv``.
+        lesion_span: (min, max) share of a stroke patient's slices that show the lesion; ``None``:
+            (0.35, 0.8), or (0.5, 0.95) for three classes with slice labels.
+        ischemic_share: Share of ischemic strokes among the two-class set's stroke patients (the
+            rest are haemorrhages), 0..1.
+        lesion_size: (min, max) of a lesion's size factor (0 < min <= max <= 2) before the
+            difficulty shrinks it: the ischemic wedge's width and depth, the haematoma's radius.
 
     Returns:
         The dataset folder.
@@ -961,6 +1017,7 @@ def generate_phantom(
     label_level = _check_label_level(label_level)
     spp = _check_slices(slices_per_patient)
     fmt = _check_format(format)
+    cohort = _cohort_options(lesion_span, ischemic_share, lesion_size)
     out = Path(out_dir).expanduser().absolute()
     if out.exists():
         if not out.is_dir():
@@ -970,7 +1027,7 @@ def generate_phantom(
                 f"out_dir {str(out)!r} is not empty and is not a phantom dataset (no _meta.csv); "
                 "refusing to overwrite it."
             )
-    _generate(out, n, size, seed, key, difficulty, label_level, spp, fmt=fmt, replace=True)
+    _generate(out, n, size, seed, key, difficulty, label_level, spp, fmt=fmt, replace=True, **cohort)
     return out
 
 
@@ -983,6 +1040,10 @@ def default_dataset(
     label_level: str = "slice",
     classes: Sequence[str] | str = ("normal", "stroke"),
     format: str = "png",  # noqa: A002 - same name as generate_phantom's
+    slices_per_patient: tuple[int, int] = (6, 12),
+    lesion_span: tuple[float, float] | None = None,
+    ischemic_share: float = _ISCHEMIC_SHARE,
+    lesion_size: tuple[float, float] = _LESION_SIZE,
 ) -> Path:
     """The embedded default dataset: generated once into ``cache_dir()/phantom/<key>/`` and reused.
 
@@ -994,6 +1055,8 @@ def default_dataset(
         label_level: ``"slice"`` or ``"subject"``.
         classes: Class set, see :func:`generate_phantom`.
         format: ``"png"``, ``"dicom"`` or ``"nifti"``, see :func:`generate_phantom`.
+        slices_per_patient, lesion_span, ischemic_share, lesion_size: The cohort, see
+            :func:`generate_phantom`; values other than the defaults add a suffix to the cache name.
 
     Returns:
         The dataset folder (safe to read concurrently; never half-written).
@@ -1005,19 +1068,30 @@ def default_dataset(
     difficulty = _check_difficulty(difficulty)
     label_level = _check_label_level(label_level)
     fmt = _check_format(format)
-    out = cache_dir() / "phantom" / _dataset_name(n, size, seed, key, difficulty, label_level, fmt)
+    spp = _check_slices(slices_per_patient)
+    cohort = _cohort_options(lesion_span, ischemic_share, lesion_size)
+    name = _dataset_name(n, size, seed, key, difficulty, label_level, fmt, spp, cohort)
+    out = cache_dir() / "phantom" / name
     if (out / "_meta.csv").is_file():
         return out
     logger.info("Generating the default phantom dataset into %s", out)
-    _generate(out, n, size, seed, key, difficulty, label_level, (6, 12), fmt=fmt, replace=False)
+    _generate(out, n, size, seed, key, difficulty, label_level, spp, fmt=fmt, replace=False, **cohort)
     return out
 
 
 def _dataset_name(
-    n: int, size: int, seed: int, key: tuple[str, ...], difficulty: float, label_level: str, fmt: str
+    n: int, size: int, seed: int, key: tuple[str, ...], difficulty: float, label_level: str, fmt: str,
+    slices_per_patient: tuple[int, int] = (6, 12), cohort: dict[str, Any] | None = None,
 ) -> str:
-    """Folder name of a default dataset (png keeps the names it had before volume formats existed)."""
+    """Folder name of a default dataset: png and the default cohort keep the names they had before the
+    volume formats and the cohort knobs existed."""
     name = f"v{GENERATOR_VERSION}_{'-'.join(key)}_n{n}_s{size}_seed{seed}_d{difficulty:g}_{label_level}"
+    if tuple(slices_per_patient) != (6, 12):
+        name += f"_spp{slices_per_patient[0]}-{slices_per_patient[1]}"
+    for option, tag in (("lesion_span", "span"), ("ischemic_share", "isch"), ("lesion_size", "lsize")):
+        if option in (cohort or {}):
+            value = cohort[option]  # type: ignore[index]
+            name += f"_{tag}" + ("-".join(f"{v:g}" for v in value) if isinstance(value, tuple) else f"{value:g}")
     return name if fmt == "png" else f"{name}_{fmt}"
 
 
@@ -1078,12 +1152,13 @@ def _generate(
     *,
     fmt: str = "png",
     replace: bool,
+    **cohort: Any,
 ) -> None:
     start = time.perf_counter()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        counts = _write_dataset(tmp, n, size, seed, key, difficulty, label_level, slices_per_patient, fmt)
+        counts = _write_dataset(tmp, n, size, seed, key, difficulty, label_level, slices_per_patient, fmt, **cohort)
         os.chmod(tmp, 0o755)
         _move_into_place(tmp, out, replace=replace)
     finally:
@@ -1126,6 +1201,7 @@ def _write_dataset(
     label_level: str,
     slices_per_patient: tuple[int, int],
     fmt: str = "png",
+    **cohort: Any,
 ) -> list[int]:
     folders = CLASS_SETS[key]
     for folder in folders:
@@ -1136,8 +1212,9 @@ def _write_dataset(
     rows: list[dict[str, object]] = []
     label_rows: list[dict[str, object]] = []
     spacing: dict[str, float] = {}
-    entropy = ["data.phantom", _dataset_name(n, size, seed, key, difficulty, label_level, fmt), str(slices_per_patient)]
-    patients = _plan(n, seed, key, difficulty, label_level, slices_per_patient)
+    entropy = ["data.phantom", _dataset_name(n, size, seed, key, difficulty, label_level, fmt, slices_per_patient, cohort),
+               str(slices_per_patient)]
+    patients = _plan(n, seed, key, difficulty, label_level, slices_per_patient, **cohort)
     for patient in patients:
         slices = _render_patient(patient, size)
         classes = [
@@ -1172,6 +1249,7 @@ def _write_dataset(
         "difficulty": difficulty,
         "label_level": label_level,
         "slices_per_patient": list(slices_per_patient),
+        **{option: list(v) if isinstance(v, tuple) else v for option, v in cohort.items()},
         "patients": len(patients),
         "class_counts": dict(zip(folders, counts)),
         "window": "brain",

@@ -172,6 +172,9 @@ def rank_similarity(a: Any, b: Any) -> float:
 def randomized_model(model: nn.Module, *, seed: int = 0) -> nn.Module:
     """The same architecture as ``model`` with freshly initialised weights (``pretrained="no"``).
 
+    A frozen-feature lane candidate keeps its fitted head (buffers, no weights to re-initialise) on a
+    random backbone, so the check asks the same question: does the map depend on the learned features?
+
     Args:
         model: A deep model from :func:`models.create_model` (knows ``model_name``,
             ``num_classes`` and ``image_size``).
@@ -183,6 +186,7 @@ def randomized_model(model: nn.Module, *, seed: int = 0) -> nn.Module:
     import torch
 
     from models import create_model
+    from models.frozen import FeatureHead
 
     name = getattr(model, "model_name", None)
     if not isinstance(name, str):
@@ -192,6 +196,9 @@ def randomized_model(model: nn.Module, *, seed: int = 0) -> nn.Module:
         torch.manual_seed(seed)
         fresh = create_model(name, num_classes=int(model.num_classes), image_size=int(model.image_size),
                              pretrained="no")
+    head = getattr(getattr(model, "backbone", None), "head", None)
+    if isinstance(head, FeatureHead):  # a frozen-feature lane: random backbone under the fitted head
+        fresh.backbone.head.load_state_dict(head.state_dict())
     return fresh.to(device).eval()
 
 

@@ -867,6 +867,31 @@ def test_demo_is_a_fixed_plan_over_every_family() -> None:
     assert [p["model"] for p, default in plan if default] == list(demo.models)
 
 
+def test_demo_phantom_test_part_holds_ten_patients_of_each_class(tmp_path: Path) -> None:
+    """Short stacks, a lesion in most stroke slices: patient-level AUC is estimable on the demo's test part."""
+    import data
+    from automl.split import make_split
+    from data.phantom import generate_phantom
+
+    demo = SearchConfig(preset="demo")
+    root = generate_phantom(tmp_path / "demo", n=demo.phantom_n, size=max(64, demo.image_size), seed=demo.seed,
+                            difficulty=demo.phantom_difficulty, label_level=demo.phantom_label_level,
+                            **demo.phantom_cohort)
+    manifest = data.scan_folder(root, group_by=demo.group_by, window=demo.window, min_per_class=demo.folds)
+    split = make_split(manifest, test_size=demo.test_size, n_folds=demo.folds, seed=demo.seed)
+    patients = manifest.table.iloc[split.test_index].groupby("subject")["y"].max().value_counts()
+    assert len(patients) == 2 and patients.min() >= 10, patients.to_dict()
+
+
+def test_a_config_from_before_the_cohort_field_keeps_the_default_cohort() -> None:
+    values = SearchConfig(preset="demo").to_dict()
+    values.pop("phantom_cohort")  # config.json of a study that ran before the field existed
+    assert SearchConfig.from_dict(values).phantom_cohort == {}
+    assert SearchConfig.from_dict(values, validate=False).phantom_cohort == {}
+    with pytest.raises(ValueError, match="phantom_cohort"):
+        SearchConfig(preset="demo", phantom_cohort={"slices": (2, 5)})
+
+
 def test_cpu_preset_follows_the_weights_this_machine_can_get(monkeypatch: pytest.MonkeyPatch) -> None:
     _pretrained._OBTAINABLE.clear()
     for name in ("resnet18", "efficientnet_b0", "vit_tiny"):

@@ -202,6 +202,26 @@ def test_default_dataset_is_generated_once(tmp_path: Path) -> None:
     assert second == first and (second / "_meta.csv").stat().st_mtime_ns == stamp
     assert default_dataset(n=20, size=32, seed=2) != first
     assert default_dataset(n=20, size=32, seed=1, label_level="subject") != first
+    cohort = default_dataset(n=20, size=32, seed=1, slices_per_patient=(2, 5), ischemic_share=0.2)
+    assert cohort != first and cohort.name == f"{first.name}_spp2-5_isch0.2"
+
+
+def test_cohort_knobs(tmp_path: Path) -> None:
+    knobs = {"slices_per_patient": (2, 4), "lesion_span": (1.0, 1.0), "ischemic_share": 0.0, "lesion_size": (1.4, 1.5)}
+    root = generate_phantom(tmp_path / "ds", n=60, size=64, seed=3, **knobs)
+    rows = _read_meta(root)
+    slices = defaultdict(list)
+    for row in rows:
+        slices[row["patient"]].append(row)
+    lengths = sorted(len(s) for s in slices.values())
+    assert lengths[-1] <= 4 and lengths[1] >= 2, "2-4 slices (the last patient may be cut short by n)"
+    strokes = [s for s in slices.values() if any(r["class"] == "Stroke" for r in s)]
+    assert strokes and all(all(r["lesion_type"] == "hemorrhagic" for r in s) for s in strokes), "span 1, no ischemic"
+    params = (root / "_params.json").read_text(encoding="utf-8")
+    assert '"ischemic_share": 0.0' in params and '"lesion_size": [' in params
+    small = generate_phantom(tmp_path / "small", n=60, size=64, seed=3, **{**knobs, "lesion_size": (0.6, 0.7)})
+    area = [np.mean([int(r["lesion_area"]) for r in _read_meta(d) if r["lesion_type"] != "none"]) for d in (root, small)]
+    assert area[0] > 1.5 * area[1], f"lesion_size scales the lesions: {area}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -352,6 +372,11 @@ def test_neighbouring_slices_look_alike(two_class: Path) -> None:
         ({"label_level": "patient"}, "patient"),
         ({"slices_per_patient": (6, 2)}, "(6, 2)"),
         ({"slices_per_patient": (0, 3)}, "0"),
+        ({"ischemic_share": 1.5}, "1.5"),
+        ({"ischemic_share": True}, "True"),
+        ({"lesion_span": (0.9, 0.2)}, "(0.9, 0.2)"),
+        ({"lesion_size": (0, 1)}, "(0, 1)"),
+        ({"lesion_size": "big"}, "big"),
     ],
 )
 def test_bad_arguments_raise(tmp_path: Path, kwargs: dict, shown: str) -> None:

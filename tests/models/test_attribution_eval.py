@@ -122,6 +122,24 @@ def test_randomized_model_is_same_architecture_new_weights() -> None:
         randomized_model(torch.nn.Linear(2, 2))
 
 
+def test_randomized_model_keeps_a_frozen_lanes_fitted_head() -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    from models.frozen import head_from_sklearn
+
+    base = models.create_model("efficientnet_lite0", num_classes=2, image_size=32, pretrained="no")
+    width = int(base.backbone.num_features)
+    Z, y = np.random.default_rng(0).normal(size=(20, width)), np.array([0, 1] * 10)
+    head = head_from_sklearn("logreg", num_classes=2, estimator=LogisticRegression().fit(Z, y),
+                             center=np.zeros(width), scale=np.ones(width))
+    lane = models.assemble_lane("efficientnet_lite0+logreg", base, head)
+    fresh = randomized_model(lane, seed=0)  # the head has no weights to re-initialise: it stays fitted
+    assert fresh.backbone.head.fitted and torch.equal(fresh.backbone.head.weight, lane.backbone.head.weight)
+    assert any(not torch.equal(a, b) for a, b in zip(fresh.backbone.net.parameters(), lane.backbone.net.parameters()))
+    with torch.inference_mode():
+        assert torch.isfinite(fresh(torch.rand(2, 1, 32, 32))).all()
+
+
 # ------------------------------------------------------------------------------- phantom + models
 @pytest.fixture(scope="module")
 def phantom(tmp_path_factory: pytest.TempPathFactory) -> Path:
