@@ -26,7 +26,7 @@ _EXPORTS = {
     "load_arrays": "data._cache",
     "Volume": "data._volumes",
     "read_volume": "data._volumes",
-    "read_nifti": "data._volumes",
+    "read_nifti": "data._volume_io",
     "brain_fraction": "data._io",
     "QualityReport": "data.quality",
     "quality_report": "data.quality",

@@ -31,7 +31,7 @@ from data._io import (
 )
 from data._scan import Manifest, parallel_map
 from data._volume_io import is_nifti_name, slice_ref, split_slice_ref
-from data._volumes import read_nifti
+from data._volume_io import read_nifti
 
 __all__ = ["array_cache_path", "load_arrays"]
 

@@ -35,6 +35,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from data._errors import BadImageError
+
 __all__ = [
     "DICOM_EXTENSIONS",
     "MAX_PIXELS",
@@ -58,6 +60,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+# BadImageError lives in data._errors (below every reader, so NIfTI reading needs no import of this module)
 
 #: CT window presets, name -> (level, width) in Hounsfield units.
 WINDOWS: dict[str, tuple[float, float]] = {
@@ -89,23 +93,6 @@ DICOM_EXTENSIONS = frozenset({".dcm", ".dicom"})
 
 # ITU-R 601-2 luma, the transform of PIL's convert("L").
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
-
-
-class BadImageError(ValueError):
-    """A file or buffer that cannot be turned into an image.
-
-    Attributes:
-        path: The offending file (``None`` for in-memory sources).
-        reason: Short human-readable cause, e.g. ``"empty file"``.
-    """
-
-    def __init__(self, reason: str, path: str | os.PathLike[str] | None = None) -> None:
-        self.reason = str(reason)
-        self.path = None if path is None else str(path)
-        super().__init__(f"{self.path}: {self.reason}" if self.path else self.reason)
-
-    def __reduce__(self) -> tuple[Any, ...]:  # keep .path/.reason across process pools
-        return (type(self), (self.reason, self.path))
 
 
 class _Decoded(NamedTuple):
@@ -626,7 +613,7 @@ def _slice_reference(path: str) -> tuple[str, int | None]:
 @functools.lru_cache(maxsize=2)
 def _nifti_volume(volume_file: str, mtime_ns: int, size: int) -> np.ndarray:
     """The HU slices of a NIfTI file (the last two read are kept: a dashboard shows several slices of one scan)."""
-    from data._volumes import read_nifti
+    from data._volume_io import read_nifti
 
     return read_nifti(volume_file).hu
 

@@ -226,7 +226,7 @@ def _image_row(image: np.ndarray, gray8: np.ndarray | None) -> dict[str, Any]:
 
 def _inspect_nifti(abs_path: str, rel_path: str, window: str) -> list[dict[str, Any]]:
     """One row per axial slice of a NIfTI volume."""
-    from data._volumes import read_nifti
+    from data._volume_io import read_nifti
 
     volume = read_nifti(abs_path, name=rel_path)
     rows = []

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 
 import data
-from data import _volumes
+from data import _volume_io, _volumes
 from data._io import BadImageError, apply_window, resize_pad, to_uint8
-from data._volumes import read_nifti
+from data._volume_io import read_nifti
 from tests.data._volume_files import head_volume, write_nifti, write_series
 
 
@@ -163,7 +163,7 @@ def test_read_nifti_limits_and_bytes(tmp_path, monkeypatch):
     from_bytes = read_nifti(path.read_bytes(), name="upload.nii.gz")
     np.testing.assert_array_equal(from_bytes.hu, read_nifti(path).hu)
     assert from_bytes.spacing == (0.5, 0.5, 5.0) and list(from_bytes.positions) == [0, 5, 10, 15]
-    monkeypatch.setattr(_volumes, "MAX_VOLUME_VOXELS", 1000)
+    monkeypatch.setattr(_volume_io, "MAX_VOLUME_VOXELS", 1000)
     with pytest.raises(BadImageError, match="over the size limit"):
         read_nifti(path)
     bomb = gzip.compress(b"\0" * 20_000_000)
