@@ -25,7 +25,6 @@ import io
 import logging
 import math
 import os
-import zlib
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
