@@ -75,6 +75,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import threading
@@ -681,11 +682,19 @@ _IMPL = {
 }
 
 
-def applicable_methods(model_name: str) -> list[str]:
-    """Methods of :data:`METHODS` that apply to a registered model (what a UI should offer).
+#: Grad-CAM maps coarser than this many cells a side cannot point at a lesion (a 2x2 map upsampled to the
+#: image puts its maximum on a quadrant); a UI then offers integrated gradients first.
+MIN_GRADCAM_SIDE = 4
+
+
+def applicable_methods(model_name: str, image_size: int | None = None) -> list[str]:
+    """Methods of :data:`METHODS` that apply to a registered model (what a UI should offer), best first.
 
     Args:
         model_name: Registry name (see :func:`models.list_models`).
+        image_size: The model's input size; when given and Grad-CAM's map would have fewer than
+            :data:`MIN_GRADCAM_SIDE` cells a side (stride-32 backbones below 128 px: a 2x2 map at 64 px),
+            integrated gradients comes first and Grad-CAM last.
 
     Returns:
         The applicable method names; empty for classical models.
@@ -696,7 +705,30 @@ def applicable_methods(model_name: str) -> list[str]:
     if info.kind == "classical":
         return []
     methods = [m for m in METHODS if m != "attention_rollout" or info.family == "vit"]
+    if image_size is not None and "grad_cam" in methods and gradcam_side(model_name, int(image_size)) < MIN_GRADCAM_SIDE:
+        methods = ["integrated_gradients", *[m for m in methods if m not in ("integrated_gradients", "grad_cam")],
+                   "grad_cam"]
     return methods
+
+
+@functools.lru_cache(maxsize=64)
+def gradcam_side(model_name: str, image_size: int) -> int:
+    """Cells a side of the map Grad-CAM hooks for ``model_name`` at ``image_size`` (one forward pass of an
+    untrained copy: the layer's output size depends on the architecture only)."""
+    from models import create_model, get_model_info
+
+    info = get_model_info(model_name)
+    model = create_model(info.backbone or model_name, num_classes=2, image_size=image_size, pretrained="no").eval()
+    layer = info.gradcam_layer(model) if info.backbone is None else get_model_info(info.backbone).gradcam_layer(model)
+    sizes: list[int] = []
+    handle = layer.register_forward_hook(lambda _m, _i, out: sizes.append(
+        int(out.shape[-1]) if out.ndim == 4 else int(math.isqrt(max(out.shape[1] - int(info.num_prefix_tokens or 0), 1)))))
+    try:
+        with torch.inference_mode():
+            model(torch.zeros(1, model.in_chans, image_size, image_size))
+    finally:
+        handle.remove()
+    return sizes[-1] if sizes else image_size
 
 
 def _check_method(method: str, opts: dict[str, Any]) -> None:

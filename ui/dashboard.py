@@ -606,13 +606,14 @@ def attributions_ui(study: StudyResults, model: str | None) -> None:
     if picked is None:
         return
     source, payload, rel, caption = picked
-    methods_all = applicable_methods(registry_name)
+    methods_all = applicable_methods(registry_name, image_size=card.get("image_size"))  # best first
     cols = st.columns(3)
     target = cols[2].selectbox("Explain the class", ["predicted"] + study.classes, key="att_target",
                                help="Evidence for which class the map shows (default: the predicted one).")
     target = None if target == "predicted" else target
-    methods = cols[0].multiselect("Methods", methods_all, default=["grad_cam"] if "grad_cam" in methods_all
-                                  else methods_all[:1], key="att_methods")
+    methods = cols[0].multiselect("Methods", methods_all, default=methods_all[:1], key="att_methods",
+                                  help="The first is the one that fits this model best: integrated gradients "
+                                       "where Grad-CAM's map would be coarser than 4x4 (stride-32 backbones at 64 px).")
     others = cols[1].multiselect("Compare with models (Grad-CAM or the first method)",
                                  [m for m in deep if m != model], key="att_models")
     if not methods:

@@ -304,7 +304,8 @@ class _StudyView:
         from models.attribution import applicable_methods
 
         try:
-            methods = list(applicable_methods(self._registry_name(model)))
+            size = self.study.card(model).get("image_size")
+            methods = list(applicable_methods(self._registry_name(model), image_size=size))  # best first
         except ValueError:  # not in the registry (e.g. a renamed folder): offer what any CNN supports
             methods = []
         return [*methods, NO_ATTRIBUTION]

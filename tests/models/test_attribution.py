@@ -561,3 +561,15 @@ def test_bf16_maps_follow_fp32_and_the_target_comes_from_an_fp32_pass(nets, imag
     plain = _count_forwards(net, lambda: explain(net, image, method="occlusion", precision="fp32"))
     ours = _count_forwards(net, lambda: explain(net, image, method="occlusion", precision="bf16"))
     assert ours == plain + 1
+
+
+def test_coarse_grad_cam_is_offered_last() -> None:
+    from models.attribution import applicable_methods, gradcam_side
+
+    assert gradcam_side("resnet18", 64) == 2 and gradcam_side("resnet18", 224) == 7
+    assert gradcam_side("efficientnet_lite0+svm_rbf", 64) == 2 and gradcam_side("vit_tiny", 64) == 4
+    assert applicable_methods("resnet18", image_size=64)[0] == "integrated_gradients"
+    assert applicable_methods("resnet18", image_size=64)[-1] == "grad_cam"
+    assert applicable_methods("resnet18", image_size=224)[0] == "grad_cam"
+    assert applicable_methods("simple_cnn", image_size=64)[0] == "grad_cam"
+    assert applicable_methods("resnet18") == applicable_methods("resnet18", image_size=224)
