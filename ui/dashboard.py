@@ -713,8 +713,15 @@ def data_ui(study: StudyResults) -> None:
         st.warning(str(warning))
     if isinstance(quality.get("class_counts"), list) and quality["class_counts"]:
         st.dataframe(pd.DataFrame(quality["class_counts"]), hide_index=True)
+    summary = quality.get("summary") or {}
+    if summary.get("n_volumes") or summary.get("n_skipped_volumes"):
+        problems = ", ".join(f"{k} {n}" for k, n in (summary.get("volume_problems") or {}).items()) or "none"
+        st.caption(f"CT volumes: {summary.get('n_volumes', 0)} read ({summary.get('n_volumes_dicom', 0)} DICOM series, "
+                   f"{summary.get('n_volumes_nifti', 0)} NIfTI), {summary.get('n_skipped_volumes', 0)} skipped "
+                   f"(problems: {problems}); slices per volume median {summary.get('slices_per_volume_median')}, "
+                   f"{summary.get('volume_slices_kept', 0)} kept.")
     for key, title in (("intensity", "Intensity per class"), ("sharpness", "Sharpness per class"),
-                       ("subjects", "Slices per subject, per class")):
+                       ("subjects", "Slices per subject, per class"), ("volumes", "Volumes (DICOM series, NIfTI)")):
         if isinstance(quality.get(key), list) and quality[key]:
             with st.expander(title):
                 st.dataframe(pd.DataFrame(quality[key]), hide_index=True)

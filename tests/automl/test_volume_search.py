@@ -82,3 +82,21 @@ def test_live_app_answers_slices_and_scans_of_a_window_set_study(volume_study: P
     with pytest.raises(gradio_app.InputRejected, match="window preset"):
         gradio_app._analyze_file(view, sorted(series.glob("*.dcm"))[0], display_name="slice.dcm", window="brain",
                                  model="tiny_cnn", method="grad_cam", explain=False)
+
+
+def test_dashboard_renders_a_volume_study(volume_study: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from streamlit.testing.v1 import AppTest
+
+    from ui.dashboard import TABS
+
+    monkeypatch.setenv("STROKECT_LEADERBOARDS", str(volume_study.parent))
+    monkeypatch.setenv("STROKECT_NO_AUTOSTART", "1")
+    monkeypatch.setenv("STROKECT_NO_GRADIO", "1")
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[2] / "app.py"), default_timeout=180)
+    for tab in TABS:
+        at.session_state["tab"] = tab
+        at.run()
+        assert not at.exception, (tab, [e.value for e in at.exception])
+        if tab == "Data":
+            captions = " ".join(c.value for c in at.caption)
+            assert "CT volumes:" in captions and "DICOM series" in captions
