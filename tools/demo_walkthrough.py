@@ -2,6 +2,8 @@
 
     python -m tools.demo_walkthrough --leaderboards /tmp/walk --out tests/_artifacts/walkthrough
     python -m tools.demo_walkthrough --leaderboards /tmp/walk-smoke --out /tmp/walk-smoke-out --preset smoke
+    python -m tools.demo_walkthrough --leaderboards /tmp/walk --out /tmp/recheck --existing   # no build: re-check
+    python -m tools.demo_walkthrough --leaderboards /tmp/walk2 --cache /tmp/fresh-cache       # fresh-clone caches
 
 What it does, on an empty ``--leaderboards`` folder (a fresh clone has no study):
 
