@@ -150,7 +150,7 @@ def _classifier_of(model: Any) -> Any:
     return head() if callable(head) else None
 
 
-def model_features(model: Any, images: np.ndarray, *, batch_size: int = 32) -> np.ndarray:
+def model_features(model: Any, images: np.ndarray, *, batch_size: int = 32, with_logits: bool = False) -> Any:
     """The features the model classifies, ``float64 (N, D)``.
 
     Deep models (:class:`models.StrokeNet`): the input of the classifier (:meth:`~models.StrokeNet.head`,
@@ -163,6 +163,8 @@ def model_features(model: Any, images: np.ndarray, *, batch_size: int = 32) -> n
             :class:`models.ClassicalModel`.
         images: uint8 ``(N, S, S)``.
         batch_size: Images per forward pass (deep models).
+        with_logits: Also return the model's logits of the same passes, ``(features, logits tensor)``: a
+            prediction and its out-of-distribution distance from one forward pass (deep models only).
 
     Raises:
         ValueError: Bad images, or a deep model without a classifier module to hook.
@@ -171,6 +173,8 @@ def model_features(model: Any, images: np.ndarray, *, batch_size: int = 32) -> n
     from models.classical import ClassicalModel
 
     if isinstance(model, ClassicalModel):
+        if with_logits:
+            raise ValueError("with_logits needs a deep model; a classical model has no logits to read.")
         return np.zeros((len(arr), 0))
     import torch
 
@@ -180,6 +184,7 @@ def model_features(model: Any, images: np.ndarray, *, batch_size: int = 32) -> n
     if not isinstance(classifier, torch.nn.Module):
         raise ValueError(f"{type(model).__name__} has no classifier module (head()) whose input could be read.")
     captured: list[torch.Tensor] = []
+    logits: list[torch.Tensor] = []
     owner = threading.get_ident()
 
     def grab(_module: Any, inputs: tuple[Any, ...]) -> None:
@@ -198,13 +203,16 @@ def model_features(model: Any, images: np.ndarray, *, batch_size: int = 32) -> n
         with torch.inference_mode():
             for start in range(0, len(arr), batch_size):
                 chunk = torch.from_numpy(np.ascontiguousarray(arr[start:start + batch_size]))
-                model(uint8_to_input(chunk.to(device)))
+                out = model(uint8_to_input(chunk.to(device)))
+                if with_logits:
+                    logits.append(out.detach().float().cpu())
     finally:
         handle.remove()
         model.train(was_training)
-    if not captured:
-        return np.zeros((0, 0))
-    return torch.cat(captured).numpy().astype(np.float64)
+    features = torch.cat(captured).numpy().astype(np.float64) if captured else np.zeros((0, 0))
+    if with_logits:
+        return features, (torch.cat(logits) if logits else torch.zeros(0))
+    return features
 
 
 # --------------------------------------------------------------------------------------- reference

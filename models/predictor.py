@@ -595,6 +595,21 @@ class Predictor:
         images = x if isinstance(x, torch.Tensor) else self.preprocess_uint8(x, window=window)[None]
         return self.ood.score(self.ood_distances(images)[0])
 
+    def _predict_pixels(self, pixels: np.ndarray, batch_size: int | None = None) -> tuple[
+            np.ndarray, list[dict[str, Any] | None]]:
+        """Probabilities and out-of-distribution entries of preprocessed images: for a deep model with a
+        reference both come from one forward pass per batch (the hook that reads the features sees the
+        pass that gives the logits), so the check costs no second pass."""
+        if self.ood is None or self.kind != "deep" or len(pixels) == 0:
+            return self.predict_proba(pixels, batch_size=batch_size), self._ood_entries(pixels)
+        from models.ood import image_statistics, model_features
+
+        features, logits = model_features(self.model, self._batch(pixels)[0], batch_size=self._batch_size(batch_size),
+                                          with_logits=True)
+        probs = logits_to_probabilities(logits, self.num_classes).numpy().astype(np.float64)
+        distances = self.ood.distances(features, image_statistics(pixels))
+        return probs, [self.ood.score(d)._asdict() for d in distances]
+
     def _ood_entries(self, pixels: np.ndarray) -> list[dict[str, Any] | None]:
         if self.ood is None:
             return [None] * len(pixels)
@@ -624,7 +639,8 @@ class Predictor:
             InvalidInputError: If the input cannot be read as an image.
         """
         pixels = self.preprocess_uint8(x, window=window)[None]
-        return self._result(self.predict_proba(pixels)[0], self._ood_entries(pixels)[0])
+        probs, ood = self._predict_pixels(pixels)
+        return self._result(probs[0], ood[0])
 
     def predict_many(
         self,
@@ -653,6 +669,5 @@ class Predictor:
         if not pixels:
             return []
         batch = np.stack(pixels)
-        probabilities = self.predict_proba(batch, batch_size=batch_size)
-        oods = self._ood_entries(batch)
+        probabilities, oods = self._predict_pixels(batch, batch_size)
         return [self._result(p, o) for p, o in zip(probabilities, oods)]
