@@ -3,7 +3,7 @@
 Run it::
 
     python -m benchmarks                        # full run (what the README quotes; ~15-25 min on 2 cores)
-    python -m benchmarks --quick                # smaller sizes, a few minutes; CI may run it (never pass/fail on time)
+    python -m benchmarks --quick                # smaller sizes, ~1.5 min; writes results_quick.json (never pass/fail on time)
     python -m benchmarks --only inference --only attributions
     python -m benchmarks --threads 1 --out /tmp/results.json
     python -m benchmarks --markdown             # the results file as a Markdown table (runs nothing)
@@ -57,6 +57,8 @@ BENCHMARKS = (
     "live_serving",
 )
 DEFAULT_OUT = Path(__file__).resolve().parent / "results.json"
+#: Where ``--quick`` writes by default (git-ignored: ``/benchmarks/results_*.json``).
+QUICK_OUT = DEFAULT_OUT.with_name("results_quick.json")
 SCHEMA_VERSION = 2
 
 
@@ -234,12 +236,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="smaller sizes (a few minutes); figures not for the README")
     parser.add_argument("--only", action="append", choices=BENCHMARKS, metavar="NAME",
                         help=f"run only this benchmark (repeatable): {', '.join(BENCHMARKS)}")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"results file (default {DEFAULT_OUT})")
+    parser.add_argument("--out", type=Path, default=None,
+                        help=f"results file (default {DEFAULT_OUT}; with --quick {QUICK_OUT.name}, git-ignored, so a "
+                             "quick run never replaces the full figures)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads for every benchmark (default: torch's default, = CPU cores)")
     parser.add_argument("--markdown", action="store_true",
                         help="print the results file (--out) as a Markdown table and exit; runs nothing")
     args = parser.parse_args(argv)
+    if args.out is None:
+        args.out = QUICK_OUT if args.quick else DEFAULT_OUT
     if args.markdown:
         if not args.out.is_file():
             parser.error(f"no results file at {args.out}; run the benchmarks first")

@@ -520,3 +520,17 @@ def test_gpu_benchmark_loops_run_on_the_cpu() -> None:
     ctx = types.SimpleNamespace(X=X, y=y, num_classes=2)
     ours = gpu.ours_fit("resnet18", ctx, np.arange(12), np.arange(12, 16), epochs=1, batch_size=4, device="cpu")
     assert ours["images_per_second"] > 0 and ours["precision"] in ("fp32", "bf16")
+
+
+def test_quick_runs_write_their_own_file_by_default(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import benchmarks.__main__ as cli
+
+    written: list[Path] = []
+    monkeypatch.setattr(cli, "run_benchmarks", lambda names, mode: ([], []))
+    monkeypatch.setattr(cli, "matmul_gflops", lambda dtype: {"best": 1.0})
+    monkeypatch.setattr(cli, "merge_results", lambda out, records, names, machine_extra: {"kinds": {
+        cli.machine_info()["kind"]: {"records": []}}})
+    monkeypatch.setattr(cli, "atomic_write_json", lambda document, out: written.append(Path(out)))
+    assert cli.main(["--quick", "--only", "inference"]) == 0
+    assert cli.main(["--only", "inference"]) == 0
+    assert written == [cli.QUICK_OUT, cli.DEFAULT_OUT] and cli.QUICK_OUT.name == "results_quick.json"
