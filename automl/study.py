@@ -26,12 +26,15 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 from data._files import atomic_write_json, read_json_object
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_LEADERBOARDS",
@@ -138,9 +141,34 @@ def open_storage(url: str | None, *, base: str | Path | None = None, create: boo
     if heartbeat_interval is not None:
         kwargs.update(heartbeat_interval=heartbeat_interval, grace_period=heartbeat_grace,
                       heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retry))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return RDBStorage(target, **kwargs)
+    return _rdb_storage(RDBStorage, target, kwargs)
+
+
+def _rdb_storage(factory: Any, target: str, kwargs: dict[str, Any], attempts: int = 5) -> Any:
+    """``RDBStorage(target, **kwargs)``, retried when another process creates the schema at the same moment.
+
+    Optuna creates its tables and PostgreSQL enum types without a lock, so two workers starting on a
+    fresh database race (``duplicate key ... pg_type_typname_nsp_index`` on ``CREATE TYPE``); the loser
+    retries and finds the schema made (``create_all`` checks first).
+    """
+    import time
+    import warnings
+
+    import optuna
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+    for attempt in range(attempts):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return factory(target, **kwargs)
+        except (IntegrityError, ProgrammingError) as exc:
+            if attempt == attempts - 1:
+                raise
+            logger.info("storage schema created concurrently by another process (%s); retrying",
+                        type(exc.orig).__name__ if getattr(exc, "orig", None) else type(exc).__name__)
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 @dataclass(frozen=True)

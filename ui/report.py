@@ -45,7 +45,7 @@ TABLE_COLUMNS = [
     "fit_seconds", "refit",
 ]
 #: Shown even when empty (the identity of a row and the selection score).
-_ALWAYS_SHOWN = ("rank", "trial", "model", "state", "cv_auc_mean")
+_ALWAYS_SHOWN = ("rank", "trial", "model", "init", "state", "cv_auc_mean", "compare_p")  # empty p: not estimable, say so
 #: Whole-number columns: shown as integers (a column of ints with a gap is read back as floats).
 _INTEGER_COLUMNS = ("rank", "trial", "batch_size", "n_test_subjects_pos", "n_test_subjects_neg")
 #: Text columns: a missing value reads "–" (not "None" / "nan").

@@ -119,3 +119,28 @@ def test_a_version_1_study_is_regenerated_from_its_journal(tmp_path: Path) -> No
     report = json.loads((copy / "report.json").read_text())
     assert report["best_model"] == json.loads((V1_STUDY / "report.json").read_text())["best_model"]
     assert report["leakage_audit"] is not None  # kept from the study storage, not recomputed
+
+
+def test_rdb_storage_retries_a_schema_created_concurrently(monkeypatch) -> None:
+    from sqlalchemy.exc import IntegrityError
+
+    from automl import study as study_module
+
+    monkeypatch.setattr("time.sleep", lambda s: None)
+    calls = []
+
+    def factory(target, **kwargs):
+        calls.append(target)
+        if len(calls) < 3:
+            raise IntegrityError("CREATE TYPE studydirection", {}, Exception("duplicate key"))
+        return "storage"
+
+    assert study_module._rdb_storage(factory, "postgresql://x", {}) == "storage" and len(calls) == 3
+
+    def always(target, **kwargs):
+        raise IntegrityError("CREATE TYPE", {}, Exception("duplicate key"))
+
+    import pytest
+
+    with pytest.raises(IntegrityError):
+        study_module._rdb_storage(always, "postgresql://x", {}, attempts=2)
