@@ -39,6 +39,7 @@ __all__ = [
     "attribution_figure",
     "binary_series",
     "class_count_chart",
+    "estimable_rows",
     "confusion_chart",
     "cv_roc_chart",
     "distribution_chart",
@@ -124,7 +125,7 @@ def _interval_trace(rows: pd.DataFrame, column: str, name: str, color: str, symb
     )
 
 
-def _estimable(rows: pd.DataFrame) -> pd.Series:
+def estimable_rows(rows: pd.DataFrame) -> pd.Series:
     """Rows whose test part has two or more subjects of each class (all rows when the counts are unknown)."""
     if "n_test_subjects_pos" not in rows.columns or "n_test_subjects_neg" not in rows.columns:
         return pd.Series(True, index=rows.index)
@@ -166,7 +167,7 @@ def leaderboard_chart(leaderboard: pd.DataFrame, *, max_rows: int = 30) -> go.Fi
         customdata=np.stack([init, np.asarray(std, dtype=float)], axis=1) if len(board) else None,
         hovertemplate="%{x}<br>CV AUC %{y:.3f} ± %{customdata[1]:.3f}<br>init %{customdata[0]}<extra></extra>",
     ))
-    estimable = _estimable(board)
+    estimable = estimable_rows(board)
     if "test_auc" in board.columns and (board["test_auc"].notna() & estimable).any():
         fig.add_trace(_interval_trace(board[board["test_auc"].notna() & estimable], "test_auc",
                                       "Test AUC, slices (95% CI)", _color(1), "diamond"))

@@ -100,16 +100,6 @@ def _as_integers(column: pd.Series) -> pd.Series:
     return values.astype("Int64")
 
 
-def _not_estimable_rows(board: pd.DataFrame) -> pd.Series:
-    """Rows whose test part has fewer than two subjects of a class (unknown counts: ``False``)."""
-    if "n_test_subjects_pos" not in board.columns or "n_test_subjects_neg" not in board.columns:
-        return pd.Series(False, index=board.index)
-    slice_cols = ["n_test_slice_subjects_pos", "n_test_slice_subjects_neg"]  # patients holding slices of each class
-    columns = slice_cols if set(slice_cols) <= set(board.columns) else ["n_test_subjects_pos", "n_test_subjects_neg"]
-    counts = board[columns].astype(float)
-    return counts.notna().all(axis=1) & (counts.min(axis=1) < 2)
-
-
 def leaderboard_table(board: pd.DataFrame) -> pd.DataFrame:
     """The human-facing leaderboard: selected columns, plus ``best`` (★ = best of its architecture).
 
@@ -124,7 +114,7 @@ def leaderboard_table(board: pd.DataFrame) -> pd.DataFrame:
                and not (c in _LEGACY_COLUMNS and _LEGACY_COLUMNS[c] in board.columns)
                and (c in _ALWAYS_SHOWN or board[c].notna().any())]
     table = board[columns].copy()
-    hidden = _not_estimable_rows(board)
+    hidden = ~charts.estimable_rows(board)  # fewer than two patients of a class (unknown counts: shown)
     for column in (c for c in _SLICE_FIGURES if c in table.columns):
         table[column] = table[column].astype(float).mask(hidden)
     for column in (c for c in _INTEGER_COLUMNS if c in table.columns):
