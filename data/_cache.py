@@ -57,12 +57,14 @@ def _changed(rel_path: str, actual: str, expected: str) -> ValueError:
                       "scan the folder again.")
 
 
-def _prepare(job: tuple[str, str, tuple[tuple[int, str], ...], str, int]) -> list[np.ndarray]:
-    """Decode, check and resize one file, or the listed slices of one NIfTI volume (runs in worker processes).
+def _prepare(job: tuple[str, str, tuple[tuple[int, str], ...], tuple[str, ...], int]) -> list[np.ndarray]:
+    """Read, check and resize one file, or the listed slices of one NIfTI volume, in every window (runs in
+    worker processes): one read per file whatever the number of windows.
 
-    ``job`` is ``(abs path, rel path, ((slice or -1, sha1), ...), window, size)``.
+    ``job`` is ``(abs path, rel path, ((slice or -1, sha1), ...), window keys, size)``; each result is
+    ``uint8 (len(windows), size, size)``.
     """
-    abs_path, rel_path, items, window, size = job
+    abs_path, rel_path, items, windows, size = job
     if is_nifti_name(rel_path):
         volume = read_nifti(abs_path, name=rel_path)
         out = []
@@ -73,34 +75,48 @@ def _prepare(job: tuple[str, str, tuple[tuple[int, str], ...], str, int]) -> lis
             actual = hashlib.sha1(hu.tobytes()).hexdigest()
             if actual != sha1:
                 raise _changed(slice_ref(rel_path, k), actual, sha1)
-            out.append(to_uint8(resize_pad(apply_window(hu, window), size)))
+            out.append(np.stack([to_uint8(resize_pad(apply_window(hu, w), size)) for w in windows]))
         return out
     data = _read_file(abs_path)
     actual = hashlib.sha1(data).hexdigest()
     if actual != items[0][1]:
         raise _changed(rel_path, actual, items[0][1])
-    image = _decode_bytes(data, window=window, path=rel_path).image
-    return [to_uint8(resize_pad(image, size))]
+    first = _decode_bytes(data, window=windows[0], path=rel_path)
+    images = [first.image] + [  # a raster image is already windowed: the same pixels in every window
+        first.image if first.format != "dicom" else _decode_bytes(data, window=w, path=rel_path).image
+        for w in windows[1:]]
+    return [np.stack([to_uint8(resize_pad(image, size)) for image in images])]
 
 
-def _cache_jobs(manifest: Manifest, key: str, size: int) -> tuple[list[tuple[Any, ...]], list[list[int]]]:
+def _cache_jobs(manifest: Manifest, windows: tuple[str, ...], size: int) -> tuple[list[tuple[Any, ...]], list[list[int]]]:
     """One decode job per file (a NIfTI volume once for all its slices) and the manifest rows each fills."""
     root = Path(manifest.root).resolve()
-    jobs: list[tuple[Any, ...]] = []
-    rows_of: list[list[int]] = []
-    volume_job: dict[str, int] = {}
+    items: dict[str, list[tuple[int, str]]] = {}
+    rows: dict[str, list[int]] = {}
     for i, (path, sha1) in enumerate(zip(manifest.table["path"], manifest.table["sha1"])):
         file, k = split_slice_ref(path)
-        if k is not None and file in volume_job:
-            j = volume_job[file]
-            jobs[j] = (*jobs[j][:2], (*jobs[j][2], (k, sha1)), *jobs[j][3:])
-            rows_of[j].append(i)
-            continue
-        if k is not None:
-            volume_job[file] = len(jobs)
-        jobs.append((str(root / file), file, ((-1 if k is None else k, sha1),), key, size))
-        rows_of.append([i])
-    return jobs, rows_of
+        key = file if k is not None else path  # a plain file is its own job, even if listed twice
+        items.setdefault(key, []).append((-1 if k is None else k, sha1))
+        rows.setdefault(key, []).append(i)
+    jobs = [(str(root / split_slice_ref(key)[0]), split_slice_ref(key)[0], tuple(entries), windows, size)
+            for key, entries in items.items()]
+    return jobs, list(rows.values())
+
+
+def _read_cached(path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
+    """The cached array at ``path`` when it has ``shape`` (uint8), else ``None``."""
+    if not path.is_file():
+        return None
+    try:
+        arr = np.load(path, mmap_mode=None, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        logger.warning("Ignoring unreadable array cache %s (%s); rebuilding.", path, exc)
+        return None
+    if arr.dtype == np.uint8 and arr.shape == shape:
+        logger.debug("Array cache hit: %s", path)
+        return arr
+    logger.warning("Ignoring array cache %s with shape %s %s; rebuilding.", path, arr.shape, arr.dtype)
+    return None
 
 
 def load_arrays(
@@ -130,31 +146,25 @@ def load_arrays(
     """
     size = _check_size(size)
     window = manifest.window if window is None else window
-    windows = parse_windows(window)
-    if len(windows) > 1:  # a window set: one cached array per window, stacked as channels
-        if not manifest.table["format"].isin(["dicom", "nifti"]).any():
-            logger.warning("Window set %s on raster images: they carry no HU, so the %d channels are identical.",
-                           windows_key(window), len(windows))
-        return np.stack([load_arrays(manifest, size=size, window=w, workers=workers) for w in windows], axis=1)
-    window = windows[0]
-    path = array_cache_path(manifest, size=size, window=window)
+    windows = tuple(window_key(w) for w in parse_windows(window))
+    if len(windows) > 1 and not manifest.table["format"].isin(["dicom", "nifti"]).any():
+        logger.warning("Window set %s on raster images: they carry no HU, so the %d channels are identical.",
+                       windows_key(window), len(windows))
     n = len(manifest.table)
-    if path.is_file():
-        try:
-            arr = np.load(path, mmap_mode=None, allow_pickle=False)
-            if arr.dtype == np.uint8 and arr.shape == (n, size, size):
-                logger.debug("Array cache hit: %s", path)
-                return arr
-            logger.warning("Ignoring array cache %s with shape %s %s; rebuilding.", path, arr.shape, arr.dtype)
-        except (OSError, ValueError) as exc:
-            logger.warning("Ignoring unreadable array cache %s (%s); rebuilding.", path, exc)
-
-    t0 = time.perf_counter()
-    key = window_key(window)
-    jobs, rows_of = _cache_jobs(manifest, key, size)
-    arr = np.zeros((n, size, size), dtype=np.uint8)
-    for images, rows in zip(parallel_map(_prepare, jobs, workers=workers), rows_of):
-        arr[rows] = np.stack(images)
-    atomic_save_npy(arr, path)
-    logger.info("Cached %d images at %dx%d (%s) in %.1f s -> %s", n, size, size, key, time.perf_counter() - t0, path)
-    return arr
+    arrays = {w: _read_cached(array_cache_path(manifest, size=size, window=w), (n, size, size)) for w in windows}
+    missing = tuple(w for w in windows if arrays[w] is None)
+    if missing:  # one pass over the files fills every missing window's cache
+        t0 = time.perf_counter()
+        jobs, rows_of = _cache_jobs(manifest, missing, size)
+        filled = np.zeros((len(missing), n, size, size), dtype=np.uint8)
+        for images, rows in zip(parallel_map(_prepare, jobs, workers=workers), rows_of):
+            filled[:, rows] = np.stack(images, axis=1)
+        for w, arr in zip(missing, filled):
+            path = array_cache_path(manifest, size=size, window=w)
+            atomic_save_npy(arr, path)
+            arrays[w] = arr
+        logger.info("Cached %d images at %dx%d (%s) in %.1f s -> %s", n, size, size, "+".join(missing),
+                    time.perf_counter() - t0, array_cache_path(manifest, size=size, window=missing[0]).parent)
+    if len(windows) == 1:
+        return arrays[windows[0]]
+    return np.stack([arrays[w] for w in windows], axis=1)  # a window set: one channel per window
