@@ -36,8 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from data._files import atomic_write_json
-from data._log import setup_logging
-from benchmarks._common import Record, kind_of, machine_info, matmul_gflops, set_threads
+from benchmarks._common import Record, kind_of, machine_info, matmul_gflops, set_threads, start_benchmark_logging
 
 __all__ = ["BENCHMARKS", "format_kinds_table", "format_table", "main", "merge_results", "run_benchmarks"]
 
@@ -253,9 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.threads is not None and args.threads < 1:
         parser.error(f"--threads must be >= 1, got {args.threads}")
-    setup_logging(0)
-    for noisy in ("optuna", "httpx", "gradio", "automl", "data", "models", "ui", "timm"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    start_benchmark_logging()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     try:

@@ -41,6 +41,7 @@ from data._files import json_clean
 
 __all__ = [
     "Record",
+    "start_benchmark_logging",
     "Timing",
     "cpu_peak_gflops",
     "kind_of",
@@ -355,3 +356,16 @@ def set_threads(n: int | None) -> int:
             raise ValueError(f"threads must be None or an integer >= 1, got {n!r}.")
         torch.set_num_threads(n)
     return previous
+
+
+#: Loggers whose INFO lines would drown a benchmark's own progress lines.
+NOISY_LOGGERS = ("optuna", "httpx", "gradio", "automl", "data", "models", "ui", "timm")
+
+
+def start_benchmark_logging() -> None:
+    """The benchmark CLIs' logging: our progress lines at INFO, the libraries' and the product's at WARNING."""
+    from data._log import setup_logging
+
+    setup_logging(0)
+    for noisy in NOISY_LOGGERS:
+        logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -347,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from benchmarks.__main__ import DEFAULT_OUT, merge_results
     from data._files import atomic_write_json
-    from data._log import setup_logging
+    from benchmarks._common import start_benchmark_logging
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.end_to_end", description=__doc__.splitlines()[0])
     parser.add_argument("--phases", choices=("data", "all"), default="all", help="all: also the whole cpu preset")
@@ -357,9 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--folds", type=int, default=None, help="override the preset's folds")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"results file (default {DEFAULT_OUT})")
     args = parser.parse_args(argv)
-    setup_logging(0)
-    for noisy in ("optuna", "automl", "data", "models", "timm"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    start_benchmark_logging()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     cfg = dataclasses.replace(Settings(), phases=args.phases, n=args.n,
                               models=tuple(args.models) if args.models else None, epochs=args.epochs,

@@ -216,7 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import models as model_zoo
     from benchmarks.__main__ import DEFAULT_OUT, merge_results
     from data._files import atomic_write_json
-    from data._log import setup_logging
+    from benchmarks._common import start_benchmark_logging
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu", description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), help="models of the training-step part")
@@ -228,9 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--preset-trials", type=int, default=None, help="trials of the preset run (default: preset's)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"results file (default {DEFAULT_OUT})")
     args = parser.parse_args(argv)
-    setup_logging(0)
-    for noisy in ("optuna", "automl", "data", "models", "timm"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    start_benchmark_logging()
     unknown = [m for m in args.models if m not in model_zoo.list_models("deep")]
     if unknown:
         parser.error(f"unknown deep model(s) {unknown}")
