@@ -268,6 +268,14 @@ def _launch(pw: Any, config: WalkConfig) -> Any:
     return pw.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_FLAGS)
 
 
+def _open_page(browser: Any, url: str, viewport: dict[str, int], config: WalkConfig) -> Any:
+    """A new page of ``browser`` at ``url`` with the walkthrough's timeout."""
+    page = browser.new_page(viewport=viewport)
+    page.set_default_timeout(config.timeout_ms)
+    page.goto(url, wait_until="domcontentloaded")
+    return page
+
+
 def _shot(walk: Walkthrough, page: Any, out: Path, name: str) -> Path:
     path = out / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)
@@ -291,9 +299,7 @@ def build_while_closing_the_tab(walk: Walkthrough, config: WalkConfig, url: str)
     with sync_playwright() as pw:
         browser = _launch(pw, config)
         try:
-            page = browser.new_page(viewport=VIEWPORT)
-            page.set_default_timeout(config.timeout_ms)
-            page.goto(url, wait_until="domcontentloaded")
+            page = _open_page(browser, url, VIEWPORT, config)
             progress = page.get_by_text(re.compile("Building the demo study in the background"))
             progress.first.wait_for(state="visible")
             walk.figures["progress_seen_after_s"] = round(time.monotonic() - t_open, 1)
@@ -493,9 +499,7 @@ def check_dashboard(walk: Walkthrough, config: WalkConfig, url: str, study: Any,
     with sync_playwright() as pw:
         browser = _launch(pw, config)
         try:
-            page = browser.new_page(viewport=BOARD_VIEWPORT)
-            page.set_default_timeout(config.timeout_ms)
-            page.goto(url, wait_until="domcontentloaded")
+            page = _open_page(browser, url, BOARD_VIEWPORT, config)
             page.get_by_role("heading", name=re.compile(f"Study.*{STUDY}")).wait_for()
             page.locator('[data-testid="stDataFrame"]').first.wait_for(state="visible")
             page.locator(".js-plotly-plot").first.wait_for(state="visible")

@@ -10,7 +10,6 @@ No browser is downloaded: Playwright's Python package drives the distribution's 
 """
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import time
@@ -20,22 +19,12 @@ from pathlib import Path
 import pytest
 
 from tests.reliability import _support
+from tools.demo_walkthrough import CHROMIUM_FLAGS, find_chromium  # the one Chromium lookup and flag set
 
 pytestmark = pytest.mark.slow
 
 SCREENSHOTS = _support.REPO_ROOT / "screenshots"
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--disable-dev-shm-usage"]
 TIMEOUT_MS = 120_000
-
-
-def _chromium() -> str | None:
-    for candidate in (os.environ.get("STROKECT_CHROMIUM"), shutil.which("chromium"), "/usr/bin/chromium",
-                      shutil.which("chromium-browser")):
-        if candidate and Path(candidate).is_file():
-            return candidate
-    return None
 
 
 @pytest.fixture
@@ -71,7 +60,7 @@ def streamlit_app(smoke_study: Path, tmp_path: Path) -> tuple[str, Path]:
 
 
 def test_dashboard_in_a_real_browser(streamlit_app: tuple[str, Path]) -> None:
-    executable = _chromium()
+    executable = find_chromium()
     if executable is None:
         pytest.skip("no Chromium binary (apt-get install chromium; or set STROKECT_CHROMIUM)")
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (requirements-dev.txt)")
